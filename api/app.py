@@ -1,0 +1,42 @@
+"""create_app(): the FastAPI application. It never trains; workers do, in their own processes."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from api import errors
+from api.deps import DB
+from api.routes import jobs, workers
+from service.config import Settings
+from service.db import Database, upgrade
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        upgrade(settings.database_url)
+        app.state.db = Database(settings.database_url)
+        try:
+            yield
+        finally:
+            app.state.db.dispose()
+
+    app = FastAPI(title="mnist-jobs", version="0.1.0", lifespan=lifespan,
+                  description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.")
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(workers.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(db: DB) -> dict[str, str]:
+        with db.read() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

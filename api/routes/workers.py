@@ -1,0 +1,18 @@
+"""/v1/workers: the registry of worker processes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import DB
+from service import queue
+from service.schemas import WorkerRead
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+@router.get("", response_model=list[WorkerRead])
+def list_workers(db: DB, include_stopped: bool = False) -> list[WorkerRead]:
+    with db.read() as session:
+        return [WorkerRead.model_validate(w, from_attributes=True)
+                for w in queue.list_workers(session, include_stopped=include_stopped)]

@@ -1,0 +1,171 @@
+"""`mnist-jobs serve | worker | submit | data | db`.
+
+The API and the workers are separate processes that meet only in the database and the artifacts
+dir; this module starts them by module name (`uvicorn api.app:create_app`, `python -m workers`), so
+service imports neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from service.config import Settings
+
+WORKER_RESTART_DELAY_SECONDS = 2.0
+
+
+def worker_command(device: str | None) -> list[str]:
+    return [sys.executable, "-m", "workers", *(["--device", device] if device else [])]
+
+
+def worker_devices(count: int, device: str) -> list[str | None]:
+    """With several GPUs and --device auto, spread workers over them; otherwise all use `device`."""
+    if device != "auto":
+        return [device] * count
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
+
+
+class WorkerPool:
+    """N worker subprocesses, restarted if one dies, stopped with one SIGTERM each."""
+
+    def __init__(self, devices: list[str | None], grace_seconds: float) -> None:
+        self.devices, self.grace = devices, grace_seconds
+        self.procs: list[subprocess.Popen] = []
+        self._stopping = threading.Event()
+
+    def _start(self, device: str | None) -> subprocess.Popen:
+        # Own session: a Ctrl-C in the terminal reaches `serve` only, which then signals each worker once.
+        return subprocess.Popen(worker_command(device), start_new_session=True)
+
+    def start(self) -> None:
+        self.procs = [self._start(device) for device in self.devices]
+        threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stopping.is_set():
+                    print(f"worker pid {proc.pid} exited with {proc.returncode}; restarting", file=sys.stderr)
+                    time.sleep(WORKER_RESTART_DELAY_SECONDS)
+                    self.procs[i] = self._start(self.devices[i])
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + 5
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from service.db import upgrade
+
+    upgrade(settings.database_url)
+    count = settings.workers if args.workers is None else args.workers
+    pool = WorkerPool(worker_devices(count, args.device or settings.device), settings.shutdown_grace_seconds)
+    pool.start()
+    try:
+        uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host,
+                    port=args.port if args.port is not None else settings.port, log_level="info")
+    finally:
+        pool.stop()
+
+
+def worker(args: argparse.Namespace, _settings: Settings) -> None:
+    os.execv(sys.executable, worker_command(args.device) + (["--max-jobs", str(args.max_jobs)] if args.max_jobs else []))
+
+
+def submit(args: argparse.Namespace, settings: Settings) -> None:
+    import httpx
+
+    spec: dict = {"architecture": args.architecture, "epochs": args.epochs, "permutation_seed": args.permutation_seed}
+    if args.seed is not None:
+        spec["seed"] = args.seed
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/v1/jobs", json=spec)
+        if response.status_code >= 400:
+            sys.exit(f"error {response.status_code}: {response.json().get('detail', response.text)}")
+        job = response.json()
+        while args.wait and job["status"] in ("queued", "running"):
+            time.sleep(0.5)
+            job = client.get(f"/v1/jobs/{job['id']}").json()
+    print(json.dumps(job, indent=2))
+
+
+def data(args: argparse.Namespace, settings: Settings) -> None:
+    from service.errors import DataUnavailable
+    from service.training.data import ensure_files
+
+    try:
+        folder = ensure_files(settings, args.dataset)
+    except DataUnavailable as exc:
+        sys.exit(f"{args.dataset}: not ready: {exc.detail}")
+    print(f"{args.dataset}: ready in {folder}")
+
+
+def db(args: argparse.Namespace, settings: Settings) -> None:
+    from service.db import current_revision, upgrade
+
+    if args.action == "upgrade":
+        upgrade(settings.database_url)
+    print(f"{settings.database_url}: revision {current_revision(settings.database_url)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mnist-jobs", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="migrate, then run the API and N worker processes")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core; 0 = API only)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("worker", help="run one worker process")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--max-jobs", type=int)
+    p.set_defaults(func=worker)
+
+    p = commands.add_parser("submit", help="submit a job over HTTP and print it")
+    p.add_argument("architecture", choices=["fc", "cnn"])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--permutation-seed", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--url", help="API base URL (default: http://HOST:PORT from settings)")
+    p.add_argument("--wait", action="store_true", help="poll until the job has ended")
+    p.set_defaults(func=submit)
+
+    p = commands.add_parser("data", help="check (and decompress) the data set files")
+    p.add_argument("action", choices=["prepare", "status"])
+    p.add_argument("--dataset", default="mnist")
+    p.set_defaults(func=data)
+
+    p = commands.add_parser("db", help="database schema")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.set_defaults(func=db)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.func(args, Settings())

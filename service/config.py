@@ -1,0 +1,44 @@
+"""All settings in one place, read from the environment (prefix MNIST_JOBS_) or a .env file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MNIST_JOBS_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./var/mnist-jobs.db"
+    data_dir: Path = Path("./var/data")
+    artifacts_dir: Path = Path("./var/artifacts")
+
+    # Data sets: sha256 of the decompressed IDX files, per data set and file name. Values given
+    # here replace the built-in pins (tests pin the small files they write this way).
+    data_checksums: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    # Worker
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    torch_threads: int = Field(1, ge=1)  # per worker process: small models run fastest single-threaded
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)  # started by `serve`
+    lease_seconds: float = Field(60.0, gt=0)  # a running job's lease; renewed by heartbeats
+    heartbeat_seconds: float = Field(0.5, gt=0)  # progress + lease renewal period (capped at lease/3)
+    poll_seconds: float = Field(0.25, gt=0)  # how often an idle worker looks for work
+    reap_seconds: float = Field(5.0, gt=0)  # how often a worker requeues jobs whose lease expired
+    retry_base_seconds: float = Field(2.0, ge=0)  # backoff after a lost worker: base * 2**(attempt-1)
+    retry_max_seconds: float = Field(300.0, ge=0)
+    max_attempts: int = Field(3, ge=1)  # default per job
+    shutdown_grace_seconds: float = Field(10.0, ge=0)  # SIGTERM: time to checkpoint and hand back
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    page_size_max: int = 200
+
+
+def heartbeat_period(settings: Settings) -> float:
+    """Seconds between heartbeats: often enough for progress, at least three per lease."""
+    return min(settings.heartbeat_seconds, settings.lease_seconds / 3)

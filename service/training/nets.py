@@ -1,0 +1,64 @@
+"""The seed's two networks, with the tutorial's class layout so state_dict keys match its code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SIZE = 28 * 28
+N_CLASSES = 10
+
+
+class FC2Layer(nn.Module):
+    def __init__(self, input_size: int, n_hidden: int, output_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.network = nn.Sequential(
+            nn.Linear(input_size, n_hidden),
+            nn.ReLU(),
+            nn.Linear(n_hidden, n_hidden),
+            nn.ReLU(),
+            nn.Linear(n_hidden, output_size),
+            nn.LogSoftmax(dim=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.view(-1, self.input_size))
+
+
+class CNN(nn.Module):
+    def __init__(self, input_size: int, n_feature: int, output_size: int) -> None:
+        super().__init__()
+        self.n_feature = n_feature
+        self.conv1 = nn.Conv2d(in_channels=1, out_channels=n_feature, kernel_size=5)
+        self.conv2 = nn.Conv2d(n_feature, n_feature, kernel_size=5)
+        self.fc1 = nn.Linear(n_feature * 4 * 4, 50)
+        self.fc2 = nn.Linear(50, output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), kernel_size=2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), kernel_size=2)
+        x = x.view(-1, self.n_feature * 4 * 4)
+        x = F.relu(self.fc1(x))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """The network a spec describes, built on the CPU from the global generator (as the tutorial does)."""
+    if spec["architecture"] == "fc":
+        return FC2Layer(INPUT_SIZE, spec["n_hidden"], N_CLASSES)
+    if spec["architecture"] == "cnn":
+        return CNN(INPUT_SIZE, spec["n_features"], N_CLASSES)
+    raise ValueError(f"unknown architecture {spec['architecture']!r}")
+
+
+def param_count(spec: dict[str, Any]) -> int:
+    """Parameters of the spec's network, by formula (the API answers this without building a model)."""
+    if spec["architecture"] == "fc":
+        h = spec["n_hidden"]
+        return (INPUT_SIZE + 1) * h + (h + 1) * h + (h + 1) * N_CLASSES
+    n = spec["n_features"]
+    return (25 + 1) * n + (25 * n + 1) * n + (16 * n + 1) * 50 + (50 + 1) * N_CLASSES

@@ -1,0 +1,103 @@
+"""The worker process: register, claim jobs one at a time, run them, reap lost ones, stop gracefully.
+
+SIGTERM/SIGINT once: stop claiming; a running job checkpoints at its next step and goes back to the
+queue without spending an attempt; exit within the grace period. A second signal exits at once (the
+job's lease then covers it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+from service import queue
+from service.config import Settings
+from service.db import Database, upgrade
+from service.training.engine import configure_torch, resolve_device
+from workers.runner import DataCache, JobRunner
+
+log = logging.getLogger("mnist_jobs.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings, device: str | None = None) -> None:
+        self.settings = settings
+        self.id = str(uuid.uuid4())
+        self.device = resolve_device(device or settings.device)
+        self.db = Database(settings.database_url)
+        self.runner = JobRunner(settings, self.db, self.id, self.device, DataCache(settings, self.device))
+        self.stopping = threading.Event()
+        self._signals = 0
+
+    def on_signal(self, signum: int, _frame) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now")
+            os._exit(128 + signum)
+        log.info("signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name,
+                 self.settings.shutdown_grace_seconds)
+        self.stopping.set()
+        if self.runner.live is not None:
+            self.runner.live.stop_reason = "shutdown"
+        timer = threading.Timer(self.settings.shutdown_grace_seconds, os._exit, args=(128 + signum,))
+        timer.daemon = True
+        timer.start()
+
+    def run(self, max_jobs: int | None = None) -> None:
+        configure_torch(self.settings.torch_threads)
+        upgrade(self.settings.database_url)
+        with self.db.write() as session:
+            queue.register_worker(session, self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device))
+        log.info("worker %s on %s, pid %d", self.id, self.device, os.getpid())
+        done = 0
+        next_reap = 0.0
+        try:
+            while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
+                if time.monotonic() >= next_reap:
+                    self.reap()
+                    next_reap = time.monotonic() + self.settings.reap_seconds
+                job = self.claim()
+                if job is None:
+                    self.stopping.wait(self.settings.poll_seconds)
+                    continue
+                how = self.runner.run(job)
+                done += 1
+                log.info("job %s: %s", job.id, how)
+        finally:
+            with self.db.write() as session:
+                queue.worker_seen(session, self.id, current_job_id=None, stopped=True)
+            self.db.dispose()
+
+    def claim(self):
+        with self.db.read() as session:
+            if not queue.has_runnable(session):  # a read: idle workers take no write lock
+                return None
+        with self.db.write() as session:
+            jobs = queue.claim(session, self.id, self.settings.lease_seconds)
+            queue.worker_seen(session, self.id, current_job_id=jobs[0].id if jobs else None)
+        return jobs[0] if jobs else None
+
+    def reap(self) -> None:
+        with self.db.write() as session:
+            reaped = queue.reap(session, base_seconds=self.settings.retry_base_seconds,
+                                max_seconds=self.settings.retry_max_seconds)
+        for job_id in reaped:
+            log.warning("job %s: lease expired; requeued or ended", job_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mnist-jobs worker", description="Run one worker process.")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: settings, 'auto')")
+    parser.add_argument("--max-jobs", type=int, help="exit after this many jobs (default: run until signalled)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
+    worker = Worker(Settings(), args.device)
+    signal.signal(signal.SIGTERM, worker.on_signal)
+    signal.signal(signal.SIGINT, worker.on_signal)
+    worker.run(max_jobs=args.max_jobs)
