@@ -82,6 +82,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     count = settings.workers if args.workers is None else args.workers
     pool = WorkerPool(worker_devices(count, args.device or settings.device), settings.shutdown_grace_seconds)
     pool.start()
+    # uvicorn shuts down on SIGINT/SIGTERM and then re-raises the signal to the handler that was
+    # there before it; a no-op one lets us go on to stop the workers and exit 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     try:
         uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host,
                     port=args.port if args.port is not None else settings.port, log_level="info")

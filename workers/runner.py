@@ -56,7 +56,13 @@ class JobRunner:
                          lease_seconds=self.settings.lease_seconds, worker_id=self.worker_id)
         beat.start()
         try:
-            return self._train(job, token, live)
+            try:
+                result = self._train(job, token, live)
+            finally:
+                beat.stop()  # before the last write, so no heartbeat lands after the job has ended
+            with self.db.write() as session:
+                queue.finish(session, job.id, token, result, progress_of(live))
+            return "succeeded"
         except Interrupted as stop:
             return self._interrupted(job, token, stop)
         except LeaseLost:
@@ -68,10 +74,9 @@ class JobRunner:
             log.exception("job %s failed", job.id)
             return self._fail(job, token, f"{type(exc).__name__}: {exc}")
         finally:
-            beat.stop()
             self.live = None
 
-    def _train(self, job: Job, token: str, live: Live) -> str:
+    def _train(self, job: Job, token: str, live: Live) -> dict:
         spec = job.spec
         resume = None
         if job.resume_path:
@@ -90,10 +95,7 @@ class JobRunner:
                 queue.record_epoch(session, job.id, token, row, path=relative, size_bytes=size, sha256=sha256)
 
         result = trainer.run(on_epoch)
-        result.update(device=str(self.device), torch_version=torch.__version__)
-        with self.db.write() as session:
-            queue.finish(session, job.id, token, result, progress_of(live))
-        return "succeeded"
+        return {**result, "device": str(self.device), "torch_version": torch.__version__}
 
     def _interrupted(self, job: Job, token: str, stop: Interrupted) -> str:
         try:

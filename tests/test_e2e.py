@@ -1,0 +1,119 @@
+"""POST to downloaded checkpoint through real processes: `mnist-jobs serve` and `mnist-jobs worker`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from service.training.data import load_tensors
+from service.training.engine import evaluate
+from service.training.nets import build_model
+from tests.conftest import REPO, mnist_jobs, settings_env, wait_until
+
+
+@pytest.fixture
+def worker_process(settings, tmp_path):
+    procs = []
+
+    def start(**overrides) -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
+        proc = subprocess.Popen(mnist_jobs("worker"), env=settings_env(settings, **overrides), cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_job_from_post_to_downloaded_checkpoint(settings, live_server, worker_process):
+    server = live_server(workers=0)
+    worker = worker_process()
+    response = server.client.post("/v1/jobs", json={"architecture": "cnn", "permutation_seed": 42, "epochs": 2})
+    assert response.status_code == 201
+    job_id = response.json()["id"]
+
+    job = server.wait_for_status(job_id, {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1 and job["started_at"] and job["finished_at"]
+    assert job["progress"]["fraction"] == 1.0
+    assert [m["epoch"] for m in job["metrics"]] == [1, 2]
+    result = job["result"]
+    assert result["total"] == 200 and 0 <= result["test_accuracy"] <= 1
+    assert result["test_accuracy"] == result["correct"] / result["total"] == job["metrics"][-1]["test_accuracy"]
+    assert result["device"] == "cpu" and result["torch_version"] == torch.__version__
+    assert [c["epoch"] for c in result["checkpoints"]] == [1, 2]
+
+    download = server.client.get(f"/v1/jobs/{job_id}/checkpoint")
+    assert download.status_code == 200
+    sha256 = hashlib.sha256(download.content).hexdigest()
+    assert download.headers["etag"] == f'"{sha256}"' == f'"{result["checkpoints"][-1]["sha256"]}"'
+    assert download.headers["repr-digest"] == f"sha-256=:{base64.b64encode(bytes.fromhex(sha256)).decode()}:"
+    assert len(download.content) == result["checkpoints"][-1]["size_bytes"]
+    not_modified = server.client.get(f"/v1/jobs/{job_id}/checkpoint", headers={"If-None-Match": f'"{sha256}"'})
+    assert not_modified.status_code == 304
+
+    checkpoint = torch.load(io.BytesIO(download.content), weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["spec"] == job["spec"]
+    model = build_model(checkpoint["spec"])
+    model.load_state_dict(checkpoint["state_dict"])
+    data = load_tensors(settings, "mnist").permuted(checkpoint["permutation"])
+    _, correct = evaluate(model, data.test_x, data.test_y, 1000)
+    assert correct == result["correct"], "the downloaded model reproduces the stored accuracy exactly"
+
+    first = server.client.get(f"/v1/jobs/{job_id}/checkpoint", params={"epoch": 1})
+    assert first.status_code == 200 and first.headers["etag"] == f'"{result["checkpoints"][0]["sha256"]}"'
+    assert server.client.get(f"/v1/jobs/{job_id}/checkpoint", params={"epoch": 3}).status_code == 404
+
+    workers = server.client.get("/v1/workers").json()
+    assert [w["pid"] for w in workers] == [worker.pid]
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    assert server.client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert not (settings.artifacts_dir / "jobs" / job_id).exists()
+
+
+def test_cancel_stops_a_running_job_within_about_a_second(live_server, worker_process):
+    server = live_server(workers=0)
+    worker_process()
+    job_id = server.client.post("/v1/jobs", json={"architecture": "fc", "epochs": 100, "batch_size": 1}).json()["id"]
+    wait_until(lambda: (server.client.get(f"/v1/jobs/{job_id}").json().get("progress") or {}).get("step"), timeout=60)
+
+    asked = time.monotonic()
+    response = server.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["cancel_requested"]
+    job = server.wait_for_status(job_id, {"cancelled", "succeeded", "failed"}, timeout=10)
+    assert job["status"] == "cancelled"
+    assert time.monotonic() - asked < 2.0
+    assert job["attempts"] == 1 and job["history"][-1]["ended"] == "cancelled"
+
+
+def test_serve_runs_workers_and_stops_them_all_on_sigterm(live_server):
+    server = live_server(workers=2)
+    ids = [server.client.post("/v1/jobs", json={"architecture": arch}).json()["id"] for arch in ("fc", "cnn")]
+    jobs = [server.wait_for_status(job_id, {"succeeded", "failed"}) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
+    workers = wait_until(lambda: len(w := server.client.get("/v1/workers").json()) == 2 and w, timeout=30)
+    pids = [w["pid"] for w in workers]
+
+    assert server.stop() == 0
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in pids), timeout=15)
