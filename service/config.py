@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_threads: int = Field(1, ge=1)  # per worker process: small models run fastest single-threaded
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)  # started by `serve`
+    pack_size: int = Field(32, ge=1)  # FC jobs of one shape trained together as one stacked model
     lease_seconds: float = Field(60.0, gt=0)  # a running job's lease; renewed by heartbeats
     heartbeat_seconds: float = Field(0.5, gt=0)  # progress + lease renewal period (capped at lease/3)
     poll_seconds: float = Field(0.25, gt=0)  # how often an idle worker looks for work

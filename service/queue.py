@@ -89,7 +89,8 @@ def list_jobs(session: Session, *, status: str | None = None, architecture: str 
 
 def claim(session: Session, worker_id: str, lease_seconds: float, *, limit: int = 1,
           pack_key: str | None = None) -> list[Job]:
-    """Take up to `limit` of the oldest runnable queued jobs (of one pack key, if given)."""
+    """Take up to `limit` of the oldest runnable queued jobs. With `pack_key`: only fresh jobs
+    (nothing to resume) of that key, the ones that can join a pack."""
     now = utcnow()
     oldest = (
         select(Job.id)
@@ -99,7 +100,7 @@ def claim(session: Session, worker_id: str, lease_seconds: float, *, limit: int 
         .with_for_update(skip_locked=True)
     )
     if pack_key is not None:
-        oldest = oldest.where(Job.pack_key == pack_key)
+        oldest = oldest.where(Job.pack_key == pack_key, Job.resume_path.is_(None))
     claimed = session.scalars(
         update(Job)
         .where(Job.id.in_(oldest.scalar_subquery()))

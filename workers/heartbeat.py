@@ -1,9 +1,10 @@
-"""The heartbeat thread: renews a running job's lease, publishes progress, carries cancel back."""
+"""The heartbeat thread: renews running jobs' leases, publishes progress, carries cancel back."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 from service import queue
 from service.db import Database
@@ -11,6 +12,15 @@ from service.errors import LeaseLost
 from service.training.engine import Live
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    """A job this worker holds: its lease token and the Live its training loop updates."""
+
+    job_id: str
+    token: str
+    live: Live
 
 
 def progress_of(live: Live) -> dict | None:
@@ -21,32 +31,44 @@ def progress_of(live: Live) -> dict | None:
 
 
 class Heartbeat(threading.Thread):
-    """Every `period` s: one fenced write (lease + progress). Sets live.stop_reason on cancel or lost lease."""
+    """Every `period` s, one transaction of fenced writes (lease + progress), one per held job.
 
-    def __init__(self, db: Database, job_id: str, token: str, live: Live, *, period: float, lease_seconds: float,
-                 worker_id: str) -> None:
-        super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
-        self.db, self.job_id, self.token, self.live = db, job_id, token, live
+    A cancel request sets that job's live.stop_reason to "cancelled"; a lost lease to "lease lost"
+    (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
+    """
+
+    def __init__(self, db: Database, held: list[Held], *, period: float, lease_seconds: float, worker_id: str) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.db, self.held = db, list(held)
         self.period, self.lease_seconds, self.worker_id = period, lease_seconds, worker_id
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
+        cancelled, lost = [], []
         with self.db.write() as session:
-            cancel = queue.heartbeat(session, self.job_id, self.token, self.lease_seconds, progress_of(self.live))
-            queue.worker_seen(session, self.worker_id, current_job_id=self.job_id)
-        if cancel and self.live.stop_reason is None:
-            self.live.stop_reason = "cancelled"
+            for held in self.held:
+                try:
+                    with session.begin_nested():
+                        if queue.heartbeat(session, held.job_id, held.token, self.lease_seconds,
+                                           progress_of(held.live)):
+                            cancelled.append(held)
+                except LeaseLost:
+                    lost.append(held)
+            queue.worker_seen(session, self.worker_id, current_job_id=self.held[0].job_id if self.held else None)
+        for held in cancelled:
+            if held.live.stop_reason is None:
+                held.live.stop_reason = "cancelled"
+        for held in lost:
+            log.warning("job %s: lease lost; stopping its training", held.job_id)
+            held.live.stop_reason = "lease lost"
+            self.held.remove(held)
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.period):
+        while self.held and not self._stop_event.wait(self.period):
             try:
                 self.beat()
-            except LeaseLost:
-                log.warning("job %s: lease lost; stopping its training", self.job_id)
-                self.live.stop_reason = "lease lost"
-                return
             except Exception:  # a busy or briefly unreachable database: the lease covers a few misses
-                log.exception("job %s: heartbeat failed; retrying", self.job_id)
+                log.exception("heartbeat failed; retrying")
 
     def stop(self) -> None:
         self._stop_event.set()

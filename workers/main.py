@@ -19,6 +19,8 @@ import uuid
 from service import queue
 from service.config import Settings
 from service.db import Database, upgrade
+from service.models import Job
+from service.training.packed import packable
 from service.training.engine import configure_torch, resolve_device
 from workers.runner import DataCache, JobRunner
 
@@ -43,8 +45,7 @@ class Worker:
         log.info("signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name,
                  self.settings.shutdown_grace_seconds)
         self.stopping.set()
-        if self.runner.live is not None:
-            self.runner.live.stop_reason = "shutdown"
+        self.runner.stop_all("shutdown")
         timer = threading.Timer(self.settings.shutdown_grace_seconds, os._exit, args=(128 + signum,))
         timer.daemon = True
         timer.start()
@@ -62,26 +63,30 @@ class Worker:
                 if time.monotonic() >= next_reap:
                     self.reap()
                     next_reap = time.monotonic() + self.settings.reap_seconds
-                job = self.claim()
-                if job is None:
+                jobs = self.claim()
+                if not jobs:
                     self.stopping.wait(self.settings.poll_seconds)
                     continue
-                how = self.runner.run(job)
-                done += 1
-                log.info("job %s: %s", job.id, how)
+                for job_id, how in self.runner.run(jobs).items():
+                    log.info("job %s: %s", job_id, how)
+                done += len(jobs)
         finally:
             with self.db.write() as session:
                 queue.worker_seen(session, self.id, current_job_id=None, stopped=True)
             self.db.dispose()
 
-    def claim(self):
+    def claim(self) -> list[Job]:
+        """The oldest runnable job, plus (if it can pack) more queued jobs of its exact shape."""
         with self.db.read() as session:
             if not queue.has_runnable(session):  # a read: idle workers take no write lock
-                return None
+                return []
         with self.db.write() as session:
             jobs = queue.claim(session, self.id, self.settings.lease_seconds)
+            if jobs and self.settings.pack_size > 1 and packable(jobs[0].spec) and not jobs[0].resume_path:
+                jobs += queue.claim(session, self.id, self.settings.lease_seconds, limit=self.settings.pack_size - 1,
+                                    pack_key=jobs[0].pack_key)
             queue.worker_seen(session, self.id, current_job_id=jobs[0].id if jobs else None)
-        return jobs[0] if jobs else None
+        return jobs
 
     def reap(self) -> None:
         with self.db.write() as session:

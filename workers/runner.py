@@ -1,4 +1,4 @@
-"""Run one claimed job: resume, train with a heartbeat, record epochs, end it in exactly one way."""
+"""Run claimed jobs, alone or as a pack: resume, train with a heartbeat, record epochs, end each once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from service.models import Job
 from service.training import checkpoints
 from service.training.data import MnistTensors, load_tensors, permutation
 from service.training.engine import Interrupted, Live, Trainer
-from workers.heartbeat import Heartbeat, progress_of
+from service.training.packed import PackedFCTrainer, PackedStop
+from workers.heartbeat import Heartbeat, Held, progress_of
 
 log = logging.getLogger(__name__)
 PERMUTED_CACHE_SIZE = 2  # permuted copies kept per worker (the base data set is always kept)
@@ -46,77 +47,96 @@ class DataCache:
 class JobRunner:
     def __init__(self, settings: Settings, db: Database, worker_id: str, device: torch.device, cache: DataCache):
         self.settings, self.db, self.worker_id, self.device, self.cache = settings, db, worker_id, device, cache
-        self.live: Live | None = None  # the running job's, so a signal handler can stop it
+        self.held: list[Held] = []  # the running jobs, so a signal handler can stop them
 
-    def run(self, job: Job) -> str:
-        """Train `job` to its end; returns how it ended (succeeded, failed, cancelled, handed back, lease lost)."""
-        token = job.lease_token
-        self.live = live = Live()
-        beat = Heartbeat(self.db, job.id, token, live, period=heartbeat_period(self.settings),
+    def stop_all(self, reason: str) -> None:
+        for held in self.held:
+            held.live.stop_reason = reason
+
+    def run(self, jobs: list[Job]) -> dict[str, str]:
+        """Train `jobs` (one, or a pack of the same shape) to their ends; returns how each ended."""
+        self.held = [Held(job.id, job.lease_token, Live()) for job in jobs]
+        beat = Heartbeat(self.db, self.held, period=heartbeat_period(self.settings),
                          lease_seconds=self.settings.lease_seconds, worker_id=self.worker_id)
         beat.start()
+        outcomes: dict[str, str] = {}
         try:
             try:
-                result = self._train(job, token, live)
+                if len(jobs) == 1:
+                    results = {0: self._train_one(jobs[0], self.held[0])}
+                else:
+                    results = self._train_pack(jobs, outcomes)
             finally:
-                beat.stop()  # before the last write, so no heartbeat lands after the job has ended
-            with self.db.write() as session:
-                queue.finish(session, job.id, token, result, progress_of(live))
-            return "succeeded"
+                beat.stop()  # before the last writes, so no heartbeat lands after a job has ended
+            for j, result in results.items():
+                result = {**result, "device": str(self.device), "torch_version": torch.__version__}
+                outcomes[jobs[j].id] = self._guarded(jobs[j], "succeeded", queue.finish, result,
+                                                     progress_of(self.held[j].live))
         except Interrupted as stop:
-            return self._interrupted(job, token, stop)
+            outcomes[jobs[0].id] = self._interrupted(jobs[0], self.held[0].token, stop.reason, stop.checkpoint)
         except LeaseLost:
-            log.warning("job %s: lease lost; publishing nothing more", job.id)
-            return "lease lost"
-        except DataUnavailable as exc:
-            return self._fail(job, token, str(exc))
+            outcomes[jobs[0].id] = "lease lost"
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            return self._fail(job, token, f"{type(exc).__name__}: {exc}")
+            message = str(exc.detail) if isinstance(exc, DataUnavailable) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, DataUnavailable):
+                log.exception("jobs %s failed", [job.id for job in jobs])
+            for job in jobs:
+                if job.id not in outcomes:
+                    outcomes[job.id] = self._guarded(job, "failed", queue.fail, message)
         finally:
-            self.live = None
+            self.held = []
+        return outcomes
 
-    def _train(self, job: Job, token: str, live: Live) -> dict:
-        spec = job.spec
-        resume = None
+    def _train_one(self, job: Job, held: Held) -> dict:
+        spec, resume = job.spec, None
         if job.resume_path:
             resume = checkpoints.load(self.settings.artifacts_dir / job.resume_path, job.resume_sha256)
             step = resume["partial"]["step"] if resume.get("partial") else 0
             with self.db.write() as session:
-                queue.note_resume(session, job.id, token, resume["epoch"], step)
+                queue.note_resume(session, job.id, held.token, resume["epoch"], step)
         data = self.cache.get(job.dataset, spec["permutation_seed"])
         trainer = Trainer(spec, data, self.device, permutation=permutation(spec["permutation_seed"]),
-                          resume=resume, live=live)
+                          resume=resume, live=held.live)
+        return trainer.run(lambda row, checkpoint: self._record_epoch(job, held.token, row, checkpoint))
 
-        def on_epoch(row: dict, checkpoint: dict) -> None:
-            relative = checkpoints.relative_path(job.id, token, row["epoch"])
-            size, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, checkpoint)
-            with self.db.write() as session:
-                queue.record_epoch(session, job.id, token, row, path=relative, size_bytes=size, sha256=sha256)
+    def _train_pack(self, jobs: list[Job], outcomes: dict[str, str]) -> dict[int, dict]:
+        data = self.cache.get(jobs[0].dataset, None)
+        trainer = PackedFCTrainer([job.spec for job in jobs], data, self.device, [h.live for h in self.held])
 
-        result = trainer.run(on_epoch)
-        return {**result, "device": str(self.device), "torch_version": torch.__version__}
+        def on_epoch(j: int, row: dict, checkpoint: dict) -> None:
+            try:  # one job losing its lease must not disturb the others
+                self._record_epoch(jobs[j], self.held[j].token, row, checkpoint)
+            except LeaseLost:
+                self.held[j].live.stop_reason = "lease lost"
 
-    def _interrupted(self, job: Job, token: str, stop: Interrupted) -> str:
-        try:
-            if stop.reason == "cancelled":
-                with self.db.write() as session:
-                    queue.mark_cancelled(session, job.id, token)
-                return "cancelled"
-            if stop.reason == "shutdown":
-                relative = checkpoints.relative_path(job.id, token, None)
-                _, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, stop.checkpoint)
-                with self.db.write() as session:
-                    queue.hand_back(session, job.id, token, resume_path=relative, resume_sha256=sha256)
-                return "handed back"
-        except LeaseLost:
-            pass
+        def on_stop(stop: PackedStop) -> None:
+            job = jobs[stop.index]
+            outcomes[job.id] = self._interrupted(job, self.held[stop.index].token, stop.reason, stop.checkpoint)
+
+        results = trainer.run(on_epoch, on_stop)
+        return {j: r for j, r in results.items() if self.held[j].live.stop_reason is None}
+
+    def _record_epoch(self, job: Job, token: str, row: dict, checkpoint: dict) -> None:
+        relative = checkpoints.relative_path(job.id, token, row["epoch"])
+        size, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, checkpoint)
+        with self.db.write() as session:
+            queue.record_epoch(session, job.id, token, row, path=relative, size_bytes=size, sha256=sha256)
+
+    def _interrupted(self, job: Job, token: str, reason: str, checkpoint: dict) -> str:
+        if reason == "cancelled":
+            return self._guarded(job, "cancelled", queue.mark_cancelled)
+        if reason == "shutdown":
+            relative = checkpoints.relative_path(job.id, token, None)
+            _, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, checkpoint)
+            return self._guarded(job, "handed back", queue.hand_back, resume_path=relative, resume_sha256=sha256)
         return "lease lost"
 
-    def _fail(self, job: Job, token: str, message: str) -> str:
+    def _guarded(self, job: Job, outcome: str, write, *args, **kwargs) -> str:
+        """One final fenced write; a lost lease means another worker owns the job: say so, write nothing."""
         try:
             with self.db.write() as session:
-                queue.fail(session, job.id, token, message)
-            return "failed"
+                write(session, job.id, job.lease_token, *args, **kwargs)
+            return outcome
         except LeaseLost:
+            log.warning("job %s: lease lost before it could be marked %s", job.id, outcome)
             return "lease lost"

@@ -85,13 +85,13 @@ class Interrupted(Exception):
         self.checkpoint = checkpoint
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     return obj
 
 
@@ -148,8 +148,8 @@ class Trainer:
         return {
             "format_version": FORMAT_VERSION,
             "spec": dict(self.spec),
-            "state_dict": _to_cpu(self.model.state_dict()),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "state_dict": to_cpu(self.model.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "epoch": self.epochs_done,
             "metrics": list(self.metrics),
             "permutation": self.permutation,
