@@ -22,6 +22,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.api_load
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -7,7 +7,8 @@ a plain deferred BEGIN, so status reads never queue behind writers in WAL mode.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -55,11 +56,15 @@ class Database:
         self.engine = make_engine(url)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        # SQLite has one writer at a time, and a connection that finds the lock taken sleeps in
+        # growing steps (1, 2, 5, 10 ... 100 ms) before it retries. Threads of one process queue
+        # here instead, and are woken the moment the writer before them commits.
+        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction: committed on success, rolled back on any exception."""
-        with self._writer() as session, session.begin():
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     @contextmanager
