@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, LeaseLost, NotFound
@@ -61,8 +62,24 @@ def enqueue(session: Session, spec: FCSpec | CNNSpec, *, default_max_attempts: i
         max_attempts=spec.max_attempts or default_max_attempts, cancel_requested=False,
         metrics=[], history=[], idempotency_key=idempotency_key, request_sha256=fingerprint,
     )
-    session.add(job)
-    session.flush()
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
+    # A concurrent request with the same key may have inserted its row after our SELECT (possible
+    # on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two). The unique index then rejects
+    # ours: undo just the INSERT (savepoint) and answer with the winner's job, as for a repeat.
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        existing = session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
+        if existing is None:
+            raise
+        if existing.request_sha256 != fingerprint:
+            raise Conflict("this Idempotency-Key was already used with a different request body",
+                           field="Idempotency-Key") from None
+        return existing, False
     return job, True
 
 
@@ -205,6 +222,10 @@ def hand_back(session: Session, job_id: str, token: str, *, resume_path: str | N
     values: dict[str, Any] = {}
     if resume_path is not None:
         values = {"resume_path": resume_path, "resume_sha256": resume_sha256}
+    if job.cancel_requested:  # a cancel that arrived during the shutdown wins: never queue it again
+        _fenced(session, job_id, token, status=JobStatus.cancelled.value, finished_at=utcnow(), lease_token=None,
+                lease_expires_at=None, progress=None, history=_end_attempt(job.history, "cancelled"), **values)
+        return
     _fenced(session, job_id, token, status=JobStatus.queued.value, attempts=job.attempts - 1, lease_token=None,
             lease_expires_at=None, worker_id=None, run_after=utcnow(), progress=None,
             history=_end_attempt(job.history, "handed back"), **values)
@@ -221,6 +242,7 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
     expired = session.scalars(
         select(Job).where(Job.status == JobStatus.running.value, Job.lease_expires_at < now).with_for_update()
     ).all()
+    reaped: list[str] = []
     for job in expired:
         history = _end_attempt(job.history, "lease expired")
         if job.cancel_requested:
@@ -231,8 +253,19 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
         else:
             delay = retry_delay(job.attempts, base_seconds, max_seconds)
             values = {"status": JobStatus.queued.value, "run_after": now + timedelta(seconds=delay), "progress": None}
-        _fenced(session, job.id, job.lease_token, lease_token=None, lease_expires_at=None, history=history, **values)
-    return [job.id for job in expired]
+        # Guarded again by the expiry: a row whose lease was renewed since the SELECT (possible on
+        # PostgreSQL under READ COMMITTED) is skipped, never requeued under its live worker, and
+        # one such row does not roll back the others' requeues.
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.lease_token == job.lease_token, Job.status == JobStatus.running.value,
+                   Job.lease_expires_at < now)
+            .values(updated_at=now, lease_token=None, lease_expires_at=None, history=history, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            reaped.append(job.id)
+    return reaped
 
 
 def cancel(session: Session, job_id: str) -> Job:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from service import queue
 from service.db import Database
@@ -37,10 +39,15 @@ class Heartbeat(threading.Thread):
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
     """
 
-    def __init__(self, db: Database, held: list[Held], *, period: float, lease_seconds: float, worker_id: str) -> None:
+    def __init__(self, db: Database, held: list[Held], *, period: float, lease_seconds: float, worker_id: str,
+                 reap: Callable[[], list[str]] | None = None, reap_seconds: float = 5.0) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.db, self.held = db, list(held)
         self.period, self.lease_seconds, self.worker_id = period, lease_seconds, worker_id
+        # A worker busy with a long job still reaps other workers' expired leases every reap_seconds
+        # (its claim loop, which also reaps, does not run until the job ends).
+        self.reap, self.reap_seconds = reap, reap_seconds
+        self._next_reap = time.monotonic() + reap_seconds
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
@@ -67,6 +74,10 @@ class Heartbeat(threading.Thread):
         while self.held and not self._stop_event.wait(self.period):
             try:
                 self.beat()
+                if self.reap is not None and time.monotonic() >= self._next_reap:
+                    self._next_reap = time.monotonic() + self.reap_seconds
+                    for job_id in self.reap():
+                        log.warning("job %s: lease expired; requeued or ended", job_id)
             except Exception:  # a busy or briefly unreachable database: the lease covers a few misses
                 log.exception("heartbeat failed; retrying")
 

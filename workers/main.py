@@ -69,6 +69,8 @@ class Worker:
                     continue
                 for job_id, how in self.runner.run(jobs).items():
                     log.info("job %s: %s", job_id, how)
+                with self.db.write() as session:  # the registry must not show an ended job as current
+                    queue.worker_seen(session, self.id, current_job_id=None)
                 done += len(jobs)
         finally:
             with self.db.write() as session:
@@ -89,11 +91,12 @@ class Worker:
         return jobs
 
     def reap(self) -> None:
-        with self.db.write() as session:
-            reaped = queue.reap(session, base_seconds=self.settings.retry_base_seconds,
-                                max_seconds=self.settings.retry_max_seconds)
-        for job_id in reaped:
+        for job_id in self.runner.reap():
             log.warning("job %s: lease expired; requeued or ended", job_id)
+        # An idle worker writes nothing else (it claims only when a read finds work): refresh its
+        # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle.
+        with self.db.write() as session:
+            queue.worker_seen(session, self.id, current_job_id=None)
 
 
 def main(argv: list[str] | None = None) -> None:

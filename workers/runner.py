@@ -48,16 +48,25 @@ class JobRunner:
     def __init__(self, settings: Settings, db: Database, worker_id: str, device: torch.device, cache: DataCache):
         self.settings, self.db, self.worker_id, self.device, self.cache = settings, db, worker_id, device, cache
         self.held: list[Held] = []  # the running jobs, so a signal handler can stop them
+        self.stop_reason: str | None = None  # once set (shutdown), every job held from then on stops too
 
     def stop_all(self, reason: str) -> None:
+        self.stop_reason = reason
         for held in self.held:
-            held.live.stop_reason = reason
+            if held.live.stop_reason is None:  # a cancel or a lost lease already decided how it ends
+                held.live.stop_reason = reason
 
     def run(self, jobs: list[Job]) -> dict[str, str]:
         """Train `jobs` (one, or a pack of the same shape) to their ends; returns how each ended."""
         self.held = [Held(job.id, job.lease_token, Live()) for job in jobs]
+        if self.stop_reason is not None:
+            # A signal that came while these jobs were being claimed found nothing held to stop:
+            # they stop at their first step and are handed back, instead of training to the end
+            # (or past the grace period, when the lease would then cost them an attempt).
+            self.stop_all(self.stop_reason)
         beat = Heartbeat(self.db, self.held, period=heartbeat_period(self.settings),
-                         lease_seconds=self.settings.lease_seconds, worker_id=self.worker_id)
+                         lease_seconds=self.settings.lease_seconds, worker_id=self.worker_id,
+                         reap=self.reap, reap_seconds=self.settings.reap_seconds)
         beat.start()
         outcomes: dict[str, str] = {}
         try:
@@ -116,11 +125,23 @@ class JobRunner:
         results = trainer.run(on_epoch, on_stop)
         return {j: r for j, r in results.items() if self.held[j].live.stop_reason is None}
 
+    def reap(self) -> list[str]:
+        """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""
+        with self.db.write() as session:
+            return queue.reap(session, base_seconds=self.settings.retry_base_seconds,
+                              max_seconds=self.settings.retry_max_seconds)
+
     def _record_epoch(self, job: Job, token: str, row: dict, checkpoint: dict) -> None:
         relative = checkpoints.relative_path(job.id, token, row["epoch"])
         size, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, checkpoint)
-        with self.db.write() as session:
-            queue.record_epoch(session, job.id, token, row, path=relative, size_bytes=size, sha256=sha256)
+        try:
+            with self.db.write() as session:
+                queue.record_epoch(session, job.id, token, row, path=relative, size_bytes=size, sha256=sha256)
+        except LeaseLost:
+            # Fenced out (e.g. paused past its lease): the file (named by our token, so never the new
+            # owner's) is referenced by no row; remove it so a lost worker leaves nothing behind.
+            (self.settings.artifacts_dir / relative).unlink(missing_ok=True)
+            raise
 
     def _interrupted(self, job: Job, token: str, reason: str, checkpoint: dict) -> str:
         if reason == "cancelled":
@@ -128,7 +149,10 @@ class JobRunner:
         if reason == "shutdown":
             relative = checkpoints.relative_path(job.id, token, None)
             _, sha256 = checkpoints.save(self.settings.artifacts_dir, relative, checkpoint)
-            return self._guarded(job, "handed back", queue.hand_back, resume_path=relative, resume_sha256=sha256)
+            outcome = self._guarded(job, "handed back", queue.hand_back, resume_path=relative, resume_sha256=sha256)
+            if outcome == "lease lost":  # as in _record_epoch: publish nothing, leave nothing
+                (self.settings.artifacts_dir / relative).unlink(missing_ok=True)
+            return outcome
         return "lease lost"
 
     def _guarded(self, job: Job, outcome: str, write, *args, **kwargs) -> str:

@@ -1,0 +1,417 @@
+"""Faults with real processes on a real SQLite file: kill, pause, stop and hammer workers.
+
+Workers run as `mnist-jobs worker` subprocesses with a 2 s lease and 0.1 s heartbeats, so a lost
+worker is noticed in about two seconds; every wait polls (wait_until), nothing sleeps a fixed time.
+Jobs are CNNs with batch 8 on the small fixture data (75 steps an epoch, ~0.2 s), long enough to be
+caught mid-run.
+
+What "clean" means for signals (by design, see workers/main.py): the first SIGTERM stops claiming,
+checkpoints the running job at its next step and hands it back (attempt not spent), then exits 0.
+A second signal exits at once (status 128+15); the job is then still `running` under a lease that
+nobody renews, and the reaper requeues it after the lease: it is never lost, only delayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from service import queue
+from service.models import Worker, utcnow
+from service.schemas import job_read, job_spec_adapter
+from service.training.data import load_tensors
+from service.training.engine import Trainer, configure_torch
+from tests.conftest import REPO, mnist_jobs, settings_env, wait_until
+
+LEASE_SECONDS = 2.0
+FAULT_SETTINGS = {"lease_seconds": LEASE_SECONDS, "heartbeat_seconds": 0.1, "reap_seconds": 0.2,
+                  "retry_base_seconds": 0.1, "poll_seconds": 0.05, "pack_size": 1}
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class Workers:
+    """`mnist-jobs worker` subprocesses, each with its own log; all killed at teardown."""
+
+    def __init__(self, settings, tmp_path: Path) -> None:
+        self.settings, self.tmp_path = settings, tmp_path
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, **overrides) -> subprocess.Popen:
+        log_path = self.tmp_path / f"worker-{len(self.procs)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(mnist_jobs("worker"), env=settings_env(self.settings, **FAULT_SETTINGS | overrides),
+                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.logs[proc.pid] = log_path
+        return proc
+
+    def log(self, proc: subprocess.Popen) -> str:
+        return self.logs[proc.pid].read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(settings, tmp_path):
+    pool = Workers(settings, tmp_path)
+    yield pool
+    pool.cleanup()
+
+
+def submit(db, **fields) -> str:
+    spec = job_spec_adapter.validate_python({"architecture": "cnn", "batch_size": 8, "seed": 7, **fields})
+    with db.write() as session:
+        return queue.enqueue(session, spec, default_max_attempts=3)[0].id
+
+
+def view(db, job_id: str) -> dict:
+    """The job as the API shows it (same schema), read straight from the database."""
+    with db.read() as session:
+        return job_read(queue.get(session, job_id)).model_dump(mode="json")
+
+
+def worker_row(db, pid: int) -> Worker | None:
+    with db.read() as session:
+        return next((w for w in queue.list_workers(session, include_stopped=True) if w.pid == pid), None)
+
+
+def registered(db, *procs: subprocess.Popen) -> None:
+    wait_until(lambda: all(worker_row(db, p.pid) for p in procs), timeout=60)
+
+
+def holder(db, job: dict, procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, str]:
+    """The worker process holding a running job, and its worker id."""
+    with db.read() as session:
+        worker_id = queue.get(session, job["id"]).worker_id
+    for proc in procs:
+        row = worker_row(db, proc.pid)
+        if row is not None and row.id == worker_id:
+            return proc, worker_id
+    raise AssertionError(f"no live worker holds job {job['id']}")
+
+
+def running_with(db, job_id: str, *, epochs_done: int = 0, step: int = 0) -> dict:
+    """Wait until the job runs with at least `epochs_done` recorded epochs (and a step > `step`)."""
+    def ready():
+        job = view(db, job_id)
+        assert job["status"] not in FINAL, f"job ended early: {job['status']} {job['error']}"
+        progress = job["progress"] or {}
+        return (job["status"] == "running" and len(job["metrics"]) >= epochs_done
+                and progress.get("step", 0) > step and job)
+    return wait_until(ready, timeout=60)
+
+
+def final(db, job_id: str, timeout: float = 60) -> dict:
+    return wait_until(lambda: (job := view(db, job_id))["status"] in FINAL and job, timeout=timeout)
+
+
+def job_files(settings, job_id: str) -> dict[str, str]:
+    folder = settings.artifacts_dir / "jobs" / job_id
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
+
+
+def uninterrupted_metrics(settings, spec: dict) -> list[dict]:
+    """The same job trained in one go, in this process: what a resumed job must reproduce exactly."""
+    configure_torch(1)
+    rows = []
+    Trainer(spec, load_tensors(settings, "mnist"), torch.device("cpu")).run(lambda row, _: rows.append(row))
+    return [{k: row[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy")} for row in rows]
+
+
+# Claims
+
+
+CLAIMER = """
+import json, os, sys, time
+from service import queue
+from service.config import Settings
+from service.db import Database
+barrier, out, name = sys.argv[1:4]
+db = Database(Settings().database_url)
+open(f"{barrier}.{name}", "w").close()
+while not os.path.exists(barrier):
+    time.sleep(0.001)
+claimed = []
+while True:
+    with db.write() as session:
+        jobs = queue.claim(session, name, 60)
+    if not jobs:
+        break
+    claimed += [job.id for job in jobs]
+json.dump(claimed, open(out, "w"))
+"""
+
+
+def test_processes_released_together_claim_every_job_exactly_once(settings, db, tmp_path):
+    ids = {submit(db) for _ in range(60)}
+    barrier = tmp_path / "go"
+    names = [f"claimer-{i}" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(barrier), str(tmp_path / f"{name}.json"), name],
+                              env=settings_env(settings), cwd=REPO) for name in names]
+    wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=60)
+    barrier.touch()
+    assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
+    claims = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+    everything = [job_id for claimed in claims.values() for job_id in claimed]
+    assert len(everything) == len(set(everything)) == len(ids), "no job claimed twice"
+    assert set(everything) == ids, "every job claimed"
+    for name, claimed in claims.items():
+        for job_id in claimed:
+            job = view(db, job_id)
+            assert job["status"] == "running" and job["attempts"] == 1
+            assert [h["worker_id"] for h in job["history"]] == [name]
+
+
+# Crashes and pauses
+
+
+def test_sigkilled_worker_job_is_resumed_by_another_after_its_lease(settings, db, workers):
+    procs = [workers.start(), workers.start()]
+    registered(db, *procs)
+    job_id = submit(db, epochs=30)
+    job = running_with(db, job_id, epochs_done=2)
+    victim, victim_id = holder(db, job, procs)
+    victim.kill()
+    killed_at = utcnow()
+    victim.wait()
+    done_before_kill = len(view(db, job_id)["metrics"])
+
+    job = final(db, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    first, second = job["history"]
+    assert first["worker_id"] == victim_id and first["ended"] == "lease expired"
+    assert second["worker_id"] != victim_id and second["ended"] == "succeeded"
+    assert second["resumed_from_epoch"] >= done_before_kill >= 2, "resumed from its checkpoint, not from scratch"
+    # Requeued only once its lease ran out (renewed at most one heartbeat before the kill).
+    restarted = datetime.fromisoformat(second["started_at"].replace("Z", "+00:00"))
+    assert restarted >= killed_at + timedelta(seconds=LEASE_SECONDS - 0.3)
+    assert [m["epoch"] for m in job["metrics"]] == list(range(1, 31))
+    assert [c["epoch"] for c in job["result"]["checkpoints"]] == list(range(1, 31))
+    assert job["metrics"] == uninterrupted_metrics(settings, job["spec"]), "resume is exact"
+
+
+def test_paused_worker_past_its_lease_writes_nothing_after_it_resumes(settings, db, workers):
+    procs = [workers.start(), workers.start()]
+    registered(db, *procs)
+    job_id = submit(db, epochs=30)
+    job = running_with(db, job_id, epochs_done=2)
+    victim, victim_id = holder(db, job, procs)
+    victim.send_signal(signal.SIGSTOP)
+    try:
+        job = final(db, job_id)
+        assert job["status"] == "succeeded", job["error"]
+        files = job_files(settings, job_id)
+        with db.read() as session:
+            victim_seen = worker_row(db, victim.pid).last_seen_at
+    finally:
+        victim.send_signal(signal.SIGCONT)
+
+    # The paused worker wakes mid-training: its next heartbeat or epoch record finds the lease gone.
+    wait_until(lambda: f"job {job_id}: lease lost" in workers.log(victim), timeout=30)
+    wait_until(lambda: (w := worker_row(db, victim.pid)).last_seen_at > victim_seen and w.current_job_id is None,
+               timeout=30)
+    assert victim.poll() is None, "a fenced-out worker goes on to other jobs"
+    assert view(db, job_id) == job, "no row touched after SIGCONT"
+    assert job_files(settings, job_id) == files, "no checkpoint file written, replaced or left behind"
+
+    first, second = job["history"]
+    assert first["worker_id"] == victim_id and first["ended"] == "lease expired"
+    assert second["worker_id"] != victim_id and second["ended"] == "succeeded"
+    tokens = {name.rsplit("-", 1)[1] for name in files}  # epoch-NNN-<lease token[:8]>.pt
+    assert len(tokens) == 2, "each attempt wrote under its own lease's names"
+    assert job["metrics"] == uninterrupted_metrics(settings, job["spec"])
+
+
+# Signals
+
+
+def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings, db, workers):
+    job_id = submit(db, epochs=6, batch_size=2)  # 300 steps an epoch: the signal lands mid-epoch
+    first_worker = workers.start()
+
+    def early_in_an_epoch():
+        job = running_with(db, job_id, epochs_done=1, step=10)
+        return job["progress"]["step"] < 100 and job
+
+    wait_until(early_in_an_epoch, timeout=60, interval=0.01)
+    first_worker.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    assert first_worker.wait(timeout=settings.shutdown_grace_seconds) == 0
+    assert time.monotonic() - asked < 5
+
+    job = view(db, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 0, "the attempt is not spent"
+    assert job["history"][0]["ended"] == "handed back" and job["progress"] is None
+    assert worker_row(db, first_worker.pid).stopped_at is not None
+
+    workers.start()
+    job = final(db, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1
+    first, second = job["history"]
+    assert first["ended"] == "handed back" and second["ended"] == "succeeded"
+    assert second["resumed_from_epoch"] >= 1 and second["resumed_from_step"] > 0, "mid-epoch state, not the epoch"
+    assert job["metrics"] == uninterrupted_metrics(settings, job["spec"]), "mid-epoch resume is exact"
+
+
+def test_five_sigterms_still_exit_and_sigterm_when_idle_is_clean(db, workers):
+    procs = [workers.start(), workers.start()]
+    registered(db, *procs)
+    job_id = submit(db, epochs=30)
+    job = running_with(db, job_id, epochs_done=1)
+    victim, _ = holder(db, job, procs)
+    survivor = next(p for p in procs if p is not victim)
+
+    asked = time.monotonic()
+    for _ in range(5):
+        victim.send_signal(signal.SIGTERM)
+    code = victim.wait(timeout=10)
+    assert time.monotonic() - asked < 3, "the second signal exits at once"
+    assert code in (0, 128 + signal.SIGTERM)
+
+    # Handed back (attempt not spent) or left under its lease (reaped): either way, recovered.
+    job = final(db, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["history"][0]["ended"] in {"handed back", "lease expired"}
+    assert job["attempts"] == (1 if job["history"][0]["ended"] == "handed back" else 2)
+    assert job["history"][-1]["worker_id"] == worker_row(db, survivor.pid).id
+
+    wait_until(lambda: worker_row(db, survivor.pid).current_job_id is None, timeout=10)
+    asked = time.monotonic()
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=10) == 0
+    assert time.monotonic() - asked < 2, "an idle worker stops within a poll"
+    assert worker_row(db, survivor.pid).stopped_at is not None
+
+
+def test_cancel_reaches_a_running_job_within_a_heartbeat_and_is_not_retried(settings, db, workers):
+    worker = workers.start()
+    job_id = submit(db, epochs=50)
+    running_with(db, job_id, epochs_done=1)
+    with db.write() as session:
+        queue.cancel(session, job_id)
+    asked = time.monotonic()
+    job = final(db, job_id, timeout=10)
+    assert time.monotonic() - asked < 1.0
+    assert job["status"] == "cancelled" and job["attempts"] == 1
+    assert job["history"][-1]["ended"] == "cancelled"
+
+    # Past a lease and several reaps the job is still cancelled, with one attempt.
+    wait_until(lambda: time.monotonic() - asked > LEASE_SECONDS + 1, interval=0.2)
+    assert view(db, job_id) == job
+    assert worker.poll() is None and worker_row(db, worker.pid).current_job_id is None
+
+
+# The API under concurrency
+
+
+def test_concurrent_submits_with_one_idempotency_key_make_one_job(live_server):
+    server = live_server(workers=0)
+    body = {"architecture": "fc", "epochs": 2, "seed": 3}
+    start = threading.Barrier(3)
+    answers = []
+
+    def post():
+        start.wait()
+        answers.append(server.client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "same-key"}))
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [200, 200, 201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len(server.client.get("/v1/jobs").json()["items"]) == 1
+    other = server.client.post("/v1/jobs", json={**body, "epochs": 3}, headers={"Idempotency-Key": "same-key"})
+    assert other.status_code == 409
+
+
+HAMMER = """
+import json, os, sys, time
+from sqlalchemy.exc import OperationalError
+from service import queue
+from service.config import Settings
+from service.db import Database
+from service.errors import LeaseLost
+from service.schemas import job_spec_adapter
+barrier, out, name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+db = Database(Settings().database_url)
+spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
+RESULT = {"test_accuracy": 1.0, "test_loss": 0.1, "correct": 200, "total": 200, "train_seconds": 0.1,
+          "test_seconds": 0.1, "device": "cpu", "torch_version": "x"}  # what the API's view expects
+open(f"{barrier}.{name}", "w").close()
+while not os.path.exists(barrier):
+    time.sleep(0.001)
+counts, errors = {"tx": 0, "claimed": 0}, []
+def tx(fn):
+    try:
+        with db.write() as session:
+            value = fn(session)
+        counts["tx"] += 1
+        return value
+    except OperationalError as exc:
+        errors.append(str(exc))
+    except LeaseLost:
+        counts["tx"] += 1
+end = time.monotonic() + seconds
+i = 0
+while time.monotonic() < end:
+    i += 1
+    tx(lambda s: queue.enqueue(s, spec, default_max_attempts=3))
+    jobs = tx(lambda s: queue.claim(s, name, 0.5)) or []
+    for job in jobs:
+        counts["claimed"] += 1
+        for step in range(3):
+            tx(lambda s: queue.heartbeat(s, job.id, job.lease_token, 0.5, {"fraction": 0.1, "epoch": 1, "step": step, "steps": 3}))
+        if i % 3 == 0:
+            tx(lambda s: queue.hand_back(s, job.id, job.lease_token))
+        elif i % 3 == 1:
+            tx(lambda s: queue.finish(s, job.id, job.lease_token, RESULT, None))
+    tx(lambda s: queue.reap(s, base_seconds=0.01, max_seconds=0.1))
+    tx(lambda s: queue.register_worker(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu"))
+json.dump({"counts": counts, "errors": errors}, open(out, "w"))
+"""
+
+
+def test_eight_writer_processes_and_the_api_never_see_database_is_locked(settings, tmp_path, live_server):
+    server = live_server(workers=0)
+    barrier = tmp_path / "go"
+    names = [f"writer-{i}" for i in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, str(barrier), str(tmp_path / f"{name}.json"), name, "5"],
+                              env=settings_env(settings), cwd=REPO) for name in names]
+    wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=90)
+    barrier.touch()
+    codes: list[tuple[str, int]] = []
+    while any(proc.poll() is None for proc in procs):
+        job = server.client.post("/v1/jobs", json={"architecture": "cnn"})
+        codes.append(("post", job.status_code))
+        codes.append(("list", server.client.get("/v1/jobs", params={"limit": 20}).status_code))
+        codes.append(("read", server.client.get(f"/v1/jobs/{job.json()['id']}").status_code))
+        codes.append(("workers", server.client.get("/v1/workers").status_code))
+        codes.append(("cancel", server.client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code))
+    assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
+    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+    assert {name: r["errors"] for name, r in reports.items()} == {name: [] for name in names}
+    assert all(r["counts"]["tx"] > 20 and r["counts"]["claimed"] > 0 for r in reports.values()), reports
+    # A writer may have claimed and finished the job first: then cancel rightly answers 409.
+    bad = [(what, code) for what, code in codes if code >= 300 and (what, code) != ("cancel", 409)]
+    assert len(codes) > 50 and bad == [], bad
+    assert "database is locked" not in (tmp_path / "serve-0.log").read_text(errors="replace")
