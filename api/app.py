@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from api import errors
 from api.deps import DB
-from api.routes import jobs, workers
+from api.routes import datasets, jobs, workers
 from service.config import Settings
 from service.db import Database, upgrade
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(workers.router)
+    app.include_router(datasets.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz(db: DB) -> dict[str, str]:

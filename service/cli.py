@@ -116,14 +116,30 @@ def submit(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def data(args: argparse.Namespace, settings: Settings) -> None:
-    from service.errors import DataUnavailable
-    from service.training.data import ensure_files
+    from pathlib import Path
 
+    from service.errors import DataUnavailable
+    from service.schemas import DATASETS
+    from service.training import data as datasets
+    from service.training.sources import StderrProgress
+
+    if args.action == "status":
+        rows = [datasets.status(settings, name) for name in ([args.dataset] if args.dataset else DATASETS)]
+        print(f"{'DATASET':<14} {'STATE':<8} {'TRAIN':>6} {'TEST':>6} {'SIZE':>9}  SOURCE")
+        for row in rows:
+            print(f"{row.name:<14} {row.state:<8} {row.train_samples or '-':>6} {row.test_samples or '-':>6} "
+                  f"{row.size_bytes / 1e6:>6.1f} MB  {row.source or '-'}")
+        for row in rows:
+            if row.detail:
+                print(f"{row.name}: {row.detail}")
+        return
+    name = args.dataset or "mnist"
     try:
-        folder = ensure_files(settings, args.dataset)
+        source_dir = Path(args.source_dir) if args.source_dir else None
+        prepared = datasets.prepare(settings, name, source_dir, StderrProgress())
     except DataUnavailable as exc:
-        sys.exit(f"{args.dataset}: not ready: {exc.detail}")
-    print(f"{args.dataset}: ready in {folder}")
+        sys.exit(f"{name}: not ready: {exc.detail}")
+    print(f"{name}: ready in {prepared.raw}; served by {prepared.served_by} in {prepared.seconds:.1f} s")
 
 
 def db(args: argparse.Namespace, settings: Settings) -> None:
@@ -159,9 +175,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="poll until the job has ended")
     p.set_defaults(func=submit)
 
-    p = commands.add_parser("data", help="check (and decompress) the data set files")
+    from service.schemas import DATASETS  # pydantic only: keeps the CLI quick to start
+
+    p = commands.add_parser("data", help="prepare a data set (find, fetch, verify) or show which are ready")
     p.add_argument("action", choices=["prepare", "status"])
-    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="default: mnist for prepare, every data set for status")
+    p.add_argument("--from", dest="source_dir", metavar="DIR",
+                   help="a folder with the four IDX files (raw or .gz); overrides MNIST_JOBS_DATA_SOURCE_DIR")
     p.set_defaults(func=data)
 
     p = commands.add_parser("db", help="database schema")

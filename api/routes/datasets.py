@@ -1,0 +1,17 @@
+"""/v1/datasets: which data sets a worker can train on now, and where their files came from."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import AppSettings
+from service.schemas import DATASETS, DatasetRead
+from service.training import data
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.get("", response_model=list[DatasetRead])
+def list_datasets(settings: AppSettings) -> list[DatasetRead]:
+    # Cheap: sizes and mtimes are checked against the marker the last preparation wrote; nothing is fetched.
+    return [data.status(settings, name) for name in DATASETS]
