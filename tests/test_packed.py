@@ -14,12 +14,7 @@ from tests.test_e2e import worker_process  # noqa: F401  (fixture)
 from tests.conftest import wait_until
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_each_packed_job_matches_the_same_job_trained_alone(settings):
