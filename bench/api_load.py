@@ -57,21 +57,27 @@ async def read_latencies(client: httpx.AsyncClient, job_id: str, count: int, con
     return latencies
 
 
-async def measure(url: str, args: argparse.Namespace) -> None:
+async def measure(url: str, args: argparse.Namespace, start_worker) -> None:
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        # Queued first, so that the worker (which takes the oldest job first) starts with it.
         busy = (await client.post("/v1/jobs", json={"architecture": "cnn", "epochs": 3})).json()["id"]
+        alone, alone_seconds = await submit_all(client, args.submissions, args.concurrency)
+        start_worker()
         while (await client.get(f"/v1/jobs/{busy}")).json()["status"] != "running":
             await asyncio.sleep(0.1)
         latencies = await read_latencies(client, busy, args.reads, args.read_concurrency)
-        still = (await client.get(f"/v1/jobs/{busy}")).json()["status"]
         done, seconds = await submit_all(client, args.submissions, args.concurrency)
+        still = (await client.get(f"/v1/jobs/{busy}")).json()["status"]
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"status reads while training ({still} after): {len(latencies)} GETs, {args.read_concurrency} in flight: "
+    print(f"submissions, API alone: {alone} POSTs in {alone_seconds:.2f} s with {args.concurrency} in flight "
+          f"= {alone / alone_seconds:.0f}/s")
+    print(f"status reads while a worker trains: {len(latencies)} GETs, {args.read_concurrency} in flight: "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"submissions: {done} POSTs in {seconds:.2f} s with {args.concurrency} in flight = {done / seconds:.0f}/s")
+    print(f"submissions while a worker trains (its CNN job {still} after): {done} POSTs in {seconds:.2f} s "
+          f"= {done / seconds:.0f}/s")
 
 
 def main() -> None:
@@ -86,9 +92,10 @@ def main() -> None:
         tmp = Path(name)
         env = {**os.environ, "MNIST_JOBS_DATA_DIR": str(data_dir(tmp)),
                "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/load.db", "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "art")}
-        server = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "serve", "--port",
-                                   str(args.port), "--workers", "1"], env=env, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cli = [sys.executable, "-c", "from service.cli import main; main()"]
+        quiet = {"env": env, "cwd": REPO, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        server = subprocess.Popen([*cli, "serve", "--port", str(args.port), "--workers", "0"], **quiet)
+        workers: list[subprocess.Popen] = []
         try:
             url = f"http://127.0.0.1:{args.port}"
             deadline = time.monotonic() + 60
@@ -98,10 +105,11 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.2)
-            asyncio.run(measure(url, args))
+            asyncio.run(measure(url, args, lambda: workers.append(subprocess.Popen([*cli, "worker"], **quiet))))
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            for process in [*workers, server]:
+                process.terminate()
+                process.wait(timeout=60)
 
 
 if __name__ == "__main__":
