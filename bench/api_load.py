@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import REPO, data_dir
+from bench.run import REPO, data_dir, wait_for_api
 
 TIME_LIMIT_SECONDS = 60
 
@@ -57,12 +57,20 @@ async def read_latencies(client: httpx.AsyncClient, job_id: str, count: int, con
     return latencies
 
 
-async def measure(url: str, args: argparse.Namespace, start_worker) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(url: str, server_pid: int, args: argparse.Namespace, start_worker) -> None:
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         # Queued first, so that the worker (which takes the oldest job first) starts with it.
         busy = (await client.post("/v1/jobs", json={"architecture": "cnn", "epochs": 3})).json()["id"]
+        cpu_before = cpu_seconds(server_pid)
         alone, alone_seconds = await submit_all(client, args.submissions, args.concurrency)
+        server_ms_per_post = (cpu_seconds(server_pid) - cpu_before) / alone * 1000
         start_worker()
         while (await client.get(f"/v1/jobs/{busy}")).json()["status"] != "running":
             await asyncio.sleep(0.1)
@@ -73,7 +81,7 @@ async def measure(url: str, args: argparse.Namespace, start_worker) -> None:
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
     print(f"submissions, API alone: {alone} POSTs in {alone_seconds:.2f} s with {args.concurrency} in flight "
-          f"= {alone / alone_seconds:.0f}/s")
+          f"= {alone / alone_seconds:.0f}/s; server CPU {server_ms_per_post:.2f} ms per POST")
     print(f"status reads while a worker trains: {len(latencies)} GETs, {args.read_concurrency} in flight: "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"submissions while a worker trains (its CNN job {still} after): {done} POSTs in {seconds:.2f} s "
@@ -98,14 +106,8 @@ def main() -> None:
         workers: list[subprocess.Popen] = []
         try:
             url = f"http://127.0.0.1:{args.port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            asyncio.run(measure(url, args, lambda: workers.append(subprocess.Popen([*cli, "worker"], **quiet))))
+            wait_for_api(url)
+            asyncio.run(measure(url, server.pid, args, lambda: workers.append(subprocess.Popen([*cli, "worker"], **quiet))))
         finally:
             for process in [*workers, server]:
                 process.terminate()

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-REAL_DATA = REPO.parent / "shared" / "data" / "MNIST" / "raw"
+from bench.run import REPO, SHARED, wait_for_api
+
+REAL_DATA = SHARED / "MNIST" / "raw"
 
 
 def free_port() -> int:
@@ -46,7 +47,6 @@ def prepare_data(root: Path, which: str) -> dict:
         for path in REAL_DATA.glob("*.gz"):
             shutil.copy(path, raw / path.name)
         return {}  # the built-in pins of the real files apply
-    sys.path.insert(0, str(REPO))
     from tests.idx import write_mnist
 
     return {"mnist": write_mnist(raw)}
@@ -103,14 +103,7 @@ class Run:
         self.api = subprocess.Popen(
             [sys.executable, "-c", "from service.cli import main; main()", "serve", "--port", str(self.port),
              "--workers", "0"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise SystemExit("the API did not come up")
+        wait_for_api(self.url)
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.work / f"worker-{len(self.all_workers)}.log", "wb")

@@ -29,13 +29,26 @@ import torch
 
 from bench import textbook
 from service.config import Settings
-from service.training.data import ensure_files, load_tensors, permutation
+from service.training.data import load_tensors, permutation, prepare
 from service.training.engine import Live, Trainer
 from service.training.packed import PackedFCTrainer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 TUTORIAL_JOBS = [("fc", None), ("cnn", None), ("fc", 42), ("cnn", 42)]
+
+
+def wait_for_api(url: str, timeout: float = 60) -> None:
+    """Until GET /healthz answers 200 (a server just started), or SystemExit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the API at {url} did not come up within {timeout:.0f} s")
 
 
 def data_dir(tmp: Path) -> Path:
@@ -46,7 +59,7 @@ def data_dir(tmp: Path) -> Path:
     for file in (source / "MNIST" / "raw").iterdir():
         shutil.copy(file, target / file.name)
     settings = Settings(data_dir=tmp / "data")
-    ensure_files(settings, "mnist")  # decompresses and verifies
+    prepare(settings, "mnist")  # decompresses and verifies
     return tmp / "data"
 
 

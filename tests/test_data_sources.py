@@ -43,7 +43,7 @@ def test_raw_files_in_the_data_dir_are_verified_and_loaded(offline):
 def test_gz_files_in_the_data_dir_are_decompressed_beside_themselves(offline):
     raw = offline.data_dir / "MNIST" / "raw"
     write_mnist(raw, gz=True)
-    assert data.ensure_files(offline, "mnist") == raw
+    assert data.prepare(offline, "mnist").raw == raw
     pins = offline.data_checksums["mnist"]
     assert all(sha256(raw / f) == pins[f] and (raw / f"{f}.gz").exists() for f in FILES)
     assert not list(raw.glob(".*.tmp")), "no temp file is left behind"
@@ -158,7 +158,7 @@ def test_a_truncated_gz_is_never_taken_for_a_whole_file(offline, tmp_path):
 def test_with_no_source_the_error_lists_every_source_and_what_to_do(offline):
     settings = offline.model_copy(update={"data_mirrors": {"mnist": ["file:///no/mirror/"]}})
     with pytest.raises(DataUnavailable) as error:
-        data.ensure_files(settings, "mnist")
+        data.prepare(settings, "mnist")
     detail = error.value.detail
     assert error.value.field == "dataset"
     for line in (f"data dir {settings.data_dir / 'MNIST' / 'raw'}: none of the files there",
@@ -169,7 +169,7 @@ def test_with_no_source_the_error_lists_every_source_and_what_to_do(offline):
         assert line in detail
     assert "To fix: copy the four files" in detail and "--from DIR" in detail
     with pytest.raises(DataUnavailable, match="install the Debian package dataset-fashion-mnist"):
-        data.ensure_files(settings, "fashion-mnist")
+        data.prepare(settings, "fashion-mnist")
 
 
 def blocked_on(lock: Path) -> int:

@@ -117,6 +117,17 @@ def running_with(db, job_id: str, *, epochs_done: int = 0, step: int = 0) -> dic
     return wait_until(ready, timeout=60)
 
 
+def held_by_one_of_two(db, workers, epochs_done: int):
+    """Two workers, a 30-epoch job running on one of them with `epochs_done` epochs recorded. Returns
+    the job's id, the job, both processes, the one holding the job and its worker id."""
+    procs = [workers.start(), workers.start()]
+    registered(db, *procs)
+    job_id = submit(db, epochs=30)
+    job = running_with(db, job_id, epochs_done=epochs_done)
+    victim, victim_id = holder(db, job, procs)
+    return job_id, job, procs, victim, victim_id
+
+
 def final(db, job_id: str, timeout: float = 60) -> dict:
     return wait_until(lambda: (job := view(db, job_id))["status"] in FINAL and job, timeout=timeout)
 
@@ -132,6 +143,25 @@ def uninterrupted_metrics(settings, spec: dict) -> list[dict]:
     rows = []
     Trainer(spec, load_tensors(settings, "mnist"), torch.device("cpu")).run(lambda row, _: rows.append(row))
     return [{k: row[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy")} for row in rows]
+
+
+def released_together(script: str, names: list[str], settings, tmp_path: Path,
+                      *args: str) -> dict[str, subprocess.Popen]:
+    """Start `script` once per name (argv: barrier, output file, name, *args). Each process marks itself
+    ready, waits for the barrier, works, and writes JSON to tmp_path/<name>.json. Returns once all are
+    ready and released at the same moment."""
+    barrier = tmp_path / "go"
+    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(barrier), str(tmp_path / f"{name}.json"), name,
+                                     *args], env=settings_env(settings), cwd=REPO) for name in names}
+    wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=90)
+    barrier.touch()
+    return procs
+
+
+def finished(procs: dict[str, subprocess.Popen], tmp_path: Path) -> dict:
+    """Each released process's JSON report, once all have exited 0."""
+    assert {name: proc.wait(timeout=60) for name, proc in procs.items()} == {name: 0 for name in procs}
+    return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in procs}
 
 
 # Claims
@@ -160,14 +190,8 @@ json.dump(claimed, open(out, "w"))
 
 def test_processes_released_together_claim_every_job_exactly_once(settings, db, tmp_path):
     ids = {submit(db) for _ in range(60)}
-    barrier = tmp_path / "go"
-    names = [f"claimer-{i}" for i in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(barrier), str(tmp_path / f"{name}.json"), name],
-                              env=settings_env(settings), cwd=REPO) for name in names]
-    wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=60)
-    barrier.touch()
-    assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
-    claims = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+    procs = released_together(CLAIMER, [f"claimer-{i}" for i in range(4)], settings, tmp_path)
+    claims = finished(procs, tmp_path)
     everything = [job_id for claimed in claims.values() for job_id in claimed]
     assert len(everything) == len(set(everything)) == len(ids), "no job claimed twice"
     assert set(everything) == ids, "every job claimed"
@@ -182,11 +206,7 @@ def test_processes_released_together_claim_every_job_exactly_once(settings, db, 
 
 
 def test_sigkilled_worker_job_is_resumed_by_another_after_its_lease(settings, db, workers):
-    procs = [workers.start(), workers.start()]
-    registered(db, *procs)
-    job_id = submit(db, epochs=30)
-    job = running_with(db, job_id, epochs_done=2)
-    victim, victim_id = holder(db, job, procs)
+    job_id, job, _, victim, victim_id = held_by_one_of_two(db, workers, epochs_done=2)
     victim.kill()
     killed_at = utcnow()
     victim.wait()
@@ -208,18 +228,13 @@ def test_sigkilled_worker_job_is_resumed_by_another_after_its_lease(settings, db
 
 
 def test_paused_worker_past_its_lease_writes_nothing_after_it_resumes(settings, db, workers):
-    procs = [workers.start(), workers.start()]
-    registered(db, *procs)
-    job_id = submit(db, epochs=30)
-    job = running_with(db, job_id, epochs_done=2)
-    victim, victim_id = holder(db, job, procs)
+    job_id, job, _, victim, victim_id = held_by_one_of_two(db, workers, epochs_done=2)
     victim.send_signal(signal.SIGSTOP)
     try:
         job = final(db, job_id)
         assert job["status"] == "succeeded", job["error"]
         files = job_files(settings, job_id)
-        with db.read() as session:
-            victim_seen = worker_row(db, victim.pid).last_seen_at
+        victim_seen = worker_row(db, victim.pid).last_seen_at
     finally:
         victim.send_signal(signal.SIGCONT)
 
@@ -272,11 +287,7 @@ def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings
 
 
 def test_five_sigterms_still_exit_and_sigterm_when_idle_is_clean(db, workers):
-    procs = [workers.start(), workers.start()]
-    registered(db, *procs)
-    job_id = submit(db, epochs=30)
-    job = running_with(db, job_id, epochs_done=1)
-    victim, _ = holder(db, job, procs)
+    job_id, job, procs, victim, _ = held_by_one_of_two(db, workers, epochs_done=1)
     survivor = next(p for p in procs if p is not victim)
 
     asked = time.monotonic()
@@ -393,23 +404,17 @@ json.dump({"counts": counts, "errors": errors}, open(out, "w"))
 
 def test_eight_writer_processes_and_the_api_never_see_database_is_locked(settings, tmp_path, live_server):
     server = live_server(workers=0)
-    barrier = tmp_path / "go"
-    names = [f"writer-{i}" for i in range(8)]
-    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, str(barrier), str(tmp_path / f"{name}.json"), name, "5"],
-                              env=settings_env(settings), cwd=REPO) for name in names]
-    wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=90)
-    barrier.touch()
+    procs = released_together(HAMMER, [f"writer-{i}" for i in range(8)], settings, tmp_path, "5")
     codes: list[tuple[str, int]] = []
-    while any(proc.poll() is None for proc in procs):
+    while any(proc.poll() is None for proc in procs.values()):
         job = server.client.post("/v1/jobs", json={"architecture": "cnn"})
         codes.append(("post", job.status_code))
         codes.append(("list", server.client.get("/v1/jobs", params={"limit": 20}).status_code))
         codes.append(("read", server.client.get(f"/v1/jobs/{job.json()['id']}").status_code))
         codes.append(("workers", server.client.get("/v1/workers").status_code))
         codes.append(("cancel", server.client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code))
-    assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
-    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
-    assert {name: r["errors"] for name, r in reports.items()} == {name: [] for name in names}
+    reports = finished(procs, tmp_path)
+    assert {name: r["errors"] for name, r in reports.items()} == {name: [] for name in procs}
     assert all(r["counts"]["tx"] > 20 and r["counts"]["claimed"] > 0 for r in reports.values()), reports
     # A writer may have claimed and finished the job first: then cancel rightly answers 409.
     bad = [(what, code) for what, code in codes if code >= 300 and (what, code) != ("cancel", 409)]

@@ -1,6 +1,6 @@
 """Find, verify and load the MNIST-format IDX files (torchvision's layout), and turn them into tensors.
 
-Files live in DATA_DIR/<Folder>/raw/. ensure_files() makes them present and verified, fetching what
+Files live in DATA_DIR/<Folder>/raw/. prepare() makes them present and verified, fetching what
 is missing through the chain of sources in sources.py, under a lock per data set, and records what it
 verified in a small JSON marker; status() uses that marker to say cheaply whether a data set is ready.
 Every raw file is checked against a pinned sha256 before torchvision reads it.
@@ -81,10 +81,6 @@ def dataset_info(name: str) -> DatasetInfo:
         raise DataUnavailable(f"unknown data set {name!r}; known: {', '.join(DATASETS)}", field="dataset") from None
 
 
-def raw_dir(settings: Settings, name: str) -> Path:
-    return settings.data_dir / dataset_info(name).folder / "raw"
-
-
 def pinned_sha256(settings: Settings, name: str) -> dict[str, str]:
     return {**dataset_info(name).sha256, **settings.data_checksums.get(name, {})}
 
@@ -107,7 +103,9 @@ def locked(path: Path) -> Iterator[None]:
 
 def prepare(settings: Settings, name: str, source_dir: Path | None = None,
             progress: sources.StderrProgress | None = None) -> sources.Prepared:
-    """Run the source chain (one preparer per data set at a time) and record what was verified."""
+    """Make the four raw files present and verified in the data dir, fetching what is missing through
+    the source chain (one preparer per data set at a time), and record what was verified; or raise
+    DataUnavailable saying what was tried and how to fix it."""
     started = time.monotonic()
     ds = data_set(settings, name)
     with locked(ds.folder / LOCK):
@@ -115,12 +113,6 @@ def prepare(settings: Settings, name: str, source_dir: Path | None = None,
         write_marker(ds, prepared.origin)
     prepared.seconds = time.monotonic() - started
     return prepared
-
-
-def ensure_files(settings: Settings, name: str) -> Path:
-    """Make the four raw files present and verified in the data dir (fetching them if need be), or say
-    exactly what is wrong and how to fix it."""
-    return prepare(settings, name).raw
 
 
 def read_marker(data_set: sources.DataSet) -> dict:
@@ -230,7 +222,7 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 def load_tensors(settings: Settings, name: str) -> MnistTensors:
     """Verify the files, read them with torchvision's own loader, and normalise (on the CPU)."""
-    ensure_files(settings, name)
+    prepare(settings, name)
     loader = dataset_info(name).loader
     train = loader(str(settings.data_dir), train=True, download=False)
     test = loader(str(settings.data_dir), train=False, download=False)
