@@ -1,11 +1,18 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# Dependencies first, read from pyproject.toml into their own layer: a change to the code reuses
+# this layer instead of reinstalling torch.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY service ./service
 COPY api ./api
 COPY workers ./workers
+COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 ENV MNIST_JOBS_DATABASE_URL=sqlite:////var/lib/mnist-jobs/mnist-jobs.db \
     MNIST_JOBS_DATA_DIR=/var/lib/mnist-jobs/data \
     MNIST_JOBS_ARTIFACTS_DIR=/var/lib/mnist-jobs/artifacts

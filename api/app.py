@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,15 +12,15 @@ from api import errors
 from api.deps import DB
 from api.routes import datasets, jobs, workers
 from service.config import Settings
-from service.db import Database, upgrade
+from service.db import Database, require_head
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        upgrade(settings.database_url)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        require_head(settings.database_url)  # migrations run in one place: `mnist-jobs db upgrade` or `serve`
         app.state.db = Database(settings.database_url)
         try:
             yield

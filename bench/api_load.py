@@ -100,7 +100,7 @@ def main() -> None:
         tmp = Path(name)
         env = {**os.environ, "MNIST_JOBS_DATA_DIR": str(data_dir(tmp)),
                "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/load.db", "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "art")}
-        cli = [sys.executable, "-c", "from service.cli import main; main()"]
+        cli = [sys.executable, "-m", "cli"]
         quiet = {"env": env, "cwd": REPO, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         server = subprocess.Popen([*cli, "serve", "--port", str(args.port), "--workers", "0"], **quiet)
         workers: list[subprocess.Popen] = []

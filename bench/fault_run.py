@@ -101,7 +101,7 @@ class Run:
         log = open(self.work / f"api-{self.events['api_starts']}.log", "wb")
         self.events["api_starts"] += 1
         self.api = subprocess.Popen(
-            [sys.executable, "-c", "from service.cli import main; main()", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port),
              "--workers", "0"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for_api(self.url)
 
@@ -203,17 +203,28 @@ class Run:
         return self.report(jobs, ids, total)
 
     def verify_resumed(self, jobs: list[dict]) -> list[str]:
-        """Retrain up to --verify resumed CNN jobs in one go here: their metrics must match exactly.
-        (Packed FC jobs match a lone run only to float rounding, so they are not compared.)"""
-        resumed = [j for j in jobs if j["status"] == "succeeded" and j["architecture"] == "cnn"
+        """Retrain up to --verify resumed jobs in one go here: their metrics must match exactly
+        (a job's numbers depend on its spec alone: resumed or not, packed or not)."""
+        resumed = [j for j in jobs if j["status"] == "succeeded"
                    and any(h.get("resumed_from_epoch") is not None for h in j["history"])][: self.args.verify]
         if not resumed:
             return []
         import torch
 
         from service.config import Settings
-        from service.training.data import load_tensors, permutation
+        from service.schemas import EpochRecord, job_spec_adapter
         from service.training.engine import Trainer, configure_torch
+        from service.training.tensors import load_tensors, permutation
+
+        class Keep:
+            def __init__(self) -> None:
+                self.metrics: list[EpochRecord] = []
+
+            def on_epoch(self, index, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
+                self.metrics.append(metrics)
+
+            def on_stop(self, index, reason, checkpoint) -> None:  # type: ignore[no-untyped-def]
+                pass
 
         configure_torch(1)
         settings = Settings(data_dir=self.work / "data",
@@ -221,14 +232,13 @@ class Run:
         base = load_tensors(settings, "mnist")
         mismatched = []
         for job in resumed:
-            seed = job["spec"]["permutation_seed"]
-            data = base if seed is None else base.permuted(permutation(seed))
-            rows: list[dict] = []
-            Trainer(job["spec"], data, torch.device("cpu")).run(lambda row, _: rows.append(row))
-            keys = ("epoch", "train_loss", "test_loss", "test_accuracy")
-            if [{k: r[k] for k in keys} for r in rows] != [{k: m[k] for k in keys} for m in job["metrics"]]:
+            spec = job_spec_adapter.validate_python(job["spec"])
+            perm = permutation(spec.permutation_seed)
+            kept = Keep()
+            Trainer(spec, base if perm is None else base.permuted(perm), torch.device("cpu")).run(kept)
+            if [m.model_dump(exclude={"correct"}) for m in kept.metrics] != job["metrics"]:
                 mismatched.append(job["id"])
-        print(f"resumed CNN jobs retrained in one go: {len(resumed)}, metrics identical: "
+        print(f"resumed jobs retrained in one go: {len(resumed)}, metrics identical: "
               f"{len(resumed) - len(mismatched)}")
         return mismatched
 
@@ -278,7 +288,7 @@ def main() -> None:
     parser.add_argument("--lease-seconds", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=420.0, help="the whole run's bound, seconds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verify", type=int, default=8, help="resumed CNN jobs to retrain and compare")
+    parser.add_argument("--verify", type=int, default=8, help="resumed jobs to retrain and compare")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fault-run-"))

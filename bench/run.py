@@ -29,9 +29,13 @@ import torch
 
 from bench import textbook
 from service.config import Settings
-from service.training.data import load_tensors, permutation, prepare
+from service.datasets.catalog import prepare
+from service.schemas import AnySpec, EpochRecord, FCSpec, job_spec_adapter
+from service.states import Outcome
+from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
 from service.training.packed import PackedFCTrainer
+from service.training.tensors import MnistTensors, load_tensors, permutation
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -63,17 +67,27 @@ def data_dir(tmp: Path) -> Path:
     return tmp / "data"
 
 
-def spec(architecture: str, permutation_seed: int | None, seed: int) -> dict:
-    return {"architecture": architecture, "n_hidden": 8, "n_features": 6, "permutation_seed": permutation_seed,
-            "epochs": 1, "batch_size": 64, "test_batch_size": 1000, "lr": 0.01, "momentum": 0.5, "seed": seed,
-            "dataset": "mnist"}
+def spec(architecture: str, permutation_seed: int | None, seed: int) -> AnySpec:
+    """The tutorial's defaults, one epoch."""
+    return job_spec_adapter.validate_python({"architecture": architecture, "permutation_seed": permutation_seed,
+                                             "seed": seed})
 
 
-def engine_epoch(base, architecture: str, permutation_seed: int | None, seed: int) -> float:
+class Discard:
+    """Callbacks that keep nothing: the benchmark times training alone."""
+
+    def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
+        pass
+
+    def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
+        pass
+
+
+def engine_epoch(base: MnistTensors, architecture: str, permutation_seed: int | None, seed: int) -> float:
     perm = permutation(permutation_seed)
     data = base if perm is None else base.permuted(perm)
-    trainer = Trainer(spec(architecture, permutation_seed, seed), data, torch.device("cpu"), permutation=perm)
-    trainer.run(lambda *_: None)
+    trainer = Trainer(spec(architecture, permutation_seed, seed), data, torch.device("cpu"))
+    trainer.run(Discard())
     return trainer.train_seconds
 
 
@@ -107,9 +121,9 @@ def packed_epochs(root: Path, sizes: list[int]) -> None:
     base = load_tensors(Settings(data_dir=root), "mnist")
     print("\n| FC jobs packed | epoch s (all jobs) | s per job-epoch |\n|---|---|---|", flush=True)
     for size in sizes:
-        specs = [spec("fc", 42 if j % 2 else None, seed=j) for j in range(size)]
+        specs = [s for j in range(size) if isinstance(s := spec("fc", 42 if j % 2 else None, seed=j), FCSpec)]
         trainer = PackedFCTrainer(specs, base, torch.device("cpu"), [Live() for _ in specs])
-        trainer.run(lambda *_: None, lambda stop: None)
+        trainer.run(Discard())
         print(f"| {size} | {trainer.train_seconds:.2f} | {trainer.train_seconds / size:.3f} |", flush=True)
 
 
@@ -119,7 +133,7 @@ def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
     env = {**os.environ, "MNIST_JOBS_DATA_DIR": str(root), "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
            "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "artifacts"), "MNIST_JOBS_DEVICE": "cpu"}
     port = 8765
-    server = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "serve", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port",
                                str(port), "--workers", str(workers)], env=env, cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -171,6 +185,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--packs", default="8,32,64")
+    parser.add_argument("--only", choices=["epochs", "packed", "four"], help="run just one of the three tables")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
@@ -178,8 +193,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         root = data_dir(tmp)
-        epochs_side_by_side(root, args.repeats)
-        packed_epochs(root, [int(s) for s in args.packs.split(",")])
+        if args.only in (None, "epochs"):
+            epochs_side_by_side(root, args.repeats)
+        if args.only in (None, "packed"):
+            packed_epochs(root, [int(s) for s in args.packs.split(",")])
+        if args.only not in (None, "four"):
+            return
         print("\n| the tutorial's four jobs | textbook s | service s | service/textbook | max idle gap ms |\n"
               "|---|---|---|---|---|", flush=True)
         for r in range(args.repeats):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from service.training.data import permutation as make_permutation
+from service.training.tensors import permutation as make_permutation
 from service.training.nets import CNN, FC2Layer
 
 INPUT_SIZE, OUTPUT_SIZE = 28 * 28, 10

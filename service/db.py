@@ -13,9 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.errors import SchemaOutOfDate
 
 BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "mnist_jobs_read_only"  # execution option: begin a deferred (read) transaction
@@ -76,8 +81,7 @@ class Database:
         self.engine.dispose()
 
 
-def alembic_config(url: str):
-    from alembic.config import Config
+def alembic_config(url: str) -> Config:
 
     config = Config()
     config.set_main_option("script_location", str(resources.files("migrations")))
@@ -93,11 +97,26 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "the migrations folder has no revision"
+    return head
+
+
+def require_head(url: str) -> None:
+    """Refuse to start on a database that is not at the migration head (migrations run in one
+    place, `mnist-jobs db upgrade` or `mnist-jobs serve`), saying what to run."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the database is at revision {current or 'none (empty)'}, this code needs {head}: "
+            "run `mnist-jobs db upgrade` (with the same MNIST_JOBS_DATABASE_URL)"
+        )

@@ -2,64 +2,48 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-
-
-class JobStatus(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Stored as naive UTC (SQLite has no time zones), always returned as an aware UTC datetime."""
 
     impl = DateTime
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given; use an aware UTC datetime")
         return value.astimezone(timezone.utc).replace(tzinfo=None)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    status: Mapped[str] = mapped_column(String(16))  # a service.states.JobStatus value
     architecture: Mapped[str] = mapped_column(String(8))
     dataset: Mapped[str] = mapped_column(String(32))
-    spec: Mapped[dict[str, Any]]
+    spec: Mapped[dict[str, Any]]  # the JobSpec as stored (seed filled in); read back through job_spec_adapter
     param_count: Mapped[int] = mapped_column(Integer)
-    # Jobs that may train together as one stacked model share this key (same shapes and schedule).
+    # Jobs that may train together as one stacked model share this key (JobSpec.pack_key).
     pack_key: Mapped[str] = mapped_column(String(64))
 
     created_at: Mapped[datetime]
@@ -68,7 +52,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     run_after: Mapped[datetime]  # not claimed before this time (retry backoff)
 
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # counted attempts (a hand-back gives one back)
     max_attempts: Mapped[int] = mapped_column(Integer)
     # The lease: every write by the owning worker is guarded by id AND lease_token AND status='running'.
     lease_token: Mapped[str | None] = mapped_column(String(36))
@@ -76,10 +60,8 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(36))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    progress: Mapped[dict[str, Any] | None]
-    metrics: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # one entry per attempt
-    result: Mapped[dict[str, Any] | None]
+    progress: Mapped[dict[str, Any] | None]  # a schemas.Progress, rewritten by each heartbeat
+    result: Mapped[dict[str, Any] | None]  # a schemas.TrainResult, written once by the fenced finish
     error: Mapped[str | None] = mapped_column(Text)
     # Latest training state to resume from (an epoch checkpoint, or a mid-epoch state on shutdown).
     resume_path: Mapped[str | None] = mapped_column(Text)
@@ -88,8 +70,12 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    checkpoints: Mapped[list[Checkpoint]] = relationship(
-        back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan", passive_deletes=True
+    epochs: Mapped[list[Epoch]] = relationship(
+        back_populates="job", order_by="Epoch.epoch", cascade="all, delete-orphan", passive_deletes=True
+    )
+    attempt_rows: Mapped[list[Attempt]] = relationship(
+        back_populates="job", order_by=lambda: [Attempt.started_at, Attempt.lease_token], cascade="all, delete-orphan",
+        passive_deletes=True,
     )
 
     __table_args__ = (
@@ -98,17 +84,42 @@ class Job(Base):
     )
 
 
-class Checkpoint(Base):
-    __tablename__ = "checkpoints"
+class Epoch(Base):
+    """One finished epoch of a job: its metrics and the checkpoint saved after it."""
+
+    __tablename__ = "epochs"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text)  # relative to the artifacts dir
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
+    train_loss: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    test_accuracy: Mapped[float] = mapped_column(Float)
+    correct: Mapped[int] = mapped_column(Integer)
+    checkpoint_path: Mapped[str] = mapped_column(Text)  # relative to the artifacts dir
+    checkpoint_size_bytes: Mapped[int] = mapped_column(Integer)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
-    job: Mapped[Job] = relationship(back_populates="checkpoints")
+    job: Mapped[Job] = relationship(back_populates="epochs")
+
+
+class Attempt(Base):
+    """One claim of a job by a worker, from the claim to how it ended (null while it runs)."""
+
+    __tablename__ = "attempts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # The claim's lease token: unique per claim of a job, and what the fenced writes end it by.
+    lease_token: Mapped[str] = mapped_column(String(36), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt count when claimed
+    worker_id: Mapped[str] = mapped_column(String(36))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))  # a service.states.Outcome value
+    resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+
+    job: Mapped[Job] = relationship(back_populates="attempt_rows")
 
 
 class Worker(Base):

@@ -1,18 +1,30 @@
-"""The HTTP/JSON contract: job specs in, job views out."""
+"""The HTTP/JSON contract: job specs in, job views out, and the typed values that cross the
+boundaries between api, queue, runner and trainers. No torch here: parameter counts are arithmetic.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from service.states import JobStatus, Outcome
+
 SEED_MAX = 2**63 - 1  # fits SQLite's and JSON's signed 64-bit integers, and torch.manual_seed
 DATASETS = ("mnist", "fashion-mnist")
+INPUT_SIZE = 28 * 28
+N_CLASSES = 10
 
 
 class _SpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # Fields that make a job itself rather than fix its shape and schedule: jobs equal in every
+    # other field can train together as one stacked model.
+    PER_JOB_FIELDS: ClassVar[frozenset[str]] = frozenset({"seed", "permutation_seed"})
 
     permutation_seed: int | None = Field(
         None, ge=0, le=SEED_MAX, description="Shuffle the 784 pixels with randperm seeded by this; null = natural order"
@@ -23,22 +35,48 @@ class _SpecBase(BaseModel):
     lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.5, ge=0, lt=1)
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="torch.manual_seed; chosen and stored when omitted")
-    dataset: Literal[DATASETS] = "mnist"  # type: ignore[valid-type]
-    max_attempts: int | None = Field(None, ge=1, le=20, description="Attempts before the job fails; server default if null")
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    # A submission option, not part of what is trained: shown as the job's max_attempts, never in its spec.
+    max_attempts: int | None = Field(None, ge=1, le=20, exclude=True,
+                                     description="Attempts before the job fails; server default if null")
+
+    @property
+    def pack_key(self) -> str:
+        """Equal for jobs with the same shapes and schedule, which may train as one stacked model."""
+        shape = self.model_dump(mode="json", exclude=set(self.PER_JOB_FIELDS))
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def trained_seed(self) -> int:
+        """The seed a trainer uses; the queue stores one before any job is claimed."""
+        if self.seed is None:
+            raise ValueError("a job spec reaches training only after its seed was chosen")
+        return self.seed
 
 
 class FCSpec(_SpecBase):
     architecture: Literal["fc"]
     n_hidden: int = Field(8, ge=1, le=4096)
 
+    @property
+    def param_count(self) -> int:
+        h = self.n_hidden
+        return (INPUT_SIZE + 1) * h + (h + 1) * h + (h + 1) * N_CLASSES
+
 
 class CNNSpec(_SpecBase):
     architecture: Literal["cnn"]
     n_features: int = Field(6, ge=1, le=256)
 
+    @property
+    def param_count(self) -> int:
+        n = self.n_features
+        return (25 + 1) * n + (25 * n + 1) * n + (16 * n + 1) * 50 + (50 + 1) * N_CLASSES
 
+
+AnySpec = FCSpec | CNNSpec
 JobSpec = Annotated[Union[FCSpec, CNNSpec], Field(discriminator="architecture")]
-job_spec_adapter: TypeAdapter[FCSpec | CNNSpec] = TypeAdapter(JobSpec)
+job_spec_adapter: TypeAdapter[AnySpec] = TypeAdapter(JobSpec)
 
 
 class Progress(BaseModel):
@@ -56,14 +94,15 @@ class EpochMetrics(BaseModel):
     test_accuracy: float
 
 
-class CheckpointRead(BaseModel):
-    epoch: int
-    size_bytes: int
-    sha256: str
-    url: str
+class EpochRecord(EpochMetrics):
+    """What a trainer reports after each epoch (the view shows the fraction, not the count)."""
+
+    correct: int
 
 
-class JobResult(BaseModel):
+class TrainResult(BaseModel):
+    """A job's outcome as its trainer reports it."""
+
     test_accuracy: float = Field(description="fraction 0..1")
     test_loss: float
     correct: int
@@ -72,21 +111,31 @@ class JobResult(BaseModel):
     test_seconds: float
     device: str
     torch_version: str
+
+
+class CheckpointRead(BaseModel):
+    epoch: int
+    size_bytes: int
+    sha256: str
+    url: str
+
+
+class JobResult(TrainResult):
     checkpoints: list[CheckpointRead]
 
 
-class Attempt(BaseModel):
+class AttemptRead(BaseModel):
     attempt: int
     worker_id: str
     started_at: datetime
     resumed_from_epoch: int | None = None
     resumed_from_step: int | None = None
-    ended: str | None = None  # how the attempt ended: succeeded, failed, cancelled, lease expired, handed back
+    ended: Outcome | None = None  # null while the attempt runs
 
 
 class JobRead(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     architecture: str
     dataset: str
     created_at: datetime
@@ -96,12 +145,12 @@ class JobRead(BaseModel):
     max_attempts: int
     cancel_requested: bool
     progress: Progress | None
-    spec: dict[str, Any]
+    spec: JobSpec
     param_count: int
     metrics: list[EpochMetrics]
     result: JobResult | None
     error: str | None
-    history: list[Attempt]
+    history: list[AttemptRead]
 
 
 class JobPage(BaseModel):
@@ -110,6 +159,8 @@ class JobPage(BaseModel):
 
 
 class WorkerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     host: str
     pid: int
@@ -118,29 +169,6 @@ class WorkerRead(BaseModel):
     last_seen_at: datetime
     stopped_at: datetime | None
     current_job_id: str | None
-
-
-def checkpoint_url(job_id: str, epoch: int) -> str:
-    return f"/v1/jobs/{job_id}/checkpoint?epoch={epoch}"
-
-
-def job_read(job) -> JobRead:
-    """The public view of a models.Job (checkpoints listed from their rows, so they are always current)."""
-    result = None
-    if job.result is not None:
-        checkpoints = [
-            CheckpointRead(epoch=c.epoch, size_bytes=c.size_bytes, sha256=c.sha256, url=checkpoint_url(job.id, c.epoch))
-            for c in job.checkpoints
-        ]
-        result = JobResult(**job.result, checkpoints=checkpoints)
-    return JobRead(
-        id=job.id, status=job.status, architecture=job.architecture, dataset=job.dataset,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
-        progress=job.progress, spec=job.spec, param_count=job.param_count,
-        metrics=[EpochMetrics(**{k: m[k] for k in EpochMetrics.model_fields}) for m in job.metrics],
-        result=result, error=job.error, history=job.history,
-    )
 
 
 class DatasetRead(BaseModel):
@@ -153,3 +181,9 @@ class DatasetRead(BaseModel):
     train_samples: int | None
     test_samples: int | None
     detail: str | None = Field(description="What is missing or wrong, and how to fix it; null when ready")
+
+
+def request_fingerprint(spec: AnySpec) -> str:
+    """sha256 of what the client asked for (defaults filled, seed as given), for idempotency."""
+    asked: dict[str, Any] = {**spec.model_dump(mode="json"), "max_attempts": spec.max_attempts}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()

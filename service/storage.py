@@ -1,4 +1,4 @@
-"""Artifact paths, atomic writes and sha256."""
+"""Artifacts: paths under the artifacts dir, atomic writes, and sha256 (the local filesystem)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,25 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """An artifact as the database records it: its path relative to the artifacts dir and its digest."""
+
+    path: str
+    sha256: str
+    size_bytes: int | None = None  # known when the file was just written; not recorded for resume points
+
+    @classmethod
+    def existing(cls, path: str | None, sha256: str | None) -> StoredFile | None:
+        """The file a row points at, or None when it points at none."""
+        return None if path is None or sha256 is None else cls(path, sha256)
 
 
 def sha256_file(path: Path) -> str:
@@ -45,6 +60,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def store(artifacts_dir: Path, relative: str, data: bytes) -> StoredFile:
+    """Write an artifact atomically under the artifacts dir and describe it for the database."""
+    return StoredFile(relative, write_bytes_atomic(artifacts_dir / relative, data), len(data))
 
 
 def job_dir(artifacts_dir: Path, job_id: str) -> Path:

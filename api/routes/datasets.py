@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import AppSettings
 from service.schemas import DATASETS, DatasetRead
-from service.training import data
+from service.datasets import catalog
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -14,4 +14,4 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 @router.get("", response_model=list[DatasetRead])
 def list_datasets(settings: AppSettings) -> list[DatasetRead]:
     # Cheap: sizes and mtimes are checked against the marker the last preparation wrote; nothing is fetched.
-    return [data.status(settings, name) for name in DATASETS]
+    return [catalog.status(settings, name) for name in DATASETS]

@@ -13,14 +13,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from api.deps import DB, AppSettings
-from service import queue, storage
+from service import jobs, storage
 from service.errors import InvalidInput, NotFound
-from service.schemas import JobPage, JobRead, JobSpec, job_read
+from service.schemas import JobPage, JobRead, JobSpec
+from service.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
 
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), job_id]).encode()).decode()
@@ -39,44 +37,44 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def submit(spec: JobSpec, response: Response, db: DB, settings: AppSettings,
            idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> JobRead:
     with db.write() as session:
-        job, created = queue.enqueue(session, spec, default_max_attempts=settings.max_attempts,
+        job, created = jobs.enqueue(session, spec, default_max_attempts=settings.max_attempts,
                                      idempotency_key=idempotency_key)
-        view = job_read(job)
+        view = jobs.view(job)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{view.id}"
     return view
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(db: DB, status: Status | None = None, architecture: Literal["fc", "cnn"] | None = None,
+def list_jobs(db: DB, status: JobStatus | None = None, architecture: Literal["fc", "cnn"] | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> JobPage:
     after = decode_cursor(cursor) if cursor else None
     with db.read() as session:
-        jobs = queue.list_jobs(session, status=status, architecture=architecture, limit=limit + 1, cursor=after)
-        items = [job_read(job) for job in jobs[:limit]]
-    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(jobs) > limit else None
+        page = jobs.list_jobs(session, status=status, architecture=architecture, limit=limit + 1, cursor=after)
+        items = [jobs.view(job) for job in page[:limit]]
+    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(page) > limit else None
     return JobPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobRead)
 def read(job_id: uuid.UUID, db: DB) -> JobRead:
     with db.read() as session:
-        return job_read(queue.get(session, str(job_id)))
+        return jobs.view(jobs.get(session, str(job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead,
              responses={202: {"description": "Running: the worker stops at its next step"}})
 def cancel(job_id: uuid.UUID, response: Response, db: DB) -> JobRead:
     with db.write() as session:
-        view = job_read(queue.cancel(session, str(job_id)))
-    response.status_code = 202 if view.status == "running" else 200
+        view = jobs.view(jobs.cancel(session, str(job_id)))
+    response.status_code = 202 if view.status is JobStatus.running else 200
     return view
 
 
 @router.delete("/{job_id}", status_code=204)
 def delete(job_id: uuid.UUID, db: DB, settings: AppSettings) -> Response:
     with db.write() as session:
-        queue.delete(session, str(job_id))
+        jobs.delete(session, str(job_id))
     storage.remove_job_files(settings.artifacts_dir, str(job_id))
     return Response(status_code=204)
 
@@ -86,8 +84,8 @@ def delete(job_id: uuid.UUID, db: DB, settings: AppSettings) -> Response:
 def download_checkpoint(job_id: uuid.UUID, request: Request, db: DB, settings: AppSettings,
                         epoch: Annotated[int | None, Query(ge=1)] = None) -> Response:
     with db.read() as session:
-        row = queue.checkpoint(session, str(job_id), epoch)
-        path, sha256, saved_epoch = settings.artifacts_dir / row.path, row.sha256, row.epoch
+        row = jobs.checkpoint(session, str(job_id), epoch)
+        path, sha256, saved_epoch = settings.artifacts_dir / row.checkpoint_path, row.checkpoint_sha256, row.epoch
     etag = f'"{sha256}"'
     digest = base64.b64encode(bytes.fromhex(sha256)).decode()
     headers = {"ETag": etag, "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": "private, immutable"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import DB
-from service import queue
+from service import registry
 from service.schemas import WorkerRead
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -14,5 +14,4 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 @router.get("", response_model=list[WorkerRead])
 def list_workers(db: DB, include_stopped: bool = False) -> list[WorkerRead]:
     with db.read() as session:
-        return [WorkerRead.model_validate(w, from_attributes=True)
-                for w in queue.list_workers(session, include_stopped=include_stopped)]
+        return [WorkerRead.model_validate(w) for w in registry.list_workers(session, include_stopped=include_stopped)]

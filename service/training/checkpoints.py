@@ -1,14 +1,88 @@
-"""Checkpoint files: written atomically, named by job, epoch and lease; read with weights_only."""
+"""Checkpoints: one typed TrainingState, written atomically, read back with weights_only=True.
+
+The file is a plain dict of tensors, numbers and strings (format 1), so `torch.load(path,
+weights_only=True)` opens it anywhere and nothing is ever unpickled. Its sha256 is recorded in the
+database; load() checks it before the file is opened.
+"""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from service.storage import job_dir, sha256_file, write_bytes_atomic
+from service.errors import CheckpointCorrupt
+from service.schemas import AnySpec, EpochRecord, job_spec_adapter
+from service.storage import StoredFile, job_dir, sha256_file, store
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PartialEpoch:
+    """Where an epoch was interrupted: the next step, the epoch's sample order, the loss so far."""
+
+    step: int
+    order: torch.Tensor
+    loss_sum: float
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything needed to load a job's model elsewhere or to resume its training bit-exactly."""
+
+    spec: AnySpec
+    state_dict: dict[str, torch.Tensor]  # the tutorial's class's keys
+    optimizer: dict[str, Any]  # torch.optim.SGD.state_dict(): momentum buffers and hyperparameters
+    epoch: int  # epochs finished
+    metrics: list[EpochRecord]
+    permutation: torch.Tensor | None
+    rng_state: torch.Tensor  # the job's private generator, which draws each epoch's sample order
+    partial: PartialEpoch | None = None
+
+    @classmethod
+    def capture(cls, spec: AnySpec, state_dict: dict[str, torch.Tensor], optimizer: dict[str, Any], epoch: int,
+                metrics: list[EpochRecord], permutation: torch.Tensor | None, generator: torch.Generator,
+                partial: PartialEpoch | None = None) -> TrainingState:
+        """A snapshot on the CPU, detached from the live training tensors."""
+        return cls(spec, _to_cpu(state_dict), _to_cpu(optimizer), epoch, list(metrics), permutation,
+                   generator.get_state(), partial)
+
+    def encode(self) -> dict[str, Any]:
+        partial = None if self.partial is None else {
+            "step": self.partial.step, "order": self.partial.order, "loss_sum": self.partial.loss_sum}
+        return {
+            "format_version": FORMAT_VERSION, "spec": self.spec.model_dump(mode="json"),
+            "state_dict": self.state_dict, "optimizer": self.optimizer, "epoch": self.epoch,
+            "metrics": [m.model_dump() for m in self.metrics], "permutation": self.permutation,
+            "rng_state": self.rng_state, "partial": partial,
+        }
+
+    @classmethod
+    def decode(cls, raw: dict[str, Any]) -> TrainingState:
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise CheckpointCorrupt(f"checkpoint format {raw.get('format_version')!r} is not {FORMAT_VERSION}")
+        partial = raw["partial"]
+        return cls(
+            spec=job_spec_adapter.validate_python(raw["spec"]), state_dict=raw["state_dict"],
+            optimizer=raw["optimizer"], epoch=raw["epoch"],
+            metrics=[EpochRecord.model_validate(m) for m in raw["metrics"]], permutation=raw["permutation"],
+            rng_state=raw["rng_state"],
+            partial=None if partial is None else PartialEpoch(partial["step"], partial["order"], partial["loss_sum"]),
+        )
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
 
 
 def relative_path(job_id: str, token: str, epoch: int | None) -> str:
@@ -18,18 +92,16 @@ def relative_path(job_id: str, token: str, epoch: int | None) -> str:
     return str(job_dir(Path("."), job_id) / f"{name}-{token[:8]}.pt")
 
 
-def save(artifacts_dir: Path, relative: str, checkpoint: dict[str, Any]) -> tuple[int, str]:
-    """Write the checkpoint; returns (size in bytes, sha256)."""
+def save(artifacts_dir: Path, relative: str, state: TrainingState) -> StoredFile:
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    data = buffer.getvalue()
-    return len(data), write_bytes_atomic(artifacts_dir / relative, data)
+    torch.save(state.encode(), buffer)
+    return store(artifacts_dir, relative, buffer.getvalue())
 
 
-def load(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+def load(artifacts_dir: Path, file: StoredFile) -> TrainingState:
     """Open a checkpoint without unpickling arbitrary objects, after checking its sha256."""
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256:
-            raise ValueError(f"checkpoint {path} has sha256 {actual}, expected {expected_sha256}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    path = artifacts_dir / file.path
+    actual = sha256_file(path)
+    if actual != file.sha256:
+        raise CheckpointCorrupt(f"checkpoint {file.path} has sha256 {actual}, expected {file.sha256}")
+    return TrainingState.decode(torch.load(path, map_location="cpu", weights_only=True))

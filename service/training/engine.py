@@ -10,22 +10,26 @@ in the same order, from a private copy of that generator:
 
 The sample order, batches (last short batch kept), SGD and NLL loss are the tutorial's, so on the
 CPU the final weights are bit-identical to its loop. The loop reads nothing but tensors: no
-per-image transforms, no I/O; the caller learns of progress through a `Live` it polls.
+per-image transforms, no I/O. The caller learns of progress through a `Live` it polls, stops the
+loop by setting `Live.stop_reason`, and receives every epoch and every stop through `Callbacks`:
+the same interface the packed trainer has (a single job is index 0).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from service.training.data import MnistTensors
+from service.schemas import AnySpec, EpochRecord, Progress, TrainResult
+from service.states import Outcome
+from service.training.checkpoints import PartialEpoch, TrainingState
 from service.training.nets import build_model
+from service.training.tensors import MnistTensors, permutation
 
-FORMAT_VERSION = 1
 LOSS_REFRESH_SECONDS = 0.25  # how often the loop turns its loss into a float (a device sync on GPUs)
 
 
@@ -60,6 +64,16 @@ def draw_epoch_order(generator: torch.Generator, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed))
 
 
+def seeded_start(spec: AnySpec) -> tuple[torch.nn.Module, torch.Generator]:
+    """The model built right after torch.manual_seed(seed), and a private copy of the generator as
+    it stands then (it draws every later sample order), as the tutorial's script has them."""
+    torch.manual_seed(spec.trained_seed)
+    model = build_model(spec)
+    generator = torch.Generator()
+    generator.set_state(torch.get_rng_state())
+    return model, generator
+
+
 @dataclass
 class Live:
     """Shared between the training loop and whoever watches it (a heartbeat thread)."""
@@ -69,30 +83,32 @@ class Live:
     steps: int = 0
     epochs: int = 1
     loss: float | None = None
-    stop_reason: str | None = None  # set by the watcher: the loop stops at the next step boundary
+    stop_reason: Outcome | None = None  # set by the watcher: the loop stops at the next step boundary
 
-    def fraction(self) -> float:
-        done = (self.epoch - 1) * self.steps + self.step if self.epoch else 0
-        return min(1.0, done / max(1, self.epochs * self.steps))
-
-
-class Interrupted(Exception):
-    """Training stopped at a step boundary; `checkpoint` resumes it exactly."""
-
-    def __init__(self, reason: str, checkpoint: dict[str, Any]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.checkpoint = checkpoint
+    def progress(self) -> Progress | None:
+        if not self.epoch:
+            return None
+        done = (self.epoch - 1) * self.steps + self.step
+        fraction = min(1.0, done / max(1, self.epochs * self.steps))
+        return Progress(fraction=fraction, epoch=self.epoch, step=self.step, steps=self.steps, loss=self.loss)
 
 
-def to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_cpu(v) for v in obj]
-    return obj
+class Callbacks(Protocol):
+    """What both trainers report, per job index (0 for a single job)."""
+
+    def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
+        """An epoch ended; `checkpoint` is the state after it."""
+
+    def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
+        """The job stopped at a step boundary because its Live asked; `checkpoint` resumes it exactly."""
+
+
+def train_result(metrics: list[EpochRecord], total: int, train_seconds: float, test_seconds: float,
+                 device: torch.device) -> TrainResult:
+    last = metrics[-1]
+    return TrainResult(test_accuracy=last.test_accuracy, test_loss=last.test_loss, correct=last.correct, total=total,
+                       train_seconds=train_seconds, test_seconds=test_seconds, device=str(device),
+                       torch_version=torch.__version__)
 
 
 @torch.inference_mode()
@@ -111,112 +127,85 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return loss_sum.item() / len(x), int(correct.item())
 
 
-@dataclass
 class Trainer:
     """One job's model, optimizer and private generator; `run` trains the remaining epochs."""
 
-    spec: dict[str, Any]
-    data: MnistTensors  # already permuted (if the spec says so) and on `device`
-    device: torch.device
-    permutation: torch.Tensor | None = None
-    resume: dict[str, Any] | None = None
-    live: Live = field(default_factory=Live)
-
-    def __post_init__(self) -> None:
-        if self.resume is None:
-            torch.manual_seed(self.spec["seed"])
-            model = build_model(self.spec)
-            self.generator = torch.Generator()
-            self.generator.set_state(torch.get_rng_state())
+    def __init__(self, spec: AnySpec, data: MnistTensors, device: torch.device, *,
+                 resume: TrainingState | None = None, live: Live | None = None) -> None:
+        """`data` is already permuted (if the spec says so) and on `device`."""
+        self.spec, self.data, self.device = spec, data, device
+        self.live = live or Live()
+        self.permutation = permutation(spec.permutation_seed)
+        if resume is None:
+            model, self.generator = seeded_start(spec)
         else:
-            model = build_model(self.spec)
-            model.load_state_dict(self.resume["state_dict"])
+            model = build_model(spec)
+            model.load_state_dict(resume.state_dict)
             self.generator = torch.Generator()
-            self.generator.set_state(self.resume["rng_state"])
-        self.model = model.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.spec["lr"], momentum=self.spec["momentum"])
-        if self.resume is not None:
-            self.optimizer.load_state_dict(self.resume["optimizer"])
-        self.epochs_done: int = self.resume["epoch"] if self.resume else 0
-        self.metrics: list[dict[str, Any]] = list(self.resume["metrics"]) if self.resume else []
-        self.partial: dict[str, Any] | None = self.resume.get("partial") if self.resume else None
+            self.generator.set_state(resume.rng_state)
+        self.model = model.to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum)
+        if resume is not None:
+            self.optimizer.load_state_dict(resume.optimizer)
+        self.epochs_done = resume.epoch if resume else 0
+        self.metrics: list[EpochRecord] = list(resume.metrics) if resume else []
+        self.partial = resume.partial if resume else None
         self.train_seconds = 0.0
         self.test_seconds = 0.0
 
-    def checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything needed to load the model elsewhere or to resume training bit-exactly."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "spec": dict(self.spec),
-            "state_dict": to_cpu(self.model.state_dict()),
-            "optimizer": to_cpu(self.optimizer.state_dict()),
-            "epoch": self.epochs_done,
-            "metrics": list(self.metrics),
-            "permutation": self.permutation,
-            "rng_state": self.generator.get_state(),
-            "partial": partial,
-        }
+    def checkpoint(self, partial: PartialEpoch | None = None) -> TrainingState:
+        return TrainingState.capture(self.spec, self.model.state_dict(), self.optimizer.state_dict(),
+                                     self.epochs_done, self.metrics, self.permutation, self.generator, partial)
 
-    def run(self, on_epoch: Callable[[dict[str, Any], dict[str, Any]], None]) -> dict[str, Any]:
-        """Train to the spec's last epoch; call `on_epoch(metrics, checkpoint)` after each one."""
-        batch_size = self.spec["batch_size"]
+    def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
+        """Train to the spec's last epoch: {0: result}; or {} when the job stopped (on_stop was called)."""
         n = len(self.data.train_x)
-        steps = -(-n // batch_size)
-        live = self.live
-        live.steps, live.epochs = steps, self.spec["epochs"]
-        while self.epochs_done < self.spec["epochs"]:
+        steps = -(-n // self.spec.batch_size)
+        self.live.steps, self.live.epochs = steps, self.spec.epochs
+        while self.epochs_done < self.spec.epochs:
             epoch = self.epochs_done + 1
             started = time.perf_counter()
             if self.partial is not None:
-                order, first_step = self.partial["order"], self.partial["step"]
-                loss_sum = torch.tensor(self.partial["loss_sum"], dtype=torch.float64, device=self.device)
+                order, first_step = self.partial.order, self.partial.step
+                loss_sum = torch.tensor(self.partial.loss_sum, dtype=torch.float64, device=self.device)
                 self.partial = None
             else:
                 order, first_step = draw_epoch_order(self.generator, n), 0
                 loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            order_on_device = order.to(self.device)
-            live.epoch, live.step = epoch, first_step
-            self._train_steps(order, order_on_device, first_step, steps, loss_sum)
+            self.live.epoch, self.live.step = epoch, first_step
+            stopped_at = self._train_steps(order.to(self.device), first_step, steps, loss_sum)
             self.train_seconds += time.perf_counter() - started
+            if stopped_at is not None:
+                assert self.live.stop_reason is not None
+                partial = PartialEpoch(stopped_at, order, loss_sum.item())
+                callbacks.on_stop(0, self.live.stop_reason, self.checkpoint(partial))
+                return {}
 
             started = time.perf_counter()
-            test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec["test_batch_size"])
+            test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size)
             draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
-            row = {
-                "epoch": epoch,
-                "train_loss": loss_sum.item() / steps,
-                "test_loss": test_loss,
-                "test_accuracy": correct / len(self.data.test_x),
-                "correct": correct,
-            }
-            self.metrics.append(row)
+            metrics = EpochRecord(epoch=epoch, train_loss=loss_sum.item() / steps, test_loss=test_loss,
+                                  test_accuracy=correct / len(self.data.test_x), correct=correct)
+            self.metrics.append(metrics)
             self.epochs_done = epoch
-            on_epoch(row, self.checkpoint())
-        last = self.metrics[-1]
-        return {
-            "test_accuracy": last["test_accuracy"],
-            "test_loss": last["test_loss"],
-            "correct": last["correct"],
-            "total": len(self.data.test_x),
-            "train_seconds": self.train_seconds,
-            "test_seconds": self.test_seconds,
-        }
+            callbacks.on_epoch(0, metrics, self.checkpoint())
+        return {0: train_result(self.metrics, len(self.data.test_x), self.train_seconds, self.test_seconds,
+                                self.device)}
 
-    def _train_steps(self, order, order_on_device, first_step: int, steps: int, loss_sum: torch.Tensor) -> None:
+    def _train_steps(self, order: torch.Tensor, first_step: int, steps: int, loss_sum: torch.Tensor) -> int | None:
+        """Run the epoch's steps from `first_step`; returns the step it stopped before, if asked to stop."""
         model, optimizer, live = self.model, self.optimizer, self.live
         x, y = self.data.train_x, self.data.train_y
-        batch_size = self.spec["batch_size"]
+        batch_size = self.spec.batch_size
         model.train()
         refresh_at = time.monotonic()
         for step in range(first_step, steps):
             if live.stop_reason is not None:
-                partial = {"step": step, "order": order, "loss_sum": loss_sum.item()}
-                raise Interrupted(live.stop_reason, self.checkpoint(partial))
-            idx = order_on_device[step * batch_size : (step + 1) * batch_size]
-            data, target = x[idx], y[idx]
+                return step
+            idx = order[step * batch_size : (step + 1) * batch_size]
             optimizer.zero_grad()
-            loss = F.nll_loss(model(data), target)
+            loss = F.nll_loss(model(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
@@ -224,3 +213,4 @@ class Trainer:
             if time.monotonic() >= refresh_at:
                 live.loss = loss.item()
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
+        return None

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-INPUT_SIZE = 28 * 28
-N_CLASSES = 10
+from service.schemas import INPUT_SIZE, N_CLASSES, AnySpec, FCSpec
 
 
 class FC2Layer(nn.Module):
@@ -46,19 +43,8 @@ class CNN(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
+def build_model(spec: AnySpec) -> nn.Module:
     """The network a spec describes, built on the CPU from the global generator (as the tutorial does)."""
-    if spec["architecture"] == "fc":
-        return FC2Layer(INPUT_SIZE, spec["n_hidden"], N_CLASSES)
-    if spec["architecture"] == "cnn":
-        return CNN(INPUT_SIZE, spec["n_features"], N_CLASSES)
-    raise ValueError(f"unknown architecture {spec['architecture']!r}")
-
-
-def param_count(spec: dict[str, Any]) -> int:
-    """Parameters of the spec's network, by formula (the API answers this without building a model)."""
-    if spec["architecture"] == "fc":
-        h = spec["n_hidden"]
-        return (INPUT_SIZE + 1) * h + (h + 1) * h + (h + 1) * N_CLASSES
-    n = spec["n_features"]
-    return (25 + 1) * n + (25 * n + 1) * n + (16 * n + 1) * 50 + (50 + 1) * N_CLASSES
+    if isinstance(spec, FCSpec):
+        return FC2Layer(INPUT_SIZE, spec.n_hidden, N_CLASSES)
+    return CNN(INPUT_SIZE, spec.n_features, N_CLASSES)

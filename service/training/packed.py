@@ -1,15 +1,22 @@
-"""Several FC jobs of one shape trained together as one stacked model (batched matmuls).
+"""Several FC jobs of one shape trained together as one stacked model, each bit for bit as alone.
 
-Each job keeps everything that makes it itself: its seed (its model is built right after its own
+Each job keeps everything that makes it itself: its seed (its FC2Layer is built right after its own
 `torch.manual_seed`), its private generator and so its own sample order, its permutation, its
-momentum buffers. The loss is the SUM of the jobs' mean losses, so each job's gradient is exactly
-the gradient of its own loss (a mean would divide every job's learning rate by the pack size), and
-SGD being elementwise, one step over the stacked parameters is each job's own step.
+momentum buffers. The network is nets.FC2Layer's: its parameters are stacked with
+`torch.func.stack_module_state`, and the forward walks the template's `network` layers, applying
+each Linear to all jobs at once. On the CPU every job's weights are then bit-identical to the job
+trained alone (tests/unit/test_packed.py), because each stacked op computes, slice by slice, what
+the single job's op computes:
 
-Permutations cost nothing per step: permuting a job's input pixels by p is the same as permuting
-the columns of its first weight matrix by p's inverse, so every job trains on the natural images
-with its first layer stored column-permuted, and checkpoints turn it back. (The sums then run in
-another order, so packed weights match a job trained alone to float rounding, not bit for bit.)
+- forward: `baddbmm(b, x, W^T)` equals the `addmm(b, x, W^T)` that nn.Linear runs, per slice;
+  except when batch * in * out < 400, where ATen's bmm takes a naive kernel that rounds the bias
+  add differently: such tiny products (a short last batch) run as one addmm per job;
+- backward: nn.Linear's CPU backward computes grad_W = g^T @ x (a transposed view of g), while
+  autograd of baddbmm computes (x^T @ g)^T, which rounds differently; StackedLinear does the former;
+- permutations: each job gathers its own permuted pixels, x[idx_j][:, perm_j] (the single job's
+  data is permuted the same way); permuting W's columns instead would change the order of the sums;
+- the loss: one F.nll_loss per job (a mean over its batch, so each job's gradient and reported
+  loss are its own), summed for one backward; ReLU, log_softmax and SGD are elementwise or per row.
 
 Checkpoints are per job and in the single-job format (FC2Layer state_dict keys, SGD state), so a
 packed job resumes alone, loads into the tutorial's class, and downloads like any other.
@@ -18,167 +25,185 @@ packed job resumes alone, loads into the tutorial's class, and downloads like an
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from service.training.data import MnistTensors, permutation
-from service.training.engine import FORMAT_VERSION, Live, to_cpu, draw_epoch_order, draw_loader_seeds
-from service.training.nets import build_model
+from service.schemas import EpochRecord, FCSpec, TrainResult
+from service.training.checkpoints import PartialEpoch, TrainingState
+from service.training.engine import (
+    LOSS_REFRESH_SECONDS,
+    Callbacks,
+    Live,
+    draw_epoch_order,
+    draw_loader_seeds,
+    seeded_start,
+    train_result,
+)
+from service.training.tensors import N_PIXELS, MnistTensors, permutation
 
-PARAM_NAMES = ("network.0.weight", "network.0.bias", "network.2.weight", "network.2.bias",
-               "network.4.weight", "network.4.bias")
-LOSS_REFRESH_SECONDS = 0.25
+# ATen's bmm (aten/src/ATen/native/LinearAlgebra.cpp) uses a naive loop when contraction * rows *
+# cols < 400; with a bias, that loop rounds differently from addmm.
+BMM_NAIVE_LIMIT = 400
 
 
-def packable(spec: dict[str, Any]) -> bool:
-    """Only FC packs: on the CPU the CNN's time goes to per-element work (pooling, convolution)
-    that stacking does not shrink (see bench/RESULTS.md)."""
-    return spec["architecture"] == "fc"
+class StackedLinear(torch.autograd.Function):
+    """y[j] = x[j] @ W[j].T + b[j] for x (J, B, in), W (J, out, in), b (J, out), with nn.Linear's
+    CPU forward and backward reproduced per slice."""
 
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        if x.shape[1] * x.shape[2] * weight.shape[1] < BMM_NAIVE_LIMIT:
+            return torch.stack([torch.addmm(bias[j], x[j], weight[j].t()) for j in range(len(x))])
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
-@dataclass
-class PackedStop:
-    index: int
-    reason: str
-    checkpoint: dict[str, Any]
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # the single job's upstream gradients are contiguous too
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x)  # g^T @ x, as addmm's backward does for W.t()
+        grad_b = grad.sum(1)  # addmm's bias gradient: the sum over the batch rows
+        return grad_x, grad_w, grad_b
 
 
 class PackedFCTrainer:
-    def __init__(self, specs: list[dict[str, Any]], data: MnistTensors, device: torch.device,
-                 lives: list[Live]) -> None:
+    """J FC jobs with equal pack keys; `run` trains them all and reports per job index."""
+
+    def __init__(self, specs: list[FCSpec], data: MnistTensors, device: torch.device, lives: list[Live]) -> None:
+        """`data` is in natural pixel order and on `device`; each job's permutation is applied per batch."""
+        assert len({spec.pack_key for spec in specs}) == 1, "a pack holds jobs of one shape and schedule"
         self.specs, self.device, self.lives = specs, device, lives
-        self.data = data  # natural pixel order; each job's permutation is applied per batch
-        stacked: list[list[torch.Tensor]] = [[] for _ in PARAM_NAMES]
-        self.generators = []
-        for spec in specs:
-            torch.manual_seed(spec["seed"])
-            model = build_model(spec)
-            generator = torch.Generator()
-            generator.set_state(torch.get_rng_state())
-            self.generators.append(generator)
-            for slot, tensor in zip(stacked, model.state_dict().values()):
-                slot.append(tensor)
-        self.permutations = [permutation(spec["permutation_seed"]) for spec in specs]
-        for j, perm in enumerate(self.permutations):
-            if perm is not None:
-                stacked[0][j] = stacked[0][j][:, torch.argsort(perm)]
-        self.params = [torch.stack(slot).to(device).requires_grad_() for slot in stacked]
-        first = specs[0]
-        self.optimizer = torch.optim.SGD(self.params, lr=first["lr"], momentum=first["momentum"])
+        self.x_train = data.train_x.view(len(data.train_x), N_PIXELS)
+        self.x_test = data.test_x.view(len(data.test_x), N_PIXELS)
+        self.y_train, self.y_test = data.train_y, data.test_y
+        models, self.generators = zip(*(seeded_start(spec) for spec in specs))
+        self.template = models[0]  # the layers to walk (an FC2Layer); its own weights are not used
+        stacked, _ = torch.func.stack_module_state(list(models))
+        self.names = list(stacked)
+        self.params = [stacked[name].detach().to(device).requires_grad_() for name in self.names]
+        self.optimizer = torch.optim.SGD(self.params, lr=specs[0].lr, momentum=specs[0].momentum)
+        self.permutations = [permutation(spec.permutation_seed) for spec in specs]
+        identity = torch.arange(N_PIXELS)
+        self.gather = None if all(p is None for p in self.permutations) else torch.stack(
+            [identity if p is None else p for p in self.permutations]).to(device)
         self.active = list(range(len(specs)))
-        self.metrics: list[list[dict[str, Any]]] = [[] for _ in specs]
+        self.metrics: list[list[EpochRecord]] = [[] for _ in specs]
         self.train_seconds = 0.0
         self.test_seconds = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (J, B, 784) -> log-probabilities (J, B, 10), FC2Layer for every job at once."""
-        w1, b1, w2, b2, w3, b3 = self.params
-        h = F.relu(torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)))
-        h = F.relu(torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)))
-        return F.log_softmax(torch.baddbmm(b3.unsqueeze(1), h, w3.transpose(1, 2)), dim=-1)
+        """x (J, B, 784) -> log-probabilities (J, B, 10): FC2Layer's layers, each for every job."""
+        params = dict(zip(self.names, self.params))
+        for name, layer in self.template.network.named_children():
+            if isinstance(layer, nn.Linear):
+                x = StackedLinear.apply(x, params[f"network.{name}.weight"], params[f"network.{name}.bias"])
+            elif isinstance(layer, nn.ReLU):
+                x = F.relu(x)
+            elif isinstance(layer, nn.LogSoftmax):
+                x = F.log_softmax(x, dim=-1)
+            else:
+                raise TypeError(f"no stacked form for {type(layer).__name__}")
+        return x
 
-    def _job_tensor(self, j: int, param_index: int, tensor: torch.Tensor) -> torch.Tensor:
-        """Job j's slice of a stacked parameter (or its momentum), first layer back in pixel order."""
-        perm = self.permutations[j]
-        if param_index == 0 and perm is not None:
-            return tensor[j][:, perm.to(tensor.device)]
-        return tensor[j]
+    def inputs(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Job j's images x[rows[j]] with its pixels permuted: (J, B, 784). (index_select + gather
+        is about 4x faster than advanced indexing with both index tensors.)"""
+        jobs, batch = rows.shape
+        images = x.index_select(0, rows.reshape(-1)).view(jobs, batch, N_PIXELS)
+        if self.gather is None:
+            return images
+        return torch.gather(images, 2, self.gather.unsqueeze(1).expand(jobs, batch, N_PIXELS))
 
-    def checkpoint(self, j: int, epochs_done: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    def checkpoint(self, j: int, epochs_done: int, partial: PartialEpoch | None = None) -> TrainingState:
         state = self.optimizer.state_dict()
         optimizer = {
-            "state": {i: {name: self._job_tensor(j, i, value) for name, value in s.items()}
-                      for i, s in state["state"].items()},
+            "state": {i: {key: value[j] for key, value in slots.items()} for i, slots in state["state"].items()},
             "param_groups": state["param_groups"],
         }
-        return {
-            "format_version": FORMAT_VERSION,
-            "spec": dict(self.specs[j]),
-            "state_dict": to_cpu({name: self._job_tensor(j, i, p) for i, (name, p) in enumerate(zip(PARAM_NAMES, self.params))}),
-            "optimizer": to_cpu(optimizer),
-            "epoch": epochs_done,
-            "metrics": list(self.metrics[j]),
-            "permutation": self.permutations[j],
-            "rng_state": self.generators[j].get_state(),
-            "partial": partial,
-        }
+        return TrainingState.capture(self.specs[j], {name: p[j] for name, p in zip(self.names, self.params)},
+                                     optimizer, epochs_done, self.metrics[j], self.permutations[j],
+                                     self.generators[j], partial)
 
     @torch.inference_mode()
     def evaluate(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per job: mean test loss and correct count."""
-        x, y = self.data.test_x.view(len(self.data.test_x), -1), self.data.test_y
+        """Per job: mean test loss (float64) and correct count, summed as engine.evaluate sums them."""
         jobs = len(self.specs)
         loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
         correct = torch.zeros(jobs, dtype=torch.int64, device=self.device)
-        for start in range(0, len(x), batch_size):
-            images = x[start : start + batch_size].expand(jobs, -1, -1)
-            target = y[start : start + batch_size]
-            out = self.forward(images)
-            loss_sum += F.nll_loss(out.transpose(1, 2), target.expand(jobs, -1), reduction="none").sum(1)
+        total = len(self.x_test)
+        for start in range(0, total, batch_size):
+            rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
+            out = self.forward(self.inputs(self.x_test, rows))
+            target = self.y_test[start : start + batch_size]
+            loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
             correct += (out.argmax(-1) == target).sum(1)
-        return loss_sum / len(x), correct
+        return loss_sum / total, correct
 
-    def run(self, on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None],
-            on_stop: Callable[[PackedStop], None]) -> dict[int, dict[str, Any]]:
+    def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
         """Train all jobs to the last epoch. A job whose Live gets a stop_reason leaves the pack
         (on_stop gets its resumable checkpoint); the others go on. Returns results by job index."""
-        self._on_stop = on_stop
         spec = self.specs[0]
-        batch_size, jobs = spec["batch_size"], len(self.specs)
-        x, y = self.data.train_x.view(len(self.data.train_x), -1), self.data.train_y
-        n = len(x)
-        steps = -(-n // batch_size)
+        n, total = len(self.x_train), len(self.x_test)
+        steps = -(-n // spec.batch_size)
         for live in self.lives:
-            live.steps, live.epochs = steps, spec["epochs"]
-        for epoch in range(1, spec["epochs"] + 1):
+            live.steps, live.epochs = steps, spec.epochs
+        for epoch in range(1, spec.epochs + 1):
             started = time.perf_counter()
             orders = torch.stack([draw_epoch_order(g, n) for g in self.generators])
-            orders_on_device = orders.to(self.device)
-            loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
-            refresh_at = time.monotonic()
-            for step in range(steps):
-                self._drop_stopped(epoch - 1, step, orders, loss_sum)
-                if not self.active:
-                    return {}
-                idx = orders_on_device[:, step * batch_size : (step + 1) * batch_size].reshape(-1)
-                out = self.forward(x.index_select(0, idx).view(jobs, -1, x.shape[1]))
-                target = y.index_select(0, idx).view(jobs, -1)
-                losses = F.nll_loss(out.reshape(-1, out.shape[-1]), target.reshape(-1), reduction="none").view(jobs, -1).mean(1)
-                self.optimizer.zero_grad()
-                losses.sum().backward()
-                self.optimizer.step()
-                loss_sum += losses.detach()
-                for live in self.lives:
-                    live.epoch, live.step = epoch, step + 1
-                if time.monotonic() >= refresh_at:
-                    for live, value in zip(self.lives, losses.tolist()):
-                        live.loss = value
-                    refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
+            loss_sum = self._train_epoch(epoch, orders, steps, callbacks)
             self.train_seconds += time.perf_counter() - started
+            if not self.active:
+                return {}
 
             started = time.perf_counter()
-            test_loss, correct = self.evaluate(spec["test_batch_size"])
+            test_loss, correct = self.evaluate(spec.test_batch_size)
             for generator in self.generators:
                 draw_loader_seeds(generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
-            total = len(self.data.test_x)
             for j in list(self.active):
-                row = {"epoch": epoch, "train_loss": loss_sum[j].item() / steps, "test_loss": test_loss[j].item(),
-                       "test_accuracy": int(correct[j]) / total, "correct": int(correct[j])}
-                self.metrics[j].append(row)
-                on_epoch(j, row, self.checkpoint(j, epoch))
-        return {j: {"test_accuracy": self.metrics[j][-1]["test_accuracy"], "test_loss": self.metrics[j][-1]["test_loss"],
-                    "correct": self.metrics[j][-1]["correct"], "total": len(self.data.test_x),
-                    "train_seconds": self.train_seconds, "test_seconds": self.test_seconds}
+                metrics = EpochRecord(epoch=epoch, train_loss=loss_sum[j].item() / steps,
+                                      test_loss=test_loss[j].item(), test_accuracy=int(correct[j]) / total,
+                                      correct=int(correct[j]))
+                self.metrics[j].append(metrics)
+                callbacks.on_epoch(j, metrics, self.checkpoint(j, epoch))
+        return {j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device)
                 for j in self.active}
 
-    def _drop_stopped(self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor) -> None:
+    def _train_epoch(self, epoch: int, orders: torch.Tensor, steps: int, callbacks: Callbacks) -> torch.Tensor:
+        """One epoch's steps for the whole pack; returns each job's summed training loss (float64)."""
+        batch_size, jobs = self.specs[0].batch_size, len(self.specs)
+        orders_on_device = orders.to(self.device)
+        loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
+        refresh_at = time.monotonic()
+        for step in range(steps):
+            self._drop_stopped(epoch - 1, step, orders, loss_sum, callbacks)
+            if not self.active:
+                break
+            rows = orders_on_device[:, step * batch_size : (step + 1) * batch_size]
+            out = self.forward(self.inputs(self.x_train, rows))
+            target = self.y_train[rows]
+            losses = torch.stack([F.nll_loss(out[j], target[j]) for j in range(jobs)])
+            self.optimizer.zero_grad()
+            losses.sum().backward()
+            self.optimizer.step()
+            loss_sum += losses.detach()
+            for live in self.lives:
+                live.epoch, live.step = epoch, step + 1
+            if time.monotonic() >= refresh_at:
+                for live, value in zip(self.lives, losses.tolist()):
+                    live.loss = value
+                refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
+        return loss_sum
+
+    def _drop_stopped(self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor,
+                      callbacks: Callbacks) -> None:
         for j in list(self.active):
             reason = self.lives[j].stop_reason
             if reason is not None:
                 self.active.remove(j)
-                partial = {"step": step, "order": orders[j].clone(), "loss_sum": loss_sum[j].item()}
-                self._on_stop(PackedStop(j, reason, self.checkpoint(j, epochs_done, partial)))
+                partial = PartialEpoch(step, orders[j].clone(), loss_sum[j].item())
+                callbacks.on_stop(j, reason, self.checkpoint(j, epochs_done, partial))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.training import data
-from tests.conftest import local_sources_only
-from tests.idx import write_mnist
+from service.datasets import catalog
+from tests.support.idx import write_mnist
+from tests.support.settings import local_sources_only
 from workers.main import Worker
 
 
@@ -21,7 +21,7 @@ def test_datasets_lists_each_with_state_source_sizes_and_counts(client, settings
     assert set(before) == {"mnist", "fashion-mnist"}
     assert before["mnist"]["state"] == "missing" and "data prepare --dataset mnist" in before["mnist"]["detail"]
 
-    data.prepare(settings, "mnist")
+    catalog.prepare(settings, "mnist")
     mnist = next(d for d in client.get("/v1/datasets").json() if d["name"] == "mnist")
     raw = settings.data_dir / "MNIST" / "raw"
     assert mnist == {

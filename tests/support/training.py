@@ -1,0 +1,65 @@
+"""Helpers for training tests: typed specs, a trainer on the fixture data, callbacks that record."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+
+from service.config import Settings
+from service.schemas import AnySpec, EpochRecord, job_spec_adapter
+from service.states import Outcome
+from service.training.checkpoints import TrainingState
+from service.training.engine import Live, Trainer
+from service.training.tensors import MnistTensors, load_tensors, permutation
+
+CPU = torch.device("cpu")
+
+
+def make_spec(architecture: str, permutation_seed: int | None = None, epochs: int = 1, seed: int = 7,
+              **fields: Any) -> AnySpec:
+    return job_spec_adapter.validate_python({"architecture": architecture, "permutation_seed": permutation_seed,
+                                             "epochs": epochs, "seed": seed, **fields})
+
+
+def job_data(settings: Settings, spec: AnySpec) -> MnistTensors:
+    """The data a single job trains on: permuted once if its spec says so (as the worker's cache does)."""
+    data = load_tensors(settings, spec.dataset)
+    perm = permutation(spec.permutation_seed)
+    return data if perm is None else data.permuted(perm)
+
+
+def trainer_for(settings: Settings, spec: AnySpec, resume: TrainingState | None = None,
+                live: Live | None = None) -> Trainer:
+    return Trainer(spec, job_data(settings, spec), CPU, resume=resume, live=live)
+
+
+class Recorded:
+    """Callbacks that keep what the trainer reports, by job index."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, list[tuple[EpochRecord, TrainingState]]] = {}
+        self.stops: dict[int, tuple[Outcome, TrainingState]] = {}
+
+    def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
+        self.epochs.setdefault(index, []).append((metrics, checkpoint))
+
+    def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
+        self.stops[index] = (reason, checkpoint)
+
+    def last(self, index: int = 0) -> TrainingState:
+        return self.epochs[index][-1][1]
+
+
+def saved(state: TrainingState) -> dict[str, Any]:
+    """A checkpoint as it comes back from disk: only through torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state.encode(), buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded
+
+
+def reloaded(state: TrainingState) -> TrainingState:
+    return TrainingState.decode(saved(state))

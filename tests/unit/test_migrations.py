@@ -1,0 +1,136 @@
+"""The schema comes from Alembic only, the models agree with it, and migrations keep every row.
+
+tests/support/data/jobs_0001.sql is a database written by revision 0001's code (real workers:
+succeeded, packed, permuted, failed, cancelled, resumed after a SIGKILL, handed back, left running,
+idempotent), and jobs_0001.json is what that code's API answered for each job. See README.txt there.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect, select, text
+
+from service import jobs, queue
+from service.db import Database, alembic_config, current_revision, head_revision, make_engine, upgrade
+from service.errors import SchemaOutOfDate
+from service.models import Base, Job
+from service.queue import Lease
+from service.schemas import job_spec_adapter
+
+FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data"
+
+
+def test_models_and_migrations_agree(tmp_path):
+    url = f"sqlite:///{tmp_path / 'schema.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert diff == [], f"models and migrations differ: {diff}"
+
+
+def test_upgrade_creates_tables_in_wal_mode_and_is_idempotent(tmp_path):
+    url = f"sqlite:///{tmp_path / 'schema.db'}"
+    upgrade(url)
+    upgrade(url)
+    assert current_revision(url) == head_revision()
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        assert {"jobs", "epochs", "attempts", "workers", "alembic_version"} <= tables
+        assert "checkpoints" not in tables
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        connection.execute(text("SELECT 1"))
+    engine.dispose()
+
+
+def test_the_api_refuses_a_database_that_is_not_at_head_and_says_what_to_run(settings):
+    from api.app import create_app
+
+    upgrade(settings.database_url, "0001")
+    with pytest.raises(SchemaOutOfDate, match="run `mnist-jobs db upgrade`"):
+        with TestClient(create_app(settings)):
+            pass
+
+
+def load_fixture(path: Path) -> str:
+    """A SQLite file holding revision 0001's rows, exactly as that code wrote them."""
+    connection = sqlite3.connect(path)
+    connection.executescript((FIXTURE / "jobs_0001.sql").read_text())
+    connection.close()
+    return f"sqlite:///{path}"
+
+
+def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table, JSON columns parsed, for comparing two databases."""
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    connection.row_factory = sqlite3.Row
+    tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    rows = {}
+    for table in sorted(tables):
+        found = [dict(row) for row in connection.execute(f"SELECT * FROM {table}")]  # noqa: S608 (our table names)
+        for row in found:
+            for key in ("spec", "metrics", "history", "progress", "result"):
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+        rows[table] = sorted(found, key=lambda row: json.dumps(row, sort_keys=True, default=str))
+    connection.close()
+    return rows
+
+
+def served(settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from api.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/v1/jobs", params={"limit": 200}).json()
+        one_by_one = [client.get(f"/v1/jobs/{job['id']}").json() for job in page["items"]]
+    return sorted(one_by_one, key=lambda job: job["id"]), page
+
+
+def test_upgrade_moves_every_job_metric_checkpoint_and_attempt_and_downgrade_moves_them_back(settings, tmp_path):
+    url = load_fixture(tmp_path / "jobs.db")
+    settings = settings.model_copy(update={"database_url": url})
+    original = raw_rows(url)
+    expected = json.loads((FIXTURE / "jobs_0001.json").read_text())
+    assert current_revision(url) == "0001" and len(expected) == 16
+
+    upgrade(url)
+    assert current_revision(url) == head_revision()
+    after, page = served(settings)
+    assert after == expected, "every job's JSON is what revision 0001's API answered"
+    assert page == json.loads((FIXTURE / "list_0001.json").read_text())
+
+    database = Database(url)
+    with database.read() as session:
+        for job in session.scalars(select(Job)):  # queued jobs still pack with new ones
+            assert job.pack_key == job_spec_adapter.validate_python(job.spec).pack_key
+        running = jobs.get(session, "45a824fc-2d09-4e77-b9c7-45881cd735c3")
+        assert running.status == "running" and running.attempt_rows[-1].lease_token == running.lease_token
+    with database.write() as session:  # the running attempt's worker can still write through its lease
+        assert queue.heartbeat(session, Lease(running.id, running.lease_token), 60, None) is False
+    database.dispose()
+
+    command.downgrade(alembic_config(url), "-1")
+    assert current_revision(url) == "0001"
+    downgraded = raw_rows(url)
+    for table in ("jobs", "checkpoints", "workers"):
+        left, right = original[table], downgraded[table]
+        if table == "jobs":  # the heartbeat above renewed one lease
+            for row in left + right:
+                row.pop("updated_at"), row.pop("lease_expires_at")
+        assert left == right, f"{table} differs after upgrade + downgrade"
+
+    upgrade(url)
+    assert served(settings)[0] == expected, "and up again"

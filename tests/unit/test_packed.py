@@ -1,0 +1,79 @@
+"""Packed FC jobs train as one stacked model and give each job, bit for bit, what it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from service.states import Outcome
+from service.training.engine import Live
+from service.training.packed import PackedFCTrainer
+from service.training.tensors import load_tensors
+from tests.support.training import CPU, Recorded, make_spec, reloaded, trainer_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pack_specs(size: int, epochs: int = 2):
+    """`size` FC jobs of one shape, each its own seed, every other one with its own permutation."""
+    return [make_spec("fc", permutation_seed=(100 + j if j % 2 else None), epochs=epochs, seed=j + 1)
+            for j in range(size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+def test_every_tensor_of_a_packed_job_equals_the_job_trained_alone(settings, size):
+    specs = pack_specs(size)
+    packed = Recorded()
+    results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, [Live() for _ in specs]).run(packed)
+    assert sorted(results) == list(range(size))
+
+    for j, spec in enumerate(specs):
+        alone = Recorded()
+        expected = trainer_for(settings, spec).run(alone)[0]
+        assert results[j].correct == expected.correct and results[j].test_loss == expected.test_loss
+        for (ours_metrics, ours), (theirs_metrics, theirs) in zip(packed.epochs[j], alone.epochs[0], strict=True):
+            assert ours_metrics == theirs_metrics, "train loss, test loss and accuracy, exactly"
+            assert list(ours.state_dict) == list(theirs.state_dict)  # the tutorial's FC2Layer keys
+            for name, tensor in theirs.state_dict.items():
+                assert torch.equal(ours.state_dict[name], tensor), (j, name)
+            for index, slots in theirs.optimizer["state"].items():
+                assert torch.equal(ours.optimizer["state"][index]["momentum_buffer"], slots["momentum_buffer"])
+            assert ours.optimizer["param_groups"] == theirs.optimizer["param_groups"]
+            assert torch.equal(ours.rng_state, theirs.rng_state)
+
+
+def test_a_packed_job_resumes_alone_from_its_checkpoint_to_the_same_bits(settings):
+    specs = pack_specs(3, epochs=3)
+    lives = [Live() for _ in specs]
+
+    class StopJobOneAfterEpochOne(Recorded):
+        def on_epoch(self, index, metrics, checkpoint):
+            super().on_epoch(index, metrics, checkpoint)
+            if index == 1 and metrics.epoch == 1:
+                lives[1].stop_reason = Outcome.handed_back
+
+    recorded = StopJobOneAfterEpochOne()
+    results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
+    assert sorted(results) == [0, 2], "the others carry on"
+    reason, state = recorded.stops[1]
+    assert reason is Outcome.handed_back and state.epoch == 1 and state.partial.step == 0
+
+    resumed = trainer_for(settings, specs[1], resume=reloaded(state))
+    resumed.run(Recorded())
+    straight = trainer_for(settings, specs[1])
+    straight.run(Recorded())
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert resumed.metrics == straight.metrics
+
+
+def test_a_job_stopped_before_its_first_step_leaves_the_pack_with_its_start_state(settings):
+    specs = pack_specs(2, epochs=1)
+    lives = [Live(), Live()]
+    lives[1].stop_reason = Outcome.cancelled
+    recorded = Recorded()
+    results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
+    assert list(results) == [0] and list(recorded.stops) == [1]
+    reason, state = recorded.stops[1]
+    assert reason is Outcome.cancelled and state.epoch == 0 and state.partial.step == 0
+    assert results[0].correct == trainer_for(settings, specs[0]).run(Recorded())[0].correct
