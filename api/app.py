@@ -27,8 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.db.dispose()
 
-    app = FastAPI(title="mnist-jobs", version="0.1.0", lifespan=lifespan,
-                  description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.")
+    app = FastAPI(
+        title="mnist-jobs",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.",
+    )
     app.state.settings = settings
     errors.install(app)
     app.include_router(jobs.router)

@@ -53,6 +53,8 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(HTTPException, http_error)
+    # The decorator form of add_exception_handler: Starlette types a handler's exception as a bare
+    # Exception, so a handler for a subclass only type-checks through FastAPI's generic decorator.
+    app.exception_handler(RequestValidationError)(validation_error)
+    app.exception_handler(ServiceError)(service_error)
+    app.exception_handler(HTTPException)(http_error)

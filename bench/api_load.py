@@ -80,12 +80,18 @@ async def measure(url: str, server_pid: int, args: argparse.Namespace, start_wor
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"submissions, API alone: {alone} POSTs in {alone_seconds:.2f} s with {args.concurrency} in flight "
-          f"= {alone / alone_seconds:.0f}/s; server CPU {server_ms_per_post:.2f} ms per POST")
-    print(f"status reads while a worker trains: {len(latencies)} GETs, {args.read_concurrency} in flight: "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"submissions while a worker trains (its CNN job {still} after): {done} POSTs in {seconds:.2f} s "
-          f"= {done / seconds:.0f}/s")
+    print(
+        f"submissions, API alone: {alone} POSTs in {alone_seconds:.2f} s with {args.concurrency} in flight "
+        f"= {alone / alone_seconds:.0f}/s; server CPU {server_ms_per_post:.2f} ms per POST"
+    )
+    print(
+        f"status reads while a worker trains: {len(latencies)} GETs, {args.read_concurrency} in flight: "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    print(
+        f"submissions while a worker trains (its CNN job {still} after): {done} POSTs in {seconds:.2f} s "
+        f"= {done / seconds:.0f}/s"
+    )
 
 
 def main() -> None:
@@ -98,16 +104,24 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        env = {**os.environ, "MNIST_JOBS_DATA_DIR": str(data_dir(tmp)),
-               "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/load.db", "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "art")}
-        cli = [sys.executable, "-m", "cli"]
-        quiet = {"env": env, "cwd": REPO, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        server = subprocess.Popen([*cli, "serve", "--port", str(args.port), "--workers", "0"], **quiet)
-        workers: list[subprocess.Popen] = []
+        env = {
+            **os.environ,
+            "MNIST_JOBS_DATA_DIR": str(data_dir(tmp)),
+            "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/load.db",
+            "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "art"),
+        }
+
+        def quiet(*cli_args: str) -> subprocess.Popen[bytes]:
+            """`mnist-jobs <cli_args>` with its output discarded."""
+            command = [sys.executable, "-m", "cli", *cli_args]
+            return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        server = quiet("serve", "--port", str(args.port), "--workers", "0")
+        workers: list[subprocess.Popen[bytes]] = []
         try:
             url = f"http://127.0.0.1:{args.port}"
             wait_for_api(url)
-            asyncio.run(measure(url, server.pid, args, lambda: workers.append(subprocess.Popen([*cli, "worker"], **quiet))))
+            asyncio.run(measure(url, server.pid, args, lambda: workers.append(quiet("worker"))))
         finally:
             for process in [*workers, server]:
                 process.terminate()

@@ -44,7 +44,7 @@ def single_step_seconds(jobs: int, steps: int, device: torch.device) -> float:
     y = torch.randint(0, 10, (64,), device=device)
 
     def step() -> None:
-        for model, optimizer in zip(models, optimizers):
+        for model, optimizer in zip(models, optimizers, strict=True):
             optimizer.zero_grad()
             F.nll_loss(model(x), y).backward()
             optimizer.step()

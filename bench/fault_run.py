@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,19 +41,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare_data(root: Path, which: str) -> dict:
+def prepare_data(root: Path, which: str) -> dict[str, dict[str, str]]:
     raw = root / "MNIST" / "raw"
     if which == "real":
         raw.mkdir(parents=True)
         for path in REAL_DATA.glob("*.gz"):
             shutil.copy(path, raw / path.name)
         return {}  # the built-in pins of the real files apply
-    from tests.idx import write_mnist
+    from bench.synthetic import write_mnist
 
     return {"mnist": write_mnist(raw)}
 
 
-def job_specs(count: int, which: str, rng: random.Random) -> list[dict]:
+def job_specs(count: int, which: str, rng: random.Random) -> list[dict[str, Any]]:
     """A mix of CNN jobs (trained alone) and FC jobs (which workers pack), each a few seconds."""
     specs = []
     for i in range(count):
@@ -71,44 +72,51 @@ class Run:
         self.args, self.work = args, work
         checksums = prepare_data(work / "data", args.data)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_JOBS_")}
-        self.env.update({
-            "MNIST_JOBS_DATABASE_URL": f"sqlite:///{work / 'jobs.db'}",
-            "MNIST_JOBS_DATA_DIR": str(work / "data"),
-            "MNIST_JOBS_ARTIFACTS_DIR": str(work / "artifacts"),
-            "MNIST_JOBS_DATA_CHECKSUMS": json.dumps(checksums),
-            "MNIST_JOBS_DEVICE": "cpu",
-            "MNIST_JOBS_LEASE_SECONDS": str(args.lease_seconds),
-            "MNIST_JOBS_HEARTBEAT_SECONDS": "0.5",
-            "MNIST_JOBS_REAP_SECONDS": "1",
-            "MNIST_JOBS_RETRY_BASE_SECONDS": "0.5",
-            "MNIST_JOBS_RETRY_MAX_SECONDS": "5",
-            "MNIST_JOBS_POLL_SECONDS": "0.1",
-            "MNIST_JOBS_SHUTDOWN_GRACE_SECONDS": "5",
-            "PYTHONUNBUFFERED": "1",
-        })
+        self.env.update(
+            {
+                "MNIST_JOBS_DATABASE_URL": f"sqlite:///{work / 'jobs.db'}",
+                "MNIST_JOBS_DATA_DIR": str(work / "data"),
+                "MNIST_JOBS_ARTIFACTS_DIR": str(work / "artifacts"),
+                "MNIST_JOBS_DATA_CHECKSUMS": json.dumps(checksums),
+                "MNIST_JOBS_DEVICE": "cpu",
+                "MNIST_JOBS_LEASE_SECONDS": str(args.lease_seconds),
+                "MNIST_JOBS_HEARTBEAT_SECONDS": "0.5",
+                "MNIST_JOBS_REAP_SECONDS": "1",
+                "MNIST_JOBS_RETRY_BASE_SECONDS": "0.5",
+                "MNIST_JOBS_RETRY_MAX_SECONDS": "5",
+                "MNIST_JOBS_POLL_SECONDS": "0.1",
+                "MNIST_JOBS_SHUTDOWN_GRACE_SECONDS": "5",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.api: subprocess.Popen | None = None
-        self.slots: list[subprocess.Popen] = []  # the 3 current worker processes
-        self.all_workers: list[subprocess.Popen] = []
+        self.api: subprocess.Popen[bytes] | None = None
+        self.slots: list[subprocess.Popen[bytes]] = []  # the 3 current worker processes
+        self.all_workers: list[subprocess.Popen[bytes]] = []
         self.started_logs = 0
         self.api_errors: list[str] = []
-        self.events: Counter = Counter()
+        self.events: Counter[str] = Counter()
 
     # processes
 
     def start_api(self) -> None:
-        log = open(self.work / f"api-{self.events['api_starts']}.log", "wb")
-        self.events["api_starts"] += 1
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--port", str(self.port),
-             "--workers", "0"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.work / f"api-{self.events['api_starts']}.log", "wb") as log:  # the child keeps its copy
+            self.events["api_starts"] += 1
+            self.api = subprocess.Popen(
+                [sys.executable, "-m", "cli", "serve", "--port", str(self.port), "--workers", "0"],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_api(self.url)
 
-    def start_worker(self) -> subprocess.Popen:
-        log = open(self.work / f"worker-{len(self.all_workers)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "workers"], env=self.env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        with open(self.work / f"worker-{len(self.all_workers)}.log", "wb") as log:  # the child keeps its copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workers"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
         self.all_workers.append(proc)
         return proc
 
@@ -132,7 +140,7 @@ class Run:
 
     # client
 
-    def get_jobs(self) -> list[dict] | None:
+    def get_jobs(self) -> list[dict[str, Any]] | None:
         try:
             response = httpx.get(f"{self.url}/v1/jobs", params={"limit": 200}, timeout=10)
         except httpx.TransportError as exc:
@@ -143,11 +151,13 @@ class Run:
             return None
         return response.json()["items"]
 
-    def submit(self, specs: list[dict]) -> tuple[list[str], Counter]:
-        ids, codes = [], Counter()
+    def submit(self, specs: list[dict[str, Any]]) -> tuple[list[str], Counter[int]]:
+        ids: list[str] = []
+        codes: Counter[int] = Counter()
         for i, spec in enumerate(specs):
-            response = httpx.post(f"{self.url}/v1/jobs", json=spec, headers={"Idempotency-Key": f"fault-run-{i}"},
-                                  timeout=10)
+            response = httpx.post(
+                f"{self.url}/v1/jobs", json=spec, headers={"Idempotency-Key": f"fault-run-{i}"}, timeout=10
+            )
             codes[response.status_code] += 1
             ids.append(response.json()["id"])
         return ids, codes
@@ -165,18 +175,22 @@ class Run:
         next_strike = time.monotonic() + args.strike_every
         api_restart_at = time.monotonic() + args.api_restart_after
         deadline = began + args.timeout
-        jobs: list[dict] = []
+        jobs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             now = time.monotonic()
             if api_restart_at and now >= api_restart_at:
                 api_restart_at = 0
+                assert self.api is not None
                 self.api.send_signal(signal.SIGTERM)
                 code = self.api.wait(timeout=30)
                 self.start_api()
                 again, recodes = self.submit(specs)  # a client retrying all its POSTs after the outage
                 self.events["api restart exit code"] = code
-                print(f"API restarted (old exit {code}); resubmitted with the same keys: {dict(recodes)}, "
-                      f"same ids: {again == ids}", flush=True)
+                print(
+                    f"API restarted (old exit {code}); resubmitted with the same keys: {dict(recodes)}, "
+                    f"same ids: {again == ids}",
+                    flush=True,
+                )
                 if again != ids:
                     self.api_errors.append("idempotent resubmit returned other ids")
             if now >= next_strike:
@@ -198,21 +212,27 @@ class Run:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        assert self.api is not None
         self.api.send_signal(signal.SIGTERM)
         self.api.wait(timeout=30)
         return self.report(jobs, ids, total)
 
-    def verify_resumed(self, jobs: list[dict]) -> list[str]:
+    def verify_resumed(self, jobs: list[dict[str, Any]]) -> list[str]:
         """Retrain up to --verify resumed jobs in one go here: their metrics must match exactly
         (a job's numbers depend on its spec alone: resumed or not, packed or not)."""
-        resumed = [j for j in jobs if j["status"] == "succeeded"
-                   and any(h.get("resumed_from_epoch") is not None for h in j["history"])][: self.args.verify]
+        resumed = [
+            j
+            for j in jobs
+            if j["status"] == "succeeded" and any(h.get("resumed_from_epoch") is not None for h in j["history"])
+        ][: self.args.verify]
         if not resumed:
             return []
         import torch
 
         from service.config import Settings
         from service.schemas import EpochRecord, job_spec_adapter
+        from service.states import Outcome
+        from service.training.checkpoints import TrainingState
         from service.training.engine import Trainer, configure_torch
         from service.training.tensors import load_tensors, permutation
 
@@ -220,15 +240,16 @@ class Run:
             def __init__(self) -> None:
                 self.metrics: list[EpochRecord] = []
 
-            def on_epoch(self, index, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
+            def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
                 self.metrics.append(metrics)
 
-            def on_stop(self, index, reason, checkpoint) -> None:  # type: ignore[no-untyped-def]
+            def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
                 pass
 
         configure_torch(1)
-        settings = Settings(data_dir=self.work / "data",
-                            data_checksums=json.loads(self.env["MNIST_JOBS_DATA_CHECKSUMS"]))
+        settings = Settings(
+            data_dir=self.work / "data", data_checksums=json.loads(self.env["MNIST_JOBS_DATA_CHECKSUMS"])
+        )
         base = load_tensors(settings, "mnist")
         mismatched = []
         for job in resumed:
@@ -238,11 +259,10 @@ class Run:
             Trainer(spec, base if perm is None else base.permuted(perm), torch.device("cpu")).run(kept)
             if [m.model_dump(exclude={"correct"}) for m in kept.metrics] != job["metrics"]:
                 mismatched.append(job["id"])
-        print(f"resumed jobs retrained in one go: {len(resumed)}, metrics identical: "
-              f"{len(resumed) - len(mismatched)}")
+        print(f"resumed jobs retrained in one go: {len(resumed)}, metrics identical: {len(resumed) - len(mismatched)}")
         return mismatched
 
-    def report(self, jobs: list[dict], ids: list[str], total: float) -> int:
+    def report(self, jobs: list[dict[str, Any]], ids: list[str], total: float) -> int:
         by_id = {j["id"]: j for j in jobs}
         states = Counter(by_id[i]["status"] if i in by_id else "missing" for i in ids)
         published_twice = [i for i in ids if sum(h.get("ended") == "succeeded" for h in by_id[i]["history"]) > 1]
@@ -252,23 +272,37 @@ class Run:
         resumes = [h for h in attempts if h.get("resumed_from_epoch") is not None]
         mid_epoch = [h for h in resumes if h.get("resumed_from_step")]
         ended = Counter(h.get("ended") or "unended" for h in attempts)
-        gaps = [i for i in ids if by_id[i]["status"] == "succeeded"
-                and [m["epoch"] for m in by_id[i]["metrics"]] != list(range(1, by_id[i]["spec"]["epochs"] + 1))]
+        gaps = [
+            i
+            for i in ids
+            if by_id[i]["status"] == "succeeded"
+            and [m["epoch"] for m in by_id[i]["metrics"]] != list(range(1, by_id[i]["spec"]["epochs"] + 1))
+        ]
         locked = sum(p.read_text(errors="replace").count("database is locked") for p in self.work.glob("*.log"))
         tracebacks = sum(p.read_text(errors="replace").count("Traceback") for p in self.work.glob("*.log"))
 
         print()
-        print(f"jobs:                    {len(ids)}  (data: {self.args.data}, {self.args.workers} workers, "
-              f"lease {self.args.lease_seconds} s)")
+        print(
+            f"jobs:                    {len(ids)}  (data: {self.args.data}, {self.args.workers} workers, "
+            f"lease {self.args.lease_seconds} s)"
+        )
         print(f"succeeded / lost:        {states['succeeded']} / {len(ids) - states['succeeded']}  {dict(states)}")
-        print(f"run to completion twice: {len(published_twice)} published twice, "
-              f"{computed_twice} trained to the end by a fenced-out worker (not published)")
-        print(f"resumes:                 {len(resumes)} ({len(mid_epoch)} mid-epoch, "
-              f"{len(resumes) - len(mid_epoch)} from an epoch checkpoint)")
+        print(
+            f"run to completion twice: {len(published_twice)} published twice, "
+            f"{computed_twice} trained to the end by a fenced-out worker (not published)"
+        )
+        print(
+            f"resumes:                 {len(resumes)} ({len(mid_epoch)} mid-epoch, "
+            f"{len(resumes) - len(mid_epoch)} from an epoch checkpoint)"
+        )
         print(f"attempts ended:          {dict(ended)}")
-        print(f"strikes:                 {self.events['strikes']}  "
-              f"{ {k: v for k, v in self.events.items() if k.startswith('SIG')} }")
-        print(f"worker processes:        {len(self.all_workers)} started; API started {self.events['api_starts']} times")
+        print(
+            f"strikes:                 {self.events['strikes']}  "
+            f"{ {k: v for k, v in self.events.items() if k.startswith('SIG')} }"
+        )
+        print(
+            f"worker processes:        {len(self.all_workers)} started; API started {self.events['api_starts']} times"
+        )
         print(f"metrics gaps:            {len(gaps)} succeeded jobs without every epoch exactly once")
         print(f"'database is locked':    {locked} in logs; tracebacks in logs: {tracebacks}")
         print(f"API errors seen:         {len(self.api_errors)} {self.api_errors[:3]}")

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -34,6 +35,7 @@ from service.schemas import AnySpec, EpochRecord, FCSpec, job_spec_adapter
 from service.states import Outcome
 from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
+from service.training.nets import CNN, FC2Layer
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import MnistTensors, load_tensors, permutation
 
@@ -69,8 +71,9 @@ def data_dir(tmp: Path) -> Path:
 
 def spec(architecture: str, permutation_seed: int | None, seed: int) -> AnySpec:
     """The tutorial's defaults, one epoch."""
-    return job_spec_adapter.validate_python({"architecture": architecture, "permutation_seed": permutation_seed,
-                                             "seed": seed})
+    return job_spec_adapter.validate_python(
+        {"architecture": architecture, "permutation_seed": permutation_seed, "seed": seed}
+    )
 
 
 class Discard:
@@ -96,7 +99,7 @@ def textbook_epoch(root: str, architecture: str, permutation_seed: int | None, s
     perm = permutation(permutation_seed)
     perm = torch.arange(784) if perm is None else perm
     torch.manual_seed(seed)
-    model = textbook.FC2Layer(784, 8, 10) if architecture == "fc" else textbook.CNN(784, 6, 10)
+    model = FC2Layer(784, 8, 10) if architecture == "fc" else CNN(784, 6, 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     started = time.perf_counter()
     textbook.train(model, optimizer, train_loader, perm, "cpu")
@@ -105,8 +108,10 @@ def textbook_epoch(root: str, architecture: str, permutation_seed: int | None, s
 
 def epochs_side_by_side(root: Path, repeats: int) -> None:
     base = load_tensors(Settings(data_dir=root), "mnist")
-    print("| one training epoch | textbook s (median) | service s (median) | service/textbook |\n|---|---|---|---|",
-          flush=True)
+    print(
+        "| one training epoch | textbook s (median) | service s (median) | service/textbook |\n|---|---|---|---|",
+        flush=True,
+    )
     for architecture, permutation_seed in TUTORIAL_JOBS:
         baseline, ours = [], []
         for r in range(repeats):
@@ -130,12 +135,21 @@ def packed_epochs(root: Path, sizes: list[int]) -> None:
 def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
     """Seconds from submitting the tutorial's four jobs to all succeeded, and the largest idle gap
     between one job's end and the next one's start on the same worker."""
-    env = {**os.environ, "MNIST_JOBS_DATA_DIR": str(root), "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-           "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "artifacts"), "MNIST_JOBS_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "MNIST_JOBS_DATA_DIR": str(root),
+        "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+        "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "artifacts"),
+        "MNIST_JOBS_DEVICE": "cpu",
+    }
     port = 8765
-    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port",
-                               str(port), "--workers", str(workers)], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
             deadline = time.monotonic() + 120
@@ -147,8 +161,10 @@ def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
                     pass
                 time.sleep(0.2)
             started = time.perf_counter()
-            ids = [api.post("/v1/jobs", json={"architecture": a, "permutation_seed": p}).json()["id"]
-                   for a, p in TUTORIAL_JOBS]
+            ids = [
+                api.post("/v1/jobs", json={"architecture": a, "permutation_seed": p}).json()["id"]
+                for a, p in TUTORIAL_JOBS
+            ]
             while True:
                 jobs = [api.get(f"/v1/jobs/{i}").json() for i in ids]
                 if all(j["status"] not in ("queued", "running") for j in jobs):
@@ -162,14 +178,19 @@ def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
         server.wait(timeout=60)
 
 
-def idle_gap(jobs: list[dict]) -> float:
+def idle_gap(jobs: list[dict[str, Any]]) -> float:
     by_worker: dict[str, list[tuple[datetime, datetime]]] = {}
     for job in jobs:
         attempt = job["history"][-1]
         by_worker.setdefault(attempt["worker_id"], []).append(
-            (datetime.fromisoformat(job["started_at"]), datetime.fromisoformat(job["finished_at"])))
-    gaps = [(b[0] - a[1]).total_seconds() for runs in by_worker.values()
-            for a, b in zip(sorted(runs), sorted(runs)[1:]) if b[0] > a[1]]
+            (datetime.fromisoformat(job["started_at"]), datetime.fromisoformat(job["finished_at"]))
+        )
+    gaps = [
+        (b[0] - a[1]).total_seconds()
+        for runs in by_worker.values()
+        for a, b in zip(sorted(runs), sorted(runs)[1:], strict=False)
+        if b[0] > a[1]
+    ]
     return max(gaps, default=0.0)
 
 
@@ -188,8 +209,11 @@ def main() -> None:
     parser.add_argument("--only", choices=["epochs", "packed", "four"], help="run just one of the three tables")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, `python -m bench.run --repeats {args.repeats}`\n", flush=True)
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, `python -m bench.run --repeats {args.repeats}`\n",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         root = data_dir(tmp)
@@ -199,12 +223,17 @@ def main() -> None:
             packed_epochs(root, [int(s) for s in args.packs.split(",")])
         if args.only not in (None, "four"):
             return
-        print("\n| the tutorial's four jobs | textbook s | service s | service/textbook | max idle gap ms |\n"
-              "|---|---|---|---|---|", flush=True)
+        print(
+            "\n| the tutorial's four jobs | textbook s | service s | service/textbook | max idle gap ms |\n"
+            "|---|---|---|---|---|",
+            flush=True,
+        )
         for r in range(args.repeats):
             baseline = textbook_four(root)
             ours, gap = serve_four_jobs(root, tmp / f"serve{r}", args.workers)
-            print(f"| run {r + 1} | {baseline:.1f} | {ours:.2f} | {ours / baseline:.3f} | {gap * 1000:.0f} |", flush=True)
+            print(
+                f"| run {r + 1} | {baseline:.1f} | {ours:.2f} | {ours / baseline:.3f} | {gap * 1000:.0f} |", flush=True
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ before the model is built, and the permutation drawn from its own seeded generat
 from __future__ import annotations
 
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from service.training.tensors import permutation as make_permutation
 from service.training.nets import CNN, FC2Layer
+from service.training.tensors import permutation as make_permutation
 
 INPUT_SIZE, OUTPUT_SIZE = 28 * 28, 10
 
@@ -30,12 +31,16 @@ class TextbookResult:
     seconds: float
 
 
-def loaders(root: str, batch_size: int = 64, test_batch_size: int = 1000) -> tuple[DataLoader, DataLoader]:
+def loaders(
+    root: str, batch_size: int = 64, test_batch_size: int = 1000
+) -> tuple[DataLoader[tuple[torch.Tensor, int]], DataLoader[tuple[torch.Tensor, int]]]:
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train = datasets.MNIST(root, train=True, download=False, transform=transform)
     test = datasets.MNIST(root, train=False, download=False, transform=transform)
-    return (DataLoader(train, batch_size=batch_size, shuffle=True),
-            DataLoader(test, batch_size=test_batch_size, shuffle=True))
+    return (
+        DataLoader(train, batch_size=batch_size, shuffle=True),
+        DataLoader(test, batch_size=test_batch_size, shuffle=True),
+    )
 
 
 def train(model, optimizer, train_loader, perm, device):
@@ -69,14 +74,24 @@ def test(model, test_loader, perm, device) -> tuple[float, int]:
     return test_loss / len(test_loader.dataset), correct
 
 
-def run(root: str, architecture: str, seed: int, permutation_seed: int | None = None, epochs: int = 1,
-        size: int | None = None, lr: float = 0.01, momentum: float = 0.5, device: str = "cpu") -> TextbookResult:
+def run(
+    root: str,
+    architecture: str,
+    seed: int,
+    permutation_seed: int | None = None,
+    epochs: int = 1,
+    size: int | None = None,
+    lr: float = 0.01,
+    momentum: float = 0.5,
+    device: str = "cpu",
+) -> TextbookResult:
     started = time.perf_counter()
     train_loader, test_loader = loaders(root)
     perm = make_permutation(permutation_seed)
     if perm is None:
         perm = torch.arange(0, 784).long()
     torch.manual_seed(seed)
+    model: torch.nn.Module
     if architecture == "fc":
         model = FC2Layer(INPUT_SIZE, size or 8, OUTPUT_SIZE)
     else:
@@ -86,4 +101,5 @@ def run(root: str, architecture: str, seed: int, permutation_seed: int | None = 
     for _ in range(epochs):
         train(model, optimizer, train_loader, perm, device)
         test_loss, correct = test(model, test_loader, perm, device)
+    assert isinstance(test_loader.dataset, Sized)  # torchvision's MNIST has a length; Dataset in general need not
     return TextbookResult(model, test_loss, correct, len(test_loader.dataset), time.perf_counter() - started)

@@ -40,10 +40,10 @@ class WorkerPool:
 
     def __init__(self, devices: list[str | None], grace_seconds: float) -> None:
         self.devices, self.grace = devices, grace_seconds
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self._stopping = threading.Event()
 
-    def _start(self, device: str | None) -> subprocess.Popen:
+    def _start(self, device: str | None) -> subprocess.Popen[bytes]:
         # Own session: a Ctrl-C in the terminal reaches `serve` only, which then signals each worker once.
         return subprocess.Popen(worker_command(device), start_new_session=True)
 
@@ -88,8 +88,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     try:
-        uvicorn.run(create_app(settings), host=args.host or settings.host,
-                    port=args.port if args.port is not None else settings.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+            log_level="info",
+        )
     finally:
         pool.stop()
 
@@ -103,7 +107,11 @@ def worker(args: argparse.Namespace, settings: Settings) -> None:
 def submit(args: argparse.Namespace, settings: Settings) -> None:
     import httpx
 
-    spec: dict[str, object] = {"architecture": args.architecture, "epochs": args.epochs, "permutation_seed": args.permutation_seed}
+    spec: dict[str, object] = {
+        "architecture": args.architecture,
+        "epochs": args.epochs,
+        "permutation_seed": args.permutation_seed,
+    }
     if args.seed is not None:
         spec["seed"] = args.seed
     url = args.url or f"http://{settings.host}:{settings.port}"
@@ -121,17 +129,19 @@ def submit(args: argparse.Namespace, settings: Settings) -> None:
 def data(args: argparse.Namespace, settings: Settings) -> None:
     from pathlib import Path
 
-    from service.errors import DataUnavailable
-    from service.schemas import DATASETS
     from service.datasets import catalog as datasets
     from service.datasets.sources import StderrProgress
+    from service.errors import DataUnavailable
+    from service.schemas import DATASETS
 
     if args.action == "status":
         rows = [datasets.status(settings, name) for name in ([args.dataset] if args.dataset else DATASETS)]
         print(f"{'DATASET':<14} {'STATE':<8} {'TRAIN':>6} {'TEST':>6} {'SIZE':>9}  SOURCE")
         for row in rows:
-            print(f"{row.name:<14} {row.state:<8} {row.train_samples or '-':>6} {row.test_samples or '-':>6} "
-                  f"{row.size_bytes / 1e6:>6.1f} MB  {row.source or '-'}")
+            print(
+                f"{row.name:<14} {row.state:<8} {row.train_samples or '-':>6} {row.test_samples or '-':>6} "
+                f"{row.size_bytes / 1e6:>6.1f} MB  {row.source or '-'}"
+            )
         for row in rows:
             if row.detail:
                 print(f"{row.name}: {row.detail}")
@@ -183,10 +193,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("data", help="prepare a data set (find, fetch, verify) or show which are ready")
     p.add_argument("action", choices=["prepare", "status"])
-    p.add_argument("--dataset", choices=DATASETS,
-                   help="default: mnist for prepare, every data set for status")
-    p.add_argument("--from", dest="source_dir", metavar="DIR",
-                   help="a folder with the four IDX files (raw or .gz); overrides MNIST_JOBS_DATA_SOURCE_DIR")
+    p.add_argument("--dataset", choices=DATASETS, help="default: mnist for prepare, every data set for status")
+    p.add_argument(
+        "--from",
+        dest="source_dir",
+        metavar="DIR",
+        help="a folder with the four IDX files (raw or .gz); overrides MNIST_JOBS_DATA_SOURCE_DIR",
+    )
     p.set_defaults(func=data)
 
     p = commands.add_parser("db", help="database schema")
@@ -196,5 +209,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from service.errors import SchemaOutOfDate
+
     args = parser().parse_args(argv)
-    args.func(args, Settings())
+    try:
+        args.func(args, Settings())
+    except SchemaOutOfDate as exc:  # a user's fix, not a crash: say what to run, no traceback
+        sys.exit(f"mnist-jobs {args.command}: {exc.detail}")

@@ -39,8 +39,9 @@ def _by_key(session: Session, idempotency_key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
 
 
-def enqueue(session: Session, spec: AnySpec, *, default_max_attempts: int,
-            idempotency_key: str | None = None) -> tuple[Job, bool]:
+def enqueue(
+    session: Session, spec: AnySpec, *, default_max_attempts: int, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
     """Add a job; returns (job, created). A repeated idempotency key returns the first job."""
     fingerprint = request_fingerprint(spec)
     if idempotency_key is not None and (existing := _by_key(session, idempotency_key)) is not None:
@@ -49,11 +50,23 @@ def enqueue(session: Session, spec: AnySpec, *, default_max_attempts: int,
         spec = spec.model_copy(update={"seed": secrets.randbelow(SEED_CHOICE_MAX + 1)})
     now = utcnow()
     job = Job(
-        id=str(uuid.uuid4()), status=JobStatus.queued.value, architecture=spec.architecture,
-        dataset=spec.dataset, spec=spec.model_dump(mode="json"), param_count=spec.param_count,
-        pack_key=spec.pack_key, created_at=now, updated_at=now, run_after=now, attempts=0,
-        max_attempts=spec.max_attempts or default_max_attempts, cancel_requested=False,
-        idempotency_key=idempotency_key, request_sha256=fingerprint, epochs=[], attempt_rows=[],
+        id=str(uuid.uuid4()),
+        status=JobStatus.queued.value,
+        architecture=spec.architecture,
+        dataset=spec.dataset,
+        spec=spec.model_dump(mode="json"),
+        param_count=spec.param_count,
+        pack_key=spec.pack_key,
+        created_at=now,
+        updated_at=now,
+        run_after=now,
+        attempts=0,
+        max_attempts=spec.max_attempts or default_max_attempts,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+        epochs=[],
+        attempt_rows=[],
     )
     if idempotency_key is None:
         session.add(job)
@@ -84,8 +97,14 @@ def get(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, status: JobStatus | None = None, architecture: str | None = None,
-              limit: int = 50, cursor: tuple[datetime, str] | None = None) -> list[Job]:
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    architecture: str | None = None,
+    limit: int = 50,
+    cursor: tuple[datetime, str] | None = None,
+) -> list[Job]:
     """Newest first; `cursor` is the (created_at, id) of the last job of the previous page."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).options(*WITH_CHILDREN)
     if status is not None:
@@ -141,19 +160,45 @@ def view(job: Job) -> JobRead:
     """The public view of a job (checkpoints listed from their rows, so they are always current)."""
     result = None
     if job.result is not None:
-        checkpoints = [CheckpointRead(epoch=e.epoch, size_bytes=e.checkpoint_size_bytes, sha256=e.checkpoint_sha256,
-                                      url=checkpoint_url(job.id, e.epoch)) for e in job.epochs]
+        checkpoints = [
+            CheckpointRead(
+                epoch=e.epoch,
+                size_bytes=e.checkpoint_size_bytes,
+                sha256=e.checkpoint_sha256,
+                url=checkpoint_url(job.id, e.epoch),
+            )
+            for e in job.epochs
+        ]
         result = JobResult(**job.result, checkpoints=checkpoints)
     return JobRead(
-        id=job.id, status=JobStatus(job.status), architecture=job.architecture, dataset=job.dataset,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
+        id=job.id,
+        status=JobStatus(job.status),
+        architecture=job.architecture,
+        dataset=job.dataset,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        cancel_requested=job.cancel_requested,
         progress=None if job.progress is None else Progress.model_validate(job.progress),
-        spec=job_spec_adapter.validate_python(job.spec), param_count=job.param_count,
-        metrics=[EpochMetrics(epoch=e.epoch, train_loss=e.train_loss, test_loss=e.test_loss,
-                              test_accuracy=e.test_accuracy) for e in job.epochs],
-        result=result, error=job.error,
-        history=[AttemptRead(attempt=a.attempt, worker_id=a.worker_id, started_at=a.started_at,
-                             resumed_from_epoch=a.resumed_from_epoch, resumed_from_step=a.resumed_from_step,
-                             ended=None if a.outcome is None else Outcome(a.outcome)) for a in job.attempt_rows],
+        spec=job_spec_adapter.validate_python(job.spec),
+        param_count=job.param_count,
+        metrics=[
+            EpochMetrics(epoch=e.epoch, train_loss=e.train_loss, test_loss=e.test_loss, test_accuracy=e.test_accuracy)
+            for e in job.epochs
+        ],
+        result=result,
+        error=job.error,
+        history=[
+            AttemptRead(
+                attempt=a.attempt,
+                worker_id=a.worker_id,
+                started_at=a.started_at,
+                resumed_from_epoch=a.resumed_from_epoch,
+                resumed_from_step=a.resumed_from_step,
+                ended=None if a.outcome is None else Outcome(a.outcome),
+            )
+            for a in job.attempt_rows
+        ],
     )

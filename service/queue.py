@@ -45,8 +45,9 @@ class Claim(Lease):
     resume: StoredFile | None  # the latest checkpoint (an epoch's, or a mid-epoch hand-back's)
 
 
-def claim(session: Session, worker_id: str, lease_seconds: float, *, limit: int = 1,
-          pack_key: str | None = None) -> list[Claim]:
+def claim(
+    session: Session, worker_id: str, lease_seconds: float, *, limit: int = 1, pack_key: str | None = None
+) -> list[Claim]:
     """Take up to `limit` of the oldest runnable queued jobs, oldest first. With `pack_key`: only
     fresh jobs (nothing to resume) of that key, the ones that can join a pack."""
     now = utcnow()
@@ -63,21 +64,42 @@ def claim(session: Session, worker_id: str, lease_seconds: float, *, limit: int 
     rows = session.execute(
         update(Job)
         .where(Job.id.in_(oldest.scalar_subquery()))
-        .values(status=RUNNING, attempts=Job.attempts + 1, lease_token=token, worker_id=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now, updated_at=now,
-                progress=None)
+        .values(
+            status=RUNNING,
+            attempts=Job.attempts + 1,
+            lease_token=token,
+            worker_id=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            updated_at=now,
+            progress=None,
+        )
         .returning(Job.id, Job.spec, Job.attempts, Job.resume_path, Job.resume_sha256, Job.created_at)
         .execution_options(synchronize_session=False)
     ).all()
     rows = sorted(rows, key=lambda row: (row.created_at, row.id))
     if rows:
-        session.execute(insert(Attempt), [
-            {"job_id": row.id, "lease_token": token, "attempt": row.attempts, "worker_id": worker_id,
-             "started_at": now} for row in rows
-        ])
+        session.execute(
+            insert(Attempt),
+            [
+                {
+                    "job_id": row.id,
+                    "lease_token": token,
+                    "attempt": row.attempts,
+                    "worker_id": worker_id,
+                    "started_at": now,
+                }
+                for row in rows
+            ],
+        )
     return [
-        Claim(job_id=row.id, token=token, spec=job_spec_adapter.validate_python(row.spec), attempt=row.attempts,
-              resume=StoredFile.existing(row.resume_path, row.resume_sha256))
+        Claim(
+            job_id=row.id,
+            token=token,
+            spec=job_spec_adapter.validate_python(row.spec),
+            attempt=row.attempts,
+            resume=StoredFile.existing(row.resume_path, row.resume_sha256),
+        )
         for row in rows
     ]
 
@@ -140,15 +162,28 @@ def record_epoch(session: Session, lease: Lease, metrics: EpochRecord, checkpoin
     _fenced(session, lease, resume_path=checkpoint.path, resume_sha256=checkpoint.sha256)
     # A retried attempt that re-ran this epoch replaces the row the lost attempt wrote.
     session.execute(delete(Epoch).where(Epoch.job_id == lease.job_id, Epoch.epoch == metrics.epoch))
-    session.execute(insert(Epoch).values(
-        job_id=lease.job_id, **metrics.model_dump(), checkpoint_path=checkpoint.path,
-        checkpoint_size_bytes=checkpoint.size_bytes, checkpoint_sha256=checkpoint.sha256, created_at=utcnow(),
-    ))
+    session.execute(
+        insert(Epoch).values(
+            job_id=lease.job_id,
+            **metrics.model_dump(),
+            checkpoint_path=checkpoint.path,
+            checkpoint_size_bytes=checkpoint.size_bytes,
+            checkpoint_sha256=checkpoint.sha256,
+            created_at=utcnow(),
+        )
+    )
 
 
 def finish(session: Session, lease: Lease, result: TrainResult, progress: Progress | None) -> None:
-    _end(session, lease, Outcome.succeeded, status=JobStatus.succeeded.value, result=result.model_dump(mode="json"),
-         finished_at=utcnow(), progress=None if progress is None else progress.model_dump(mode="json"))
+    _end(
+        session,
+        lease,
+        Outcome.succeeded,
+        status=JobStatus.succeeded.value,
+        result=result.model_dump(mode="json"),
+        finished_at=utcnow(),
+        progress=None if progress is None else progress.model_dump(mode="json"),
+    )
 
 
 def fail(session: Session, lease: Lease, error: str) -> None:
@@ -170,11 +205,18 @@ def hand_back(session: Session, lease: Lease, resume: StoredFile | None) -> Outc
     status = session.scalar(
         update(Job)
         .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == RUNNING)
-        .values(status=case((cancelled, JobStatus.cancelled.value), else_=JobStatus.queued.value),
-                attempts=case((cancelled, Job.attempts), else_=Job.attempts - 1),
-                finished_at=case((cancelled, now), else_=None),
-                worker_id=case((cancelled, Job.worker_id), else_=None),
-                lease_token=None, lease_expires_at=None, run_after=now, updated_at=now, progress=None, **values)
+        .values(
+            status=case((cancelled, JobStatus.cancelled.value), else_=JobStatus.queued.value),
+            attempts=case((cancelled, Job.attempts), else_=Job.attempts - 1),
+            finished_at=case((cancelled, now), else_=None),
+            worker_id=case((cancelled, Job.worker_id), else_=None),
+            lease_token=None,
+            lease_expires_at=None,
+            run_after=now,
+            updated_at=now,
+            progress=None,
+            **values,
+        )
         .returning(Job.status)
         .execution_options(synchronize_session=False)
     )
@@ -195,7 +237,8 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
     now = utcnow()
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
-        .where(Job.status == RUNNING, Job.lease_expires_at < now).with_for_update()
+        .where(Job.status == RUNNING, Job.lease_expires_at < now)
+        .with_for_update()
     ).all()
     reaped: list[str] = []
     for job in expired:
@@ -203,8 +246,11 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
         if job.cancel_requested:
             values = {"status": JobStatus.cancelled.value, "finished_at": now}
         elif job.attempts >= job.max_attempts:
-            values = {"status": JobStatus.failed.value, "finished_at": now,
-                      "error": f"worker lost {job.attempts} times (max_attempts {job.max_attempts})"}
+            values = {
+                "status": JobStatus.failed.value,
+                "finished_at": now,
+                "error": f"worker lost {job.attempts} times (max_attempts {job.max_attempts})",
+            }
         else:
             delay = retry_delay(job.attempts, base_seconds, max_seconds)
             values = {"status": JobStatus.queued.value, "run_after": now + timedelta(seconds=delay), "progress": None}
@@ -213,12 +259,13 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
         # one such row does not roll back the others' requeues.
         result = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.lease_token == job.lease_token, Job.status == RUNNING,
-                   Job.lease_expires_at < now)
+            .where(
+                Job.id == job.id, Job.lease_token == job.lease_token, Job.status == RUNNING, Job.lease_expires_at < now
+            )
             .values(updated_at=now, lease_token=None, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
             _update_attempt(session, Lease(job.id, job.lease_token), ended_at=now, outcome=Outcome.lease_expired.value)
             reaped.append(job.id)
     return reaped

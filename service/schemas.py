@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -37,8 +37,9 @@ class _SpecBase(BaseModel):
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="torch.manual_seed; chosen and stored when omitted")
     dataset: Literal["mnist", "fashion-mnist"] = "mnist"
     # A submission option, not part of what is trained: shown as the job's max_attempts, never in its spec.
-    max_attempts: int | None = Field(None, ge=1, le=20, exclude=True,
-                                     description="Attempts before the job fails; server default if null")
+    max_attempts: int | None = Field(
+        None, ge=1, le=20, exclude=True, description="Attempts before the job fails; server default if null"
+    )
 
     @property
     def pack_key(self) -> str:
@@ -75,7 +76,7 @@ class CNNSpec(_SpecBase):
 
 
 AnySpec = FCSpec | CNNSpec
-JobSpec = Annotated[Union[FCSpec, CNNSpec], Field(discriminator="architecture")]
+JobSpec = Annotated[FCSpec | CNNSpec, Field(discriminator="architecture")]
 job_spec_adapter: TypeAdapter[AnySpec] = TypeAdapter(JobSpec)
 
 

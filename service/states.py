@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """A job's state: queued -> running -> succeeded | failed | cancelled (running -> queued on retry)."""
 
     queued = "queued"
@@ -26,7 +26,7 @@ class JobStatus(str, enum.Enum):
 FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How an attempt ended, and why a training loop was asked to stop.
 
     A trainer is stopped with `cancelled` (the user asked), `handed_back` (the worker is shutting

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from bench.synthetic import write_mnist
 from service.config import Settings
 from service.db import Database, upgrade
-from tests.support.idx import write_mnist
 from tests.support.processes import LiveServer, Workers
 from tests.support.settings import make_settings
 
@@ -55,7 +55,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def live_server(settings: Settings, tmp_path: Path) -> Iterator:
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def start(workers: int = 1) -> LiveServer:

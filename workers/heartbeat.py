@@ -33,8 +33,17 @@ class Heartbeat(threading.Thread):
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
     """
 
-    def __init__(self, db: Database, held: list[Held], *, period: float, lease_seconds: float, worker_id: str,
-                 reap: Callable[[], list[str]] | None = None, reap_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        held: list[Held],
+        *,
+        period: float,
+        lease_seconds: float,
+        worker_id: str,
+        reap: Callable[[], list[str]] | None = None,
+        reap_seconds: float = 5.0,
+    ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.db, self.held = db, list(held)
         self.period, self.lease_seconds, self.worker_id = period, lease_seconds, worker_id

@@ -43,8 +43,9 @@ class Worker:
         if self._signals > 1:
             log.warning("second signal: exiting now")
             os._exit(128 + signum)
-        log.info("signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name,
-                 self.settings.shutdown_grace_seconds)
+        log.info(
+            "signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name, self.settings.shutdown_grace_seconds
+        )
         self.stopping.set()
         self.runner.stop_all(Outcome.handed_back)
         timer = threading.Timer(self.settings.shutdown_grace_seconds, os._exit, args=(128 + signum,))
@@ -89,8 +90,9 @@ class Worker:
             # convolution) that stacking does not shrink (see bench/RESULTS.md).
             first = claims[0] if claims else None
             if first and self.settings.pack_size > 1 and isinstance(first.spec, FCSpec) and first.resume is None:
-                claims += queue.claim(session, self.id, lease, limit=self.settings.pack_size - 1,
-                                      pack_key=first.spec.pack_key)
+                claims += queue.claim(
+                    session, self.id, lease, limit=self.settings.pack_size - 1, pack_key=first.spec.pack_key
+                )
             registry.seen(session, self.id, current_job_id=first.job_id if first else None)
         return claims
 

@@ -66,8 +66,9 @@ class Run:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, db: Database, worker_id: str, device: torch.device,
-                 cache: DataCache) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, worker_id: str, device: torch.device, cache: DataCache
+    ) -> None:
         self.settings, self.db, self.worker_id, self.device, self.cache = settings, db, worker_id, device, cache
         self.held: list[Held] = []  # the running jobs, so a signal handler can stop them
         self.stop_reason: Outcome | None = None  # once set (shutdown), every job held from then on stops too
@@ -87,9 +88,15 @@ class JobRunner:
             # they stop at their first step and are handed back, instead of training to the end
             # (or past the grace period, when the lease would then cost them an attempt).
             self.stop_all(self.stop_reason)
-        beat = Heartbeat(self.db, run.held, period=heartbeat_period(self.settings),
-                         lease_seconds=self.settings.lease_seconds, worker_id=self.worker_id,
-                         reap=self.reap, reap_seconds=self.settings.reap_seconds)
+        beat = Heartbeat(
+            self.db,
+            run.held,
+            period=heartbeat_period(self.settings),
+            lease_seconds=self.settings.lease_seconds,
+            worker_id=self.worker_id,
+            reap=self.reap,
+            reap_seconds=self.settings.reap_seconds,
+        )
         beat.start()
         try:
             try:
@@ -106,8 +113,7 @@ class JobRunner:
                 log.exception("jobs %s failed", [claim.job_id for claim in claims])
             for claim in claims:
                 if claim.job_id not in run.outcomes:
-                    run.outcomes[claim.job_id] = self.guarded(claim, Outcome.failed,
-                                                              partial(queue.fail, error=message))
+                    run.outcomes[claim.job_id] = self.guarded(claim, Outcome.failed, partial(queue.fail, error=message))
         finally:
             self.held = []
         return run.outcomes
@@ -118,8 +124,9 @@ class JobRunner:
             specs = [claim.spec for claim in claims]
             assert all(isinstance(spec, FCSpec) for spec in specs), "only FC jobs are packed"
             data = self.cache.get(specs[0].dataset, None)  # each job's permutation is applied per batch
-            return PackedFCTrainer([s for s in specs if isinstance(s, FCSpec)], data, self.device,
-                                   [held.live for held in run.held])
+            return PackedFCTrainer(
+                [s for s in specs if isinstance(s, FCSpec)], data, self.device, [held.live for held in run.held]
+            )
         claim, held = claims[0], run.held[0]
         resume = None
         if claim.resume is not None:
@@ -133,8 +140,9 @@ class JobRunner:
     def reap(self) -> list[str]:
         """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""
         with self.db.write() as session:
-            return queue.reap(session, base_seconds=self.settings.retry_base_seconds,
-                              max_seconds=self.settings.retry_max_seconds)
+            return queue.reap(
+                session, base_seconds=self.settings.retry_base_seconds, max_seconds=self.settings.retry_max_seconds
+            )
 
     def save(self, claim: Claim, epoch: int | None, state: TrainingState) -> StoredFile:
         relative = checkpoints.relative_path(claim.job_id, claim.token, epoch)
@@ -181,10 +189,16 @@ class Recorder:
         if reason is Outcome.cancelled:
             return self.runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled)
         if reason is Outcome.handed_back:
-            file = self.runner.save(claim, None, checkpoint)
+            file: StoredFile | None
+            try:
+                file = self.runner.save(claim, None, checkpoint)
+            except OSError as exc:  # e.g. a full disk: hand back anyway, to resume from the last epoch
+                log.warning("job %s: mid-epoch checkpoint not written (%s); handing back without it", claim.job_id, exc)
+                file = None
             try:
                 with self.runner.db.write() as session:
                     return queue.hand_back(session, claim, file)
             except LeaseLost:  # as in on_epoch: publish nothing, leave nothing
-                self.runner.discard(file)
+                if file is not None:
+                    self.runner.discard(file)
         return Outcome.lease_lost

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AppSettings
-from service.schemas import DATASETS, DatasetRead
 from service.datasets import catalog
+from service.schemas import DATASETS, DatasetRead
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

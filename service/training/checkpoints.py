@@ -44,21 +44,45 @@ class TrainingState:
     partial: PartialEpoch | None = None
 
     @classmethod
-    def capture(cls, spec: AnySpec, state_dict: dict[str, torch.Tensor], optimizer: dict[str, Any], epoch: int,
-                metrics: list[EpochRecord], permutation: torch.Tensor | None, generator: torch.Generator,
-                partial: PartialEpoch | None = None) -> TrainingState:
+    def capture(
+        cls,
+        spec: AnySpec,
+        state_dict: dict[str, torch.Tensor],
+        optimizer: dict[str, Any],
+        epoch: int,
+        metrics: list[EpochRecord],
+        permutation: torch.Tensor | None,
+        generator: torch.Generator,
+        partial: PartialEpoch | None = None,
+    ) -> TrainingState:
         """A snapshot on the CPU, detached from the live training tensors."""
-        return cls(spec, _to_cpu(state_dict), _to_cpu(optimizer), epoch, list(metrics), permutation,
-                   generator.get_state(), partial)
+        return cls(
+            spec,
+            _to_cpu(state_dict),
+            _to_cpu(optimizer),
+            epoch,
+            list(metrics),
+            permutation,
+            generator.get_state(),
+            partial,
+        )
 
     def encode(self) -> dict[str, Any]:
-        partial = None if self.partial is None else {
-            "step": self.partial.step, "order": self.partial.order, "loss_sum": self.partial.loss_sum}
+        partial = (
+            None
+            if self.partial is None
+            else {"step": self.partial.step, "order": self.partial.order, "loss_sum": self.partial.loss_sum}
+        )
         return {
-            "format_version": FORMAT_VERSION, "spec": self.spec.model_dump(mode="json"),
-            "state_dict": self.state_dict, "optimizer": self.optimizer, "epoch": self.epoch,
-            "metrics": [m.model_dump() for m in self.metrics], "permutation": self.permutation,
-            "rng_state": self.rng_state, "partial": partial,
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.model_dump(mode="json"),
+            "state_dict": self.state_dict,
+            "optimizer": self.optimizer,
+            "epoch": self.epoch,
+            "metrics": [m.model_dump() for m in self.metrics],
+            "permutation": self.permutation,
+            "rng_state": self.rng_state,
+            "partial": partial,
         }
 
     @classmethod
@@ -67,9 +91,12 @@ class TrainingState:
             raise CheckpointCorrupt(f"checkpoint format {raw.get('format_version')!r} is not {FORMAT_VERSION}")
         partial = raw["partial"]
         return cls(
-            spec=job_spec_adapter.validate_python(raw["spec"]), state_dict=raw["state_dict"],
-            optimizer=raw["optimizer"], epoch=raw["epoch"],
-            metrics=[EpochRecord.model_validate(m) for m in raw["metrics"]], permutation=raw["permutation"],
+            spec=job_spec_adapter.validate_python(raw["spec"]),
+            state_dict=raw["state_dict"],
+            optimizer=raw["optimizer"],
+            epoch=raw["epoch"],
+            metrics=[EpochRecord.model_validate(m) for m in raw["metrics"]],
+            permutation=raw["permutation"],
             rng_state=raw["rng_state"],
             partial=None if partial is None else PartialEpoch(partial["step"], partial["order"], partial["loss_sum"]),
         )

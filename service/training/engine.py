@@ -103,12 +103,20 @@ class Callbacks(Protocol):
         """The job stopped at a step boundary because its Live asked; `checkpoint` resumes it exactly."""
 
 
-def train_result(metrics: list[EpochRecord], total: int, train_seconds: float, test_seconds: float,
-                 device: torch.device) -> TrainResult:
+def train_result(
+    metrics: list[EpochRecord], total: int, train_seconds: float, test_seconds: float, device: torch.device
+) -> TrainResult:
     last = metrics[-1]
-    return TrainResult(test_accuracy=last.test_accuracy, test_loss=last.test_loss, correct=last.correct, total=total,
-                       train_seconds=train_seconds, test_seconds=test_seconds, device=str(device),
-                       torch_version=torch.__version__)
+    return TrainResult(
+        test_accuracy=last.test_accuracy,
+        test_loss=last.test_loss,
+        correct=last.correct,
+        total=total,
+        train_seconds=train_seconds,
+        test_seconds=test_seconds,
+        device=str(device),
+        torch_version=torch.__version__,
+    )
 
 
 @torch.inference_mode()
@@ -130,8 +138,15 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 class Trainer:
     """One job's model, optimizer and private generator; `run` trains the remaining epochs."""
 
-    def __init__(self, spec: AnySpec, data: MnistTensors, device: torch.device, *,
-                 resume: TrainingState | None = None, live: Live | None = None) -> None:
+    def __init__(
+        self,
+        spec: AnySpec,
+        data: MnistTensors,
+        device: torch.device,
+        *,
+        resume: TrainingState | None = None,
+        live: Live | None = None,
+    ) -> None:
         """`data` is already permuted (if the spec says so) and on `device`."""
         self.spec, self.data, self.device = spec, data, device
         self.live = live or Live()
@@ -154,8 +169,16 @@ class Trainer:
         self.test_seconds = 0.0
 
     def checkpoint(self, partial: PartialEpoch | None = None) -> TrainingState:
-        return TrainingState.capture(self.spec, self.model.state_dict(), self.optimizer.state_dict(),
-                                     self.epochs_done, self.metrics, self.permutation, self.generator, partial)
+        return TrainingState.capture(
+            self.spec,
+            self.model.state_dict(),
+            self.optimizer.state_dict(),
+            self.epochs_done,
+            self.metrics,
+            self.permutation,
+            self.generator,
+            partial,
+        )
 
     def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
         """Train to the spec's last epoch: {0: result}; or {} when the job stopped (on_stop was called)."""
@@ -185,13 +208,19 @@ class Trainer:
             test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size)
             draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
-            metrics = EpochRecord(epoch=epoch, train_loss=loss_sum.item() / steps, test_loss=test_loss,
-                                  test_accuracy=correct / len(self.data.test_x), correct=correct)
+            metrics = EpochRecord(
+                epoch=epoch,
+                train_loss=loss_sum.item() / steps,
+                test_loss=test_loss,
+                test_accuracy=correct / len(self.data.test_x),
+                correct=correct,
+            )
             self.metrics.append(metrics)
             self.epochs_done = epoch
             callbacks.on_epoch(0, metrics, self.checkpoint())
-        return {0: train_result(self.metrics, len(self.data.test_x), self.train_seconds, self.test_seconds,
-                                self.device)}
+        return {
+            0: train_result(self.metrics, len(self.data.test_x), self.train_seconds, self.test_seconds, self.device)
+        }
 
     def _train_steps(self, order: torch.Tensor, first_step: int, steps: int, loss_sum: torch.Tensor) -> int | None:
         """Run the epoch's steps from `first_step`; returns the step it stopped before, if asked to stop."""
@@ -206,7 +235,7 @@ class Trainer:
             idx = order[step * batch_size : (step + 1) * batch_size]
             optimizer.zero_grad()
             loss = F.nll_loss(model(x[idx]), y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()
             loss_sum += loss.detach()
             live.step = step + 1

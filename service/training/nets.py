@@ -23,7 +23,8 @@ class FC2Layer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.view(-1, self.input_size))
+        out: torch.Tensor = self.network(x.view(-1, self.input_size))
+        return out
 
 
 class CNN(nn.Module):

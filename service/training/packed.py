@@ -80,7 +80,7 @@ class PackedFCTrainer:
         self.x_train = data.train_x.view(len(data.train_x), N_PIXELS)
         self.x_test = data.test_x.view(len(data.test_x), N_PIXELS)
         self.y_train, self.y_test = data.train_y, data.test_y
-        models, self.generators = zip(*(seeded_start(spec) for spec in specs))
+        models, self.generators = zip(*(seeded_start(spec) for spec in specs), strict=True)
         self.template = models[0]  # the layers to walk (an FC2Layer); its own weights are not used
         stacked, _ = torch.func.stack_module_state(list(models))
         self.names = list(stacked)
@@ -88,8 +88,11 @@ class PackedFCTrainer:
         self.optimizer = torch.optim.SGD(self.params, lr=specs[0].lr, momentum=specs[0].momentum)
         self.permutations = [permutation(spec.permutation_seed) for spec in specs]
         identity = torch.arange(N_PIXELS)
-        self.gather = None if all(p is None for p in self.permutations) else torch.stack(
-            [identity if p is None else p for p in self.permutations]).to(device)
+        self.gather = (
+            None
+            if all(p is None for p in self.permutations)
+            else torch.stack([identity if p is None else p for p in self.permutations]).to(device)
+        )
         self.active = list(range(len(specs)))
         self.metrics: list[list[EpochRecord]] = [[] for _ in specs]
         self.train_seconds = 0.0
@@ -97,7 +100,7 @@ class PackedFCTrainer:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (J, B, 784) -> log-probabilities (J, B, 10): FC2Layer's layers, each for every job."""
-        params = dict(zip(self.names, self.params))
+        params = dict(zip(self.names, self.params, strict=True))
         for name, layer in self.template.network.named_children():
             if isinstance(layer, nn.Linear):
                 x = StackedLinear.apply(x, params[f"network.{name}.weight"], params[f"network.{name}.bias"])
@@ -124,9 +127,16 @@ class PackedFCTrainer:
             "state": {i: {key: value[j] for key, value in slots.items()} for i, slots in state["state"].items()},
             "param_groups": state["param_groups"],
         }
-        return TrainingState.capture(self.specs[j], {name: p[j] for name, p in zip(self.names, self.params)},
-                                     optimizer, epochs_done, self.metrics[j], self.permutations[j],
-                                     self.generators[j], partial)
+        return TrainingState.capture(
+            self.specs[j],
+            {name: p[j] for name, p in zip(self.names, self.params, strict=True)},
+            optimizer,
+            epochs_done,
+            self.metrics[j],
+            self.permutations[j],
+            self.generators[j],
+            partial,
+        )
 
     @torch.inference_mode()
     def evaluate(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,18 +175,26 @@ class PackedFCTrainer:
                 draw_loader_seeds(generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
             for j in list(self.active):
-                metrics = EpochRecord(epoch=epoch, train_loss=loss_sum[j].item() / steps,
-                                      test_loss=test_loss[j].item(), test_accuracy=int(correct[j]) / total,
-                                      correct=int(correct[j]))
+                metrics = EpochRecord(
+                    epoch=epoch,
+                    train_loss=loss_sum[j].item() / steps,
+                    test_loss=test_loss[j].item(),
+                    test_accuracy=int(correct[j]) / total,
+                    correct=int(correct[j]),
+                )
                 self.metrics[j].append(metrics)
                 callbacks.on_epoch(j, metrics, self.checkpoint(j, epoch))
-        return {j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device)
-                for j in self.active}
+        return {
+            j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device)
+            for j in self.active
+        }
 
     def _train_epoch(self, epoch: int, orders: torch.Tensor, steps: int, callbacks: Callbacks) -> torch.Tensor:
         """One epoch's steps for the whole pack; returns each job's summed training loss (float64)."""
         batch_size, jobs = self.specs[0].batch_size, len(self.specs)
         orders_on_device = orders.to(self.device)
+        for live in self.lives:  # as the single-job loop does: progress names the epoch from its start
+            live.epoch, live.step = epoch, 0
         loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
         refresh_at = time.monotonic()
         for step in range(steps):
@@ -188,19 +206,20 @@ class PackedFCTrainer:
             target = self.y_train[rows]
             losses = torch.stack([F.nll_loss(out[j], target[j]) for j in range(jobs)])
             self.optimizer.zero_grad()
-            losses.sum().backward()
+            losses.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             self.optimizer.step()
             loss_sum += losses.detach()
             for live in self.lives:
                 live.epoch, live.step = epoch, step + 1
             if time.monotonic() >= refresh_at:
-                for live, value in zip(self.lives, losses.tolist()):
+                for live, value in zip(self.lives, losses.tolist(), strict=True):
                     live.loss = value
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return loss_sum
 
-    def _drop_stopped(self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor,
-                      callbacks: Callbacks) -> None:
+    def _drop_stopped(
+        self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor, callbacks: Callbacks
+    ) -> None:
         for j in list(self.active):
             reason = self.lives[j].stop_reason
             if reason is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torchvision import datasets
@@ -51,6 +52,14 @@ def load_tensors(settings: Settings, name: str) -> MnistTensors:
     train = loader(str(settings.data_dir), train=True, download=False)
     test = loader(str(settings.data_dir), train=False, download=False)
     return MnistTensors(normalise(train.data), train.targets.long(), normalise(test.data), test.targets.long())
+
+
+@overload
+def permutation(seed: int) -> torch.Tensor: ...
+@overload
+def permutation(seed: None) -> None: ...
+@overload
+def permutation(seed: int | None) -> torch.Tensor | None: ...
 
 
 def permutation(seed: int | None) -> torch.Tensor | None:

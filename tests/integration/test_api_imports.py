@@ -28,8 +28,15 @@ print(json.dumps({"codes": [job.status_code, listed.status_code, read.status_cod
 
 def test_the_api_serves_without_importing_torch(settings):
     upgrade(settings.database_url)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=settings_env(settings), cwd=REPO,
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     report = json.loads(out.strip().splitlines()[-1])
     assert report["codes"] == [201, 200, 200, 200]
     assert report["param_count"] == 6422, "counted by arithmetic, not by building the net"

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import signal
+import subprocess
 
 import torch
 
@@ -13,7 +14,8 @@ from service.schemas import job_spec_adapter
 from service.training.engine import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors
-from tests.support.processes import wait_until
+from tests.support.processes import REPO, mnist_jobs, wait_until
+from tests.support.settings import settings_env
 
 
 def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
@@ -96,3 +98,11 @@ def test_serve_runs_workers_and_stops_them_all_on_sigterm(live_server):
             return True
 
     wait_until(lambda: all(gone(pid) for pid in pids))
+
+
+def test_a_worker_on_an_unmigrated_database_says_what_to_run_and_exits(settings):
+    result = subprocess.run(
+        mnist_jobs("worker"), env=settings_env(settings), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    assert "run `mnist-jobs db upgrade`" in result.stderr and "Traceback" not in result.stderr

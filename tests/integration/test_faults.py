@@ -22,6 +22,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,14 @@ from tests.support.settings import settings_env
 from tests.support.training import Recorded, trainer_for
 
 LEASE_SECONDS = 2.0
-FAULT_SETTINGS = {"lease_seconds": LEASE_SECONDS, "heartbeat_seconds": 0.1, "reap_seconds": 0.2,
-                  "retry_base_seconds": 0.1, "poll_seconds": 0.05, "pack_size": 1}
+FAULT_SETTINGS = {
+    "lease_seconds": LEASE_SECONDS,
+    "heartbeat_seconds": 0.1,
+    "reap_seconds": 0.2,
+    "retry_base_seconds": 0.1,
+    "poll_seconds": 0.05,
+    "pack_size": 1,
+}
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -51,7 +58,7 @@ def submit(db, **fields) -> str:
         return jobs.enqueue(session, spec, default_max_attempts=3)[0].id
 
 
-def view(db, job_id: str) -> dict:
+def view(db, job_id: str) -> dict[str, Any]:
     """The job as the API shows it (same schema), read straight from the database."""
     with db.read() as session:
         return jobs.view(jobs.get(session, job_id)).model_dump(mode="json")
@@ -62,11 +69,18 @@ def worker_row(db, pid: int) -> Worker | None:
         return next((w for w in registry.list_workers(session, include_stopped=True) if w.pid == pid), None)
 
 
-def registered(db, *procs: subprocess.Popen) -> None:
+def worker_of(db, pid: int) -> Worker:
+    """The worker row of a process that has registered."""
+    row = worker_row(db, pid)
+    assert row is not None, f"pid {pid} has no worker row"
+    return row
+
+
+def registered(db, *procs: subprocess.Popen[bytes]) -> None:
     wait_until(lambda: all(worker_row(db, p.pid) for p in procs), timeout=60)
 
 
-def holder(db, job: dict, procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, str]:
+def holder(db, job: dict[str, Any], procs: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], str]:
     """The worker process holding a running job, and its worker id."""
     with db.read() as session:
         worker_id = jobs.get(session, job["id"]).worker_id
@@ -77,14 +91,17 @@ def holder(db, job: dict, procs: list[subprocess.Popen]) -> tuple[subprocess.Pop
     raise AssertionError(f"no live worker holds job {job['id']}")
 
 
-def running_with(db, job_id: str, *, epochs_done: int = 0, step: int = 0) -> dict:
+def running_with(db, job_id: str, *, epochs_done: int = 0, step: int = 0) -> dict[str, Any]:
     """Wait until the job runs with at least `epochs_done` recorded epochs (and a step > `step`)."""
+
     def ready():
         job = view(db, job_id)
         assert job["status"] not in FINAL, f"job ended early: {job['status']} {job['error']}"
         progress = job["progress"] or {}
-        return (job["status"] == "running" and len(job["metrics"]) >= epochs_done
-                and progress.get("step", 0) > step and job)
+        return (
+            job["status"] == "running" and len(job["metrics"]) >= epochs_done and progress.get("step", 0) > step and job
+        )
+
     return wait_until(ready, timeout=60)
 
 
@@ -99,7 +116,7 @@ def held_by_one_of_two(db, workers, epochs_done: int):
     return job_id, job, procs, victim, victim_id
 
 
-def final(db, job_id: str, timeout: float = 60) -> dict:
+def final(db, job_id: str, timeout: float = 60) -> dict[str, Any]:
     return wait_until(lambda: (job := view(db, job_id))["status"] in FINAL and job, timeout=timeout)
 
 
@@ -108,7 +125,7 @@ def job_files(settings, job_id: str) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
 
 
-def uninterrupted_metrics(settings, spec: dict) -> list[dict]:
+def uninterrupted_metrics(settings, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """The same job trained in one go, in this process: what a resumed job must reproduce exactly."""
     configure_torch(1)
     recorded = Recorded()
@@ -116,20 +133,27 @@ def uninterrupted_metrics(settings, spec: dict) -> list[dict]:
     return [metrics.model_dump(exclude={"correct"}) for metrics, _ in recorded.epochs[0]]
 
 
-def released_together(script: str, names: list[str], settings, tmp_path: Path,
-                      *args: str) -> dict[str, subprocess.Popen]:
+def released_together(
+    script: str, names: list[str], settings, tmp_path: Path, *args: str
+) -> dict[str, subprocess.Popen[bytes]]:
     """Start `script` once per name (argv: barrier, output file, name, *args). Each process marks itself
     ready, waits for the barrier, works, and writes JSON to tmp_path/<name>.json. Returns once all are
     ready and released at the same moment."""
     barrier = tmp_path / "go"
-    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(barrier), str(tmp_path / f"{name}.json"), name,
-                                     *args], env=settings_env(settings), cwd=REPO) for name in names}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", script, str(barrier), str(tmp_path / f"{name}.json"), name, *args],
+            env=settings_env(settings),
+            cwd=REPO,
+        )
+        for name in names
+    }
     wait_until(lambda: all(Path(f"{barrier}.{name}").exists() for name in names), timeout=90)
     barrier.touch()
     return procs
 
 
-def finished(procs: dict[str, subprocess.Popen], tmp_path: Path) -> dict:
+def finished(procs: dict[str, subprocess.Popen[bytes]], tmp_path: Path) -> dict[str, Any]:
     """Each released process's JSON report, once all have exited 0."""
     assert {name: proc.wait(timeout=60) for name, proc in procs.items()} == {name: 0 for name in procs}
     return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in procs}
@@ -205,14 +229,15 @@ def test_paused_worker_past_its_lease_writes_nothing_after_it_resumes(settings, 
         job = final(db, job_id)
         assert job["status"] == "succeeded", job["error"]
         files = job_files(settings, job_id)
-        victim_seen = worker_row(db, victim.pid).last_seen_at
+        victim_seen = worker_of(db, victim.pid).last_seen_at
     finally:
         victim.send_signal(signal.SIGCONT)
 
     # The paused worker wakes mid-training: its next heartbeat or epoch record finds the lease gone.
     wait_until(lambda: f"job {job_id}: lease lost" in workers.log(victim), timeout=30)
-    wait_until(lambda: (w := worker_row(db, victim.pid)).last_seen_at > victim_seen and w.current_job_id is None,
-               timeout=30)
+    wait_until(
+        lambda: (w := worker_of(db, victim.pid)).last_seen_at > victim_seen and w.current_job_id is None, timeout=30
+    )
     assert victim.poll() is None, "a fenced-out worker goes on to other jobs"
     assert view(db, job_id) == job, "no row touched after SIGCONT"
     assert job_files(settings, job_id) == files, "no checkpoint file written, replaced or left behind"
@@ -244,7 +269,7 @@ def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings
     job = view(db, job_id)
     assert job["status"] == "queued" and job["attempts"] == 0, "the attempt is not spent"
     assert job["history"][0]["ended"] == "handed back" and job["progress"] is None
-    assert worker_row(db, first_worker.pid).stopped_at is not None
+    assert worker_of(db, first_worker.pid).stopped_at is not None
 
     workers.start()
     job = final(db, job_id)
@@ -272,12 +297,12 @@ def test_five_sigterms_still_exit_and_sigterm_when_idle_is_clean(db, workers):
     assert job["status"] == "succeeded", job["error"]
     assert job["history"][0]["ended"] in {"handed back", "lease expired"}
     assert job["attempts"] == (1 if job["history"][0]["ended"] == "handed back" else 2)
-    assert job["history"][-1]["worker_id"] == worker_row(db, survivor.pid).id
+    assert job["history"][-1]["worker_id"] == worker_of(db, survivor.pid).id
 
-    wait_until(lambda: worker_row(db, survivor.pid).current_job_id is None, timeout=60)
+    wait_until(lambda: worker_of(db, survivor.pid).current_job_id is None, timeout=60)
     survivor.send_signal(signal.SIGTERM)
     assert survivor.wait(timeout=120) == 0, "an idle worker stops cleanly"
-    assert worker_row(db, survivor.pid).stopped_at is not None
+    assert worker_of(db, survivor.pid).stopped_at is not None
 
 
 def test_cancel_reaches_a_running_job_and_it_is_not_retried(settings, db, workers):
@@ -295,7 +320,7 @@ def test_cancel_reaches_a_running_job_and_it_is_not_retried(settings, db, worker
     # Past a lease and several reaps the job is still cancelled, with one attempt.
     wait_until(lambda: time.monotonic() - asked > LEASE_SECONDS + 1, interval=0.2)
     assert view(db, job_id) == job
-    assert worker.poll() is None and worker_row(db, worker.pid).current_job_id is None
+    assert worker.poll() is None and worker_of(db, worker.pid).current_job_id is None
 
 
 # The API under concurrency

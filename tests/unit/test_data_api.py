@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.synthetic import write_mnist
 from service.datasets import catalog
-from tests.support.idx import write_mnist
 from tests.support.settings import local_sources_only
 from workers.main import Worker
 
@@ -25,11 +25,20 @@ def test_datasets_lists_each_with_state_source_sizes_and_counts(client, settings
     mnist = next(d for d in client.get("/v1/datasets").json() if d["name"] == "mnist")
     raw = settings.data_dir / "MNIST" / "raw"
     assert mnist == {
-        "name": "mnist", "state": "ready", "source": f"data dir {raw}", "folder": str(raw),
+        "name": "mnist",
+        "state": "ready",
+        "source": f"data dir {raw}",
+        "folder": str(raw),
         "size_bytes": 600 * 785 + 200 * 785 + 48,
-        "file_sizes_bytes": {"train-images-idx3-ubyte": 600 * 784 + 16, "train-labels-idx1-ubyte": 608,
-                             "t10k-images-idx3-ubyte": 200 * 784 + 16, "t10k-labels-idx1-ubyte": 208},
-        "train_samples": 600, "test_samples": 200, "detail": None,
+        "file_sizes_bytes": {
+            "train-images-idx3-ubyte": 600 * 784 + 16,
+            "train-labels-idx1-ubyte": 608,
+            "t10k-images-idx3-ubyte": 200 * 784 + 16,
+            "t10k-labels-idx1-ubyte": 208,
+        },
+        "train_samples": 600,
+        "test_samples": 200,
+        "detail": None,
     }
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00" * 208)
     corrupt = next(d for d in client.get("/v1/datasets").json() if d["name"] == "mnist")

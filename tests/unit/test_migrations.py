@@ -50,7 +50,8 @@ def test_upgrade_creates_tables_in_wal_mode_and_is_idempotent(tmp_path):
         assert {"jobs", "epochs", "attempts", "workers", "alembic_version"} <= tables
         assert "checkpoints" not in tables
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        busy_timeout = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert busy_timeout is not None and busy_timeout >= 1000
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         connection.execute(text("SELECT 1"))
     engine.dispose()
@@ -80,7 +81,7 @@ def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
     tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     rows = {}
     for table in sorted(tables):
-        found = [dict(row) for row in connection.execute(f"SELECT * FROM {table}")]  # noqa: S608 (our table names)
+        found = [dict(row) for row in connection.execute(f"SELECT * FROM {table}")]  # our table names
         for row in found:
             for key in ("spec", "metrics", "history", "progress", "result"):
                 if isinstance(row.get(key), str):
@@ -134,3 +135,11 @@ def test_upgrade_moves_every_job_metric_checkpoint_and_attempt_and_downgrade_mov
 
     upgrade(url)
     assert served(settings)[0] == expected, "and up again"
+
+
+def test_a_worker_refuses_a_database_that_is_not_at_head(settings):
+    from workers.main import run_worker
+
+    upgrade(settings.database_url, "0001")
+    with pytest.raises(SchemaOutOfDate, match=f"this code needs {head_revision()}"):
+        run_worker(settings)

@@ -9,15 +9,16 @@ from service.states import Outcome
 from service.training.engine import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors
-from tests.support.training import CPU, Recorded, make_spec, reloaded, trainer_for
+from tests.support.training import CPU, Recorded, StopAt, make_spec, reloaded, trainer_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pack_specs(size: int, epochs: int = 2):
     """`size` FC jobs of one shape, each its own seed, every other one with its own permutation."""
-    return [make_spec("fc", permutation_seed=(100 + j if j % 2 else None), epochs=epochs, seed=j + 1)
-            for j in range(size)]
+    return [
+        make_spec("fc", permutation_seed=(100 + j if j % 2 else None), epochs=epochs, seed=j + 1) for j in range(size)
+    ]
 
 
 @pytest.mark.parametrize("size", [1, 2, 7])
@@ -42,21 +43,16 @@ def test_every_tensor_of_a_packed_job_equals_the_job_trained_alone(settings, siz
             assert torch.equal(ours.rng_state, theirs.rng_state)
 
 
-def test_a_packed_job_resumes_alone_from_its_checkpoint_to_the_same_bits(settings):
-    specs = pack_specs(3, epochs=3)
-    lives = [Live() for _ in specs]
-
-    class StopJobOneAfterEpochOne(Recorded):
-        def on_epoch(self, index, metrics, checkpoint):
-            super().on_epoch(index, metrics, checkpoint)
-            if index == 1 and metrics.epoch == 1:
-                lives[1].stop_reason = Outcome.handed_back
-
-    recorded = StopJobOneAfterEpochOne()
+@pytest.mark.parametrize("stop_at", [(2, 0), (2, 4)], ids=["between-epochs", "mid-epoch"])
+def test_a_packed_job_resumes_alone_from_its_checkpoint_to_the_same_bits(settings, stop_at):
+    specs = pack_specs(3, epochs=3)  # job 1 is permuted
+    lives = [Live(), StopAt(*stop_at), Live()]  # as a SIGTERM would stop it
+    recorded = Recorded()
     results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
     assert sorted(results) == [0, 2], "the others carry on"
     reason, state = recorded.stops[1]
-    assert reason is Outcome.handed_back and state.epoch == 1 and state.partial.step == 0
+    assert reason is Outcome.handed_back and state.epoch == 1
+    assert state.partial is not None and state.partial.step == stop_at[1]
 
     resumed = trainer_for(settings, specs[1], resume=reloaded(state))
     resumed.run(Recorded())
@@ -75,5 +71,5 @@ def test_a_job_stopped_before_its_first_step_leaves_the_pack_with_its_start_stat
     results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
     assert list(results) == [0] and list(recorded.stops) == [1]
     reason, state = recorded.stops[1]
-    assert reason is Outcome.cancelled and state.epoch == 0 and state.partial.step == 0
+    assert reason is Outcome.cancelled and state.epoch == 0 and state.partial is not None and state.partial.step == 0
     assert results[0].correct == trainer_for(settings, specs[0]).run(Recorded())[0].correct

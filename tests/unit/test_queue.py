@@ -8,6 +8,7 @@ reaper and claim compare them with the database's idea of now), so nothing here 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -47,7 +48,7 @@ def set_row(db, job_id: str, **values) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
-def row(db, job_id: str) -> dict:
+def row(db, job_id: str) -> dict[str, Any]:
     """Every column of the job, its epoch rows and its attempt rows: a snapshot to compare."""
     with db.read() as session:
         job = jobs.get(session, job_id)
@@ -74,8 +75,16 @@ def checkpoint_file(name: str, digit: str = "a") -> StoredFile:
     return StoredFile(f"jobs/x/{name}.pt", digit * 64, 1)
 
 
-RESULT = TrainResult(test_accuracy=1.0, test_loss=0.1, correct=200, total=200, train_seconds=1.0,
-                     test_seconds=0.1, device="cpu", torch_version="test")
+RESULT = TrainResult(
+    test_accuracy=1.0,
+    test_loss=0.1,
+    correct=200,
+    total=200,
+    train_seconds=1.0,
+    test_seconds=0.1,
+    device="cpu",
+    torch_version="test",
+)
 
 
 # Fencing
@@ -118,7 +127,9 @@ def test_a_stale_lease_token_writes_nothing(db):
     after = row(db, job_id)
     assert after["status"] == "succeeded"
     assert [(a["worker_id"], a["attempt"], a["outcome"]) for a in after["history"]] == [
-        (WORKER_A, 1, "lease expired"), (WORKER_B, 2, "succeeded")]
+        (WORKER_A, 1, "lease expired"),
+        (WORKER_B, 2, "succeeded"),
+    ]
     assert all(a["ended_at"] is not None for a in after["history"])
 
 
@@ -293,8 +304,10 @@ def test_a_pack_claim_gives_each_job_its_typed_spec(db):
         rest = queue.claim(session, WORKER_A, 60, limit=10, pack_key=first.spec.pack_key)
     assert [c.job_id for c in [first, *rest]] == fc
     assert [c.spec.seed for c in [first, *rest]] == [0, 1, 2]
-    assert all(c.spec == spec(architecture="fc", seed=s, permutation_seed=s or None)
-               for c, s in zip([first, *rest], range(3)))
+    assert all(
+        c.spec == spec(architecture="fc", seed=s, permutation_seed=s or None)
+        for c, s in zip([first, *rest], range(3), strict=True)
+    )
 
 
 def test_claim_takes_each_job_once_and_oldest_first(db):

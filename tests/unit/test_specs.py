@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import job_spec_adapter, request_fingerprint
+from service.schemas import CNNSpec, FCSpec, job_spec_adapter, request_fingerprint
 from service.training.nets import build_model
 
 
@@ -13,25 +13,30 @@ def spec(**fields):
 
 def test_defaults_are_the_tutorials():
     spec = job_spec_adapter.validate_python({"architecture": "fc"})
+    assert isinstance(spec, FCSpec)
     assert (spec.n_hidden, spec.epochs, spec.batch_size, spec.test_batch_size) == (8, 1, 64, 1000)
     assert (spec.lr, spec.momentum, spec.permutation_seed, spec.seed, spec.dataset) == (0.01, 0.5, None, None, "mnist")
-    assert job_spec_adapter.validate_python({"architecture": "cnn"}).n_features == 6
+    cnn = job_spec_adapter.validate_python({"architecture": "cnn"})
+    assert isinstance(cnn, CNNSpec) and cnn.n_features == 6
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"architecture": "fc", "epochs": 0}, "epochs"),
-    ({"architecture": "fc", "epochs": 101}, "epochs"),
-    ({"architecture": "fc", "n_hidden": 4097}, "n_hidden"),
-    ({"architecture": "cnn", "n_features": 0}, "n_features"),
-    ({"architecture": "cnn", "n_hidden": 8}, "n_hidden"),  # an FC field on a CNN
-    ({"architecture": "fc", "lr": 0}, "lr"),
-    ({"architecture": "fc", "momentum": 1}, "momentum"),
-    ({"architecture": "fc", "batch_size": 0}, "batch_size"),
-    ({"architecture": "fc", "seed": -1}, "seed"),
-    ({"architecture": "fc", "permutation_seed": 2**63}, "permutation_seed"),
-    ({"architecture": "fc", "dataset": "cifar10"}, "dataset"),
-    ({"architecture": "fc", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"architecture": "fc", "epochs": 0}, "epochs"),
+        ({"architecture": "fc", "epochs": 101}, "epochs"),
+        ({"architecture": "fc", "n_hidden": 4097}, "n_hidden"),
+        ({"architecture": "cnn", "n_features": 0}, "n_features"),
+        ({"architecture": "cnn", "n_hidden": 8}, "n_hidden"),  # an FC field on a CNN
+        ({"architecture": "fc", "lr": 0}, "lr"),
+        ({"architecture": "fc", "momentum": 1}, "momentum"),
+        ({"architecture": "fc", "batch_size": 0}, "batch_size"),
+        ({"architecture": "fc", "seed": -1}, "seed"),
+        ({"architecture": "fc", "permutation_seed": 2**63}, "permutation_seed"),
+        ({"architecture": "fc", "dataset": "cifar10"}, "dataset"),
+        ({"architecture": "fc", "colour": "red"}, "colour"),
+    ],
+)
 def test_out_of_bounds_and_unknown_fields_are_rejected(body, field):
     with pytest.raises(ValidationError) as error:
         job_spec_adapter.validate_python(body)
@@ -45,12 +50,15 @@ def test_architecture_is_required_and_known():
         job_spec_adapter.validate_python({"architecture": "rnn"})
 
 
-@pytest.mark.parametrize("fields, expected", [
-    ({"architecture": "fc", "n_hidden": 8}, 6442),
-    ({"architecture": "cnn", "n_features": 6}, 6422),
-    ({"architecture": "fc", "n_hidden": 100}, None),
-    ({"architecture": "cnn", "n_features": 20}, None),
-])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"architecture": "fc", "n_hidden": 8}, 6442),
+        ({"architecture": "cnn", "n_features": 6}, 6422),
+        ({"architecture": "fc", "n_hidden": 100}, None),
+        ({"architecture": "cnn", "n_features": 20}, None),
+    ],
+)
 def test_param_count_formula_matches_the_built_network(fields, expected):
     built = sum(p.numel() for p in build_model(spec(**fields)).parameters())
     assert spec(**fields).param_count == built
@@ -60,17 +68,26 @@ def test_param_count_formula_matches_the_built_network(fields, expected):
 
 def test_state_dict_keys_are_the_tutorials():
     assert list(build_model(spec(architecture="fc", n_hidden=8)).state_dict()) == [
-        f"network.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+        f"network.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
+    ]
     assert list(build_model(spec(architecture="cnn", n_features=6)).state_dict()) == [
-        f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2") for p in ("weight", "bias")]
+        f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2") for p in ("weight", "bias")
+    ]
 
 
 def test_the_pack_key_ignores_only_what_makes_a_job_itself():
     base = spec(architecture="fc", seed=1)
     assert spec(architecture="fc", seed=2, permutation_seed=42).pack_key == base.pack_key
     assert spec(architecture="fc", seed=1, max_attempts=5).pack_key == base.pack_key
-    for other in ({"n_hidden": 16}, {"lr": 0.02}, {"momentum": 0.9}, {"epochs": 2}, {"batch_size": 32},
-                  {"test_batch_size": 500}, {"dataset": "fashion-mnist"}):
+    for other in (
+        {"n_hidden": 16},
+        {"lr": 0.02},
+        {"momentum": 0.9},
+        {"epochs": 2},
+        {"batch_size": 32},
+        {"test_batch_size": 500},
+        {"dataset": "fashion-mnist"},
+    ):
         assert spec(architecture="fc", seed=1, **other).pack_key != base.pack_key, other
     assert spec(architecture="cnn", seed=1).pack_key != base.pack_key
 
