@@ -25,13 +25,22 @@ def worker_command(device: str | None) -> list[str]:
     return [sys.executable, "-m", "cli", "worker", *(["--device", device] if device else [])]
 
 
+def cuda_device_count() -> int:
+    """Asked of a short-lived child: `serve` runs the API in this process, which never imports torch."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(found.stdout.strip())
+
+
 def worker_devices(count: int, device: str) -> list[str | None]:
     """With several GPUs and --device auto, spread workers over them; otherwise all use `device`."""
-    if device != "auto":
+    if device != "auto" or count == 0:
         return [device] * count
-    import torch
-
-    gpus = torch.cuda.device_count()
+    gpus = cuda_device_count()
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from service.errors import Conflict, NotFound
 from service.models import Epoch, Job, utcnow
@@ -86,12 +86,14 @@ def enqueue(
     return job, True
 
 
-# One query per child table for a whole page of jobs, never one per job.
-WITH_CHILDREN = (selectinload(Job.epochs), selectinload(Job.attempt_rows))
+# Children of one job come in the same query (a join); those of a page of jobs in one query per
+# child table for the whole page (a join there would repeat each job's epochs for every attempt).
+ONE_WITH_CHILDREN = (joinedload(Job.epochs), joinedload(Job.attempt_rows))
+PAGE_WITH_CHILDREN = (selectinload(Job.epochs), selectinload(Job.attempt_rows))
 
 
 def get(session: Session, job_id: str) -> Job:
-    job = session.scalars(select(Job).where(Job.id == job_id).options(*WITH_CHILDREN)).one_or_none()
+    job = session.scalars(select(Job).where(Job.id == job_id).options(*ONE_WITH_CHILDREN)).unique().one_or_none()
     if job is None:
         raise NotFound(f"no job with id {job_id}", field="id")
     return job
@@ -106,7 +108,7 @@ def list_jobs(
     cursor: tuple[datetime, str] | None = None,
 ) -> list[Job]:
     """Newest first; `cursor` is the (created_at, id) of the last job of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).options(*WITH_CHILDREN)
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).options(*PAGE_WITH_CHILDREN)
     if status is not None:
         query = query.where(Job.status == status.value)
     if architecture is not None:

@@ -15,8 +15,9 @@ the single job's op computes:
   autograd of baddbmm computes (x^T @ g)^T, which rounds differently; StackedLinear does the former;
 - permutations: each job gathers its own permuted pixels, x[idx_j][:, perm_j] (the single job's
   data is permuted the same way); permuting W's columns instead would change the order of the sums;
-- the loss: one F.nll_loss per job (a mean over its batch, so each job's gradient and reported
-  loss are its own), summed for one backward; ReLU, log_softmax and SGD are elementwise or per row.
+- the loss: each job's mean over its own batch, summed for one backward (its gradient is each
+  job's own); the reported loss is one F.nll_loss per job, which sums in the single job's order.
+  ReLU, log_softmax and SGD are elementwise or per row.
 
 Checkpoints are per job and in the single-job format (FC2Layer state_dict keys, SGD state), so a
 packed job resumes alone, loads into the tutorial's class, and downloads like any other.
@@ -204,11 +205,16 @@ class PackedFCTrainer:
             rows = orders_on_device[:, step * batch_size : (step + 1) * batch_size]
             out = self.forward(self.inputs(self.x_train, rows))
             target = self.y_train[rows]
-            losses = torch.stack([F.nll_loss(out[j], target[j]) for j in range(jobs)])
+            # Each job's mean over its batch: the gradient is exactly F.nll_loss's (1/B at the targets),
+            # but the batched mean sums in another order, so the reported values come from one
+            # F.nll_loss per job, outside autograd.
+            batched = F.nll_loss(out.flatten(0, 1), target.flatten(), reduction="none").view(jobs, -1).mean(1)
             self.optimizer.zero_grad()
-            losses.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+            batched.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             self.optimizer.step()
-            loss_sum += losses.detach()
+            with torch.no_grad():
+                losses = torch.stack([F.nll_loss(out[j], target[j]) for j in range(jobs)])
+            loss_sum += losses
             for live in self.lives:
                 live.epoch, live.step = epoch, step + 1
             if time.monotonic() >= refresh_at:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from service.db import upgrade
-from tests.support.processes import REPO
+from tests.support.processes import REPO, wait_until
 from tests.support.settings import settings_env
 
 SCRIPT = """
@@ -41,3 +44,18 @@ def test_the_api_serves_without_importing_torch(settings):
     assert report["codes"] == [201, 200, 200, 200]
     assert report["param_count"] == 6422, "counted by arithmetic, not by building the net"
     assert report["heavy"] == []
+
+
+@pytest.fixture
+def settings(settings):
+    """`auto`, the default: serve must find out about GPUs without importing torch itself."""
+    return settings.model_copy(update={"device": "auto"})
+
+
+def test_serve_runs_the_api_in_a_process_without_torch(live_server):
+    server = live_server(workers=1)
+    assert server.client.post("/v1/jobs", json={"architecture": "fc"}).status_code == 201
+    workers = wait_until(lambda: server.client.get("/v1/workers").json())
+    assert workers and all(w["pid"] != server.proc.pid for w in workers), "training runs in other processes"
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps, "the API process has torch's libraries loaded"
