@@ -115,7 +115,7 @@ class Run:
     def start_worker(self) -> subprocess.Popen[bytes]:
         with open(self.work / f"worker-{len(self.all_workers)}.log", "wb") as log:  # the child keeps its copy
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workers"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "cli", "worker"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
             )
         self.all_workers.append(proc)
         return proc
