@@ -9,10 +9,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import Conflict, DataUnavailable, InvalidInput, LeaseLost, NotFound, ServiceError
+from service.errors import (
+    Conflict,
+    DataUnavailable,
+    Forbidden,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    TooMany,
+    Unauthorized,
+    UnsupportedMedia,
+)
 
 PROBLEM_JSON = "application/problem+json"
-STATUS = {NotFound: 404, Conflict: 409, LeaseLost: 409, InvalidInput: 422, DataUnavailable: 503}
+STATUS: dict[type[ServiceError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    LeaseLost: 409,
+    InvalidInput: 422,
+    DataUnavailable: 503,
+    Unauthorized: 401,
+    Forbidden: 403,
+    TooLarge: 413,
+    UnsupportedMedia: 415,
+    TooMany: 429,
+}
 SPEC_TAGS = {"fc", "cnn"}  # pydantic puts the discriminator's value in the location of spec errors
 
 
@@ -43,7 +66,12 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
 async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
     extra = {"field": exc.field} if exc.field else {}
-    return problem(status, exc.title, exc.detail, **extra)
+    response = problem(status, exc.title, exc.detail, **extra)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, TooMany):
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
 async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:

@@ -9,6 +9,11 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── DataUnavailable   a data set is missing or corrupt and could not be prepared (503)
     ├── CheckpointCorrupt a checkpoint file does not match the sha256 recorded for it
     ├── SchemaOutOfDate   the database is not at the migration head this code expects
+    ├── Unauthorized      no token, or one the server does not know, with tokens configured (401)
+    ├── Forbidden         a known token whose role may not make this call (403)
+    ├── TooLarge          a request body over the size limit (413)
+    ├── UnsupportedMedia  a state-changing call whose body is not application/json (415)
+    ├── TooMany           the caller's queue is full (429, with Retry-After)
     └── LeaseLost         a worker's fenced write touched no row: another worker owns the job
 """
 
@@ -63,6 +68,42 @@ class SchemaOutOfDate(ServiceError):
     the message says what to run."""
 
     title = "Database schema out of date"
+
+
+class Unauthorized(ServiceError):
+    """Raised by the API's auth dependency when tokens are configured and the call carries none, or
+    one that is not known."""
+
+    title = "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Raised when a known token's role may not make the call (a `read` token deleting a job)."""
+
+    title = "Forbidden"
+
+
+class TooLarge(ServiceError):
+    """Raised before a request body over MNIST_JOBS_MAX_BODY_BYTES is read whole."""
+
+    title = "Request body too large"
+
+
+class UnsupportedMedia(ServiceError):
+    """Raised for a state-changing call whose body is not application/json: a browser's cross-origin
+    'simple' request (text/plain, form data) can then never submit or cancel."""
+
+    title = "Unsupported media type"
+
+
+class TooMany(ServiceError):
+    """Raised when a caller already has MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running."""
+
+    title = "Too many queued jobs"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class LeaseLost(ServiceError):
