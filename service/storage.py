@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -26,6 +27,27 @@ class StoredFile:
     def existing(cls, path: str | None, sha256: str | None) -> StoredFile | None:
         """The file a row points at, or None when it points at none."""
         return None if path is None or sha256 is None else cls(path, sha256)
+
+
+PRIVATE_DIR_MODE = 0o700  # folders the service creates for its database and artifacts
+PRIVATE_FILE_MODE = 0o600  # the database and checkpoints (mkstemp already creates files 0600)
+
+
+def private_dirs(path: Path) -> None:
+    """Create `path` and any missing parents readable by this user only; existing folders keep
+    the mode their owner gave them."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        folder.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty and 0600 if it does not exist (SQLite then gives its -wal and -shm
+    files the same mode)."""
+    private_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):  # there already, or another process just made it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
 
 
 def sha256_file(path: Path) -> str:
@@ -63,7 +85,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
 
 
 def store(artifacts_dir: Path, relative: str, data: bytes) -> StoredFile:
-    """Write an artifact atomically under the artifacts dir and describe it for the database."""
+    """Write an artifact atomically under the artifacts dir (0600, in 0700 folders) and describe it
+    for the database."""
+    private_dirs((artifacts_dir / relative).parent)
     return StoredFile(relative, write_bytes_atomic(artifacts_dir / relative, data), len(data))
 
 
