@@ -100,9 +100,12 @@ class Worker:
         for job_id in self.runner.reap():
             log.warning("job %s: lease expired; requeued or ended", job_id)
         # An idle worker writes nothing else (it claims only when a read finds work): refresh its
-        # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle.
+        # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle; and
+        # mark the workers silent for longer than a lease (a SIGKILL, a lost host) as gone.
         with self.db.write() as session:
             registry.seen(session, self.id, current_job_id=None)
+            for worker_id in registry.mark_gone(session, silent_seconds=self.settings.lease_seconds):
+                log.warning("worker %s: silent for over %.0f s; marked gone", worker_id, self.settings.lease_seconds)
 
 
 def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:
