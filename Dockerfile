@@ -15,7 +15,8 @@ COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps .
 ENV MNIST_JOBS_DATABASE_URL=sqlite:////var/lib/mnist-jobs/mnist-jobs.db \
     MNIST_JOBS_DATA_DIR=/var/lib/mnist-jobs/data \
-    MNIST_JOBS_ARTIFACTS_DIR=/var/lib/mnist-jobs/artifacts
+    MNIST_JOBS_ARTIFACTS_DIR=/var/lib/mnist-jobs/artifacts \
+    MNIST_JOBS_API_TOKENS_FILE=/var/lib/mnist-jobs/tokens
 VOLUME /var/lib/mnist-jobs
 EXPOSE 8000
 CMD ["mnist-jobs", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]

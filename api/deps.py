@@ -1,13 +1,21 @@
-"""Dependencies: the app's settings and database, shared by every request."""
+"""Dependencies: the app's settings and database, and who is calling, shared by every request.
+
+Routes take the caller as one annotated parameter (`caller: Submitter`) or, when they only need
+the role, list it in `dependencies=[require(Role.read)]`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.strict_query import reject_unknown_query
+from service.auth import OPEN, Caller, Role, TokenStore, authenticate
 from service.config import Settings
 from service.db import Database
+from service.errors import Unauthorized
 
 
 def get_db(request: Request) -> Database:
@@ -22,3 +30,40 @@ def get_settings(request: Request) -> Settings:
 
 DB = Annotated[Database, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+
+# auto_error=False: a missing or malformed header is our 401 problem (with WWW-Authenticate), not
+# FastAPI's 403; the scheme still appears in the OpenAPI document (Swagger's "Authorize").
+bearer = HTTPBearer(auto_error=False, description="A token from `mnist-jobs tokens create`")
+
+
+def get_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    store: TokenStore | None = request.app.state.tokens
+    if store is None:  # no tokens configured: the open mode (loopback only unless --insecure)
+        return OPEN
+    if credentials is None:
+        raise Unauthorized("this server needs 'Authorization: Bearer <token>'")
+    return authenticate(store.tokens(), credentials.credentials)
+
+
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
+
+
+def require(role: Role) -> Any:
+    """A dependency that lets through callers with at least `role` (403 otherwise)."""
+
+    def check(caller: CurrentCaller) -> Caller:
+        caller.require(role)
+        return caller
+
+    return Depends(check)
+
+
+Reader = Annotated[Caller, require(Role.read)]
+Submitter = Annotated[Caller, require(Role.submit)]
+Admin = Annotated[Caller, require(Role.admin)]
+
+# What every /v1 router depends on: a caller allowed to read (401 / 403 first), then no query
+# parameter the route does not declare (422).
+V1_ROUTER_DEPENDENCIES = [require(Role.read), Depends(reject_unknown_query)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,6 +46,22 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+MAX_FIELD_CHARS = 80  # a field name in a 422 (an unknown key may be a megabyte long)
+MAX_MESSAGE_CHARS = 240  # one error's message
+ARCHITECTURES = 'one of "fc", "cnn"'
+# pydantic's bound constraints, as a person would say them
+BOUNDS = {
+    "greater_than_equal": ("at least", "ge"),
+    "less_than_equal": ("at most", "le"),
+    "greater_than": ("greater than", "gt"),
+    "less_than": ("less than", "lt"),
+}
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def field_name(error: dict[str, Any]) -> str:
     """'epochs', 'query.limit', 'architecture' ... from a pydantic error location."""
     if error["type"] in {"union_tag_invalid", "union_tag_not_found"}:
@@ -54,12 +72,89 @@ def field_name(error: dict[str, Any]) -> str:
     if source == "body" and error["type"] == "json_invalid":
         return "body"
     name = ".".join(str(part) for part in path) or source
-    return name if source == "body" else f"{source}.{name}"
+    return shorten(name if source == "body" else f"{source}.{name}", MAX_FIELD_CHARS)
 
 
-async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": field_name(e), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+def describe(value: Any) -> str:
+    """What the caller sent, in words: 'a boolean', 'a string ("1_0")', 'NaN' ..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string ({shorten(json.dumps(value), 40)})"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return f"a number with a fraction ({value!r})" if not value.is_integer() else f"a decimal number ({value!r})"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of another type"
+
+
+def choice(value: Any) -> str:
+    """A value sent where one of a few strings was expected: '"transformer"', or its kind."""
+    return shorten(json.dumps(value), 40) if isinstance(value, str) else describe(value)
+
+
+def message(error: dict[str, Any], field: str) -> str:
+    """One validation error as a sentence a person can act on (not the validator's wording)."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "union_tag_not_found":
+        return f"architecture is required: {ARCHITECTURES}"
+    if kind == "union_tag_invalid":
+        tag = value.get("architecture") if isinstance(value, dict) else ctx.get("tag")
+        return f"architecture must be {ARCHITECTURES}, not {choice(tag)}"
+    if kind == "missing":
+        return f"{field} is required"
+    if kind == "extra_forbidden":
+        where = "query parameter of this call" if field.startswith("query.") else "field of a job spec"
+        return f"{field} is not a {where}"
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        return f"{field} must be an integer, not {describe(value)}"
+    if kind in {"float_type", "float_parsing"}:
+        return f"{field} must be a number, not {describe(value)}"
+    if kind == "finite_number":
+        return f"{field} must be a finite number, not {describe(value)}"
+    if kind in {"string_type", "bool_type", "bool_parsing"}:
+        wanted = "a string" if kind == "string_type" else "true or false"
+        return f"{field} must be {wanted}, not {describe(value)}"
+    if kind in {"literal_error", "enum"}:
+        expected = str(ctx.get("expected", "")).replace("'", '"')
+        return f"{field} must be {expected}, not {choice(value)}"
+    if kind in BOUNDS:
+        words, key = BOUNDS[kind]
+        bound = ctx.get(key)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"{field} must be {words} {bound}"
+    if kind in {"model_attributes_type", "dict_type", "model_type"}:
+        return f"{field} must be a JSON object, not {describe(value)}"
+    if kind == "json_invalid":
+        return f"the body is not valid JSON: {ctx.get('error', error['msg'])}"
+    return f"{field}: {error['msg']}"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the first max_validation_errors errors, each a field and a sentence of bounded length,
+    so a body with a million unknown keys answers with a small problem."""
+    cap = request.app.state.settings.max_validation_errors
+    found = exc.errors()
+    errors = []
+    for error in found[:cap]:
+        field = field_name(error)
+        errors.append(
+            {"field": field, "message": shorten(message(error, field), MAX_MESSAGE_CHARS), "type": error["type"]}
+        )
+    detail = "; ".join(e["message"] for e in errors)
+    if len(found) > cap:
+        detail += f"; and {len(found) - cap} more (only the first {cap} are listed)"
     return problem(422, "Invalid request", detail, field=errors[0]["field"], errors=errors)
 
 

@@ -1,4 +1,4 @@
-"""`mnist-jobs serve | worker | submit | data | db`.
+"""`mnist-jobs serve | worker | submit | data | db | tokens`.
 
 The API and the workers are separate processes that meet only in the database and the artifacts
 dir. `serve` migrates the database (the one place besides `db upgrade` that does), runs the API
@@ -9,7 +9,9 @@ uvicorn) happen inside the command that needs them, so `--help` and `submit` sta
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,7 +84,52 @@ class WorkerPool:
                 proc.wait()
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost may resolve to anything
+        return False
+
+
+def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
+    """Refuse to serve an open API beyond this machine; say plainly when it is open at all."""
+    from service import auth
+
+    if auth.configured(settings):
+        if settings.api_tokens_file is not None and not settings.api_tokens_file.exists():
+            print(
+                f"warning: the tokens file {settings.api_tokens_file} does not exist: every /v1 call is refused "
+                "until `mnist-jobs tokens create --role admin` writes it",
+                file=sys.stderr,
+            )
+    elif not is_loopback(host) and not insecure:
+        print(
+            f"mnist-jobs serve: refusing to listen on {host} with no API tokens: anyone who can reach the port "
+            "could submit, cancel and delete jobs. Create a token (`mnist-jobs tokens create --role admin`) "
+            "and set MNIST_JOBS_API_TOKENS_FILE, or pass --insecure to serve it open anyway.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    else:
+        print(
+            f"warning: no API tokens configured (MNIST_JOBS_API_TOKENS_FILE): the API on {host} is open to "
+            "anyone who can reach it",
+            file=sys.stderr,
+        )
+    if not is_loopback(host) and set(settings.allowed_hosts) <= {"127.0.0.1", "localhost", "[::1]", "testserver"}:
+        print(
+            "warning: MNIST_JOBS_ALLOWED_HOSTS names only loopback hosts: clients on other machines get 400 "
+            'until it lists the names they use (e.g. \'["jobs.lab", "10.0.0.5"]\')',
+            file=sys.stderr,
+        )
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> None:
+    host = args.host or settings.host
+    check_exposure(host, args.insecure, settings)
+
     import uvicorn
 
     from api.app import create_app
@@ -99,9 +146,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     try:
         uvicorn.run(
             create_app(settings),
-            host=args.host or settings.host,
+            host=host,
             port=args.port if args.port is not None else settings.port,
             log_level="info",
+            server_header=False,  # no version banner
         )
     finally:
         pool.stop()
@@ -124,7 +172,8 @@ def submit(args: argparse.Namespace, settings: Settings) -> None:
     if args.seed is not None:
         spec["seed"] = args.seed
     url = args.url or f"http://{settings.host}:{settings.port}"
-    with httpx.Client(base_url=url, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         response = client.post("/v1/jobs", json=spec)
         if response.status_code >= 400:
             sys.exit(f"error {response.status_code}: {response.json().get('detail', response.text)}")
@@ -173,6 +222,32 @@ def db(args: argparse.Namespace, settings: Settings) -> None:
     print(f"{settings.database_url}: revision {current} (head {head})")
 
 
+def tokens(args: argparse.Namespace, settings: Settings) -> None:
+    from pathlib import Path
+
+    from service import auth
+
+    path = Path(args.file) if args.file else settings.api_tokens_file
+    if path is None:
+        print("mnist-jobs tokens: no tokens file: pass --file or set MNIST_JOBS_API_TOKENS_FILE", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        if args.action == "create":
+            token, known = auth.create(path, auth.parse_role(args.role))
+            print(token)
+            print(f"token {known.id} ({known.role.name}) added to {path}; it is shown only this once", file=sys.stderr)
+        elif args.action == "list":
+            print(f"{'ID':<14} ROLE")
+            for known in auth.list_tokens(path):
+                print(f"{known.id:<14} {known.role.name}")
+        else:
+            gone = auth.revoke(path, args.id)
+            print(f"revoked token {gone.id} ({gone.role.name})")
+    except (OSError, ValueError) as exc:
+        print(f"mnist-jobs tokens {args.action}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mnist-jobs", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -182,6 +257,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core; 0 = API only)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--insecure", action="store_true", help="serve a non-loopback --host even with no API tokens (open to all)"
+    )
     p.set_defaults(func=serve)
 
     p = commands.add_parser("worker", help="run one worker process")
@@ -196,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--url", help="API base URL (default: http://HOST:PORT from settings)")
     p.add_argument("--wait", action="store_true", help="poll until the job has ended")
+    p.add_argument("--token", default=os.environ.get("MNIST_JOBS_TOKEN"), help="API token (default: $MNIST_JOBS_TOKEN)")
     p.set_defaults(func=submit)
 
     from service.schemas import DATASETS  # pydantic only: keeps the CLI quick to start
@@ -214,6 +293,17 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("db", help="database schema")
     p.add_argument("action", choices=["upgrade", "current"])
     p.set_defaults(func=db)
+
+    p = commands.add_parser("tokens", help="API tokens: create (printed once), list, revoke")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", help="make a token, print it once, append its sha256 and role to the file")
+    a.add_argument("--role", required=True, choices=["read", "submit", "admin"])
+    actions.add_parser("list", help="token ids and roles")
+    a = actions.add_parser("revoke", help="remove the token whose id starts with ID")
+    a.add_argument("id", metavar="ID")
+    for a in actions.choices.values():
+        a.add_argument("--file", help="the tokens file (default: MNIST_JOBS_API_TOKENS_FILE)")
+    p.set_defaults(func=tokens)
     return root
 
 

@@ -3,14 +3,16 @@ and the public view of a job built from its row, its epochs and its attempts."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from service.cost import estimate
 from service.errors import Conflict, NotFound
 from service.models import Epoch, Job, utcnow
 from service.schemas import (
@@ -39,11 +41,35 @@ def _by_key(session: Session, idempotency_key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
 
 
+def scoped_key(idempotency_key: str, submitted_by: str | None) -> str:
+    """Idempotency keys are per caller: a token's key is stored as "<token id>:<sha256 of the key>"
+    (it fits the column whatever the key's length), so the same key sent by another token never
+    finds this job. The open mode (no token) stores the key as given, as before tokens existed."""
+    if submitted_by is None:
+        return idempotency_key
+    return f"{submitted_by}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
+def active_count(session: Session, submitted_by: str) -> int:
+    """The queued and running jobs one token submitted (its queue, for MAX_QUEUED_PER_TOKEN)."""
+    active = (JobStatus.queued.value, JobStatus.running.value)
+    query = select(func.count()).select_from(Job).where(Job.submitted_by == submitted_by, Job.status.in_(active))
+    return session.scalar(query) or 0
+
+
 def enqueue(
-    session: Session, spec: AnySpec, *, default_max_attempts: int, idempotency_key: str | None = None
+    session: Session,
+    spec: AnySpec,
+    *,
+    default_max_attempts: int,
+    idempotency_key: str | None = None,
+    submitted_by: str | None = None,
 ) -> tuple[Job, bool]:
-    """Add a job; returns (job, created). A repeated idempotency key returns the first job."""
+    """Add a job; returns (job, created). A repeated idempotency key (of the same caller) returns
+    the first job. `submitted_by` is the token id of the caller (None in the open mode)."""
     fingerprint = request_fingerprint(spec)
+    if idempotency_key is not None:
+        idempotency_key = scoped_key(idempotency_key, submitted_by)
     if idempotency_key is not None and (existing := _by_key(session, idempotency_key)) is not None:
         return _same_request(existing, fingerprint), False
     if spec.seed is None:
@@ -65,6 +91,7 @@ def enqueue(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
+        submitted_by=submitted_by,
         epochs=[],
         attempt_rows=[],
     )
@@ -172,6 +199,7 @@ def view(job: Job) -> JobRead:
             for e in job.epochs
         ]
         result = JobResult(**job.result, checkpoints=checkpoints)
+    spec = job_spec_adapter.validate_python(job.spec)
     return JobRead(
         id=job.id,
         status=JobStatus(job.status),
@@ -184,8 +212,9 @@ def view(job: Job) -> JobRead:
         max_attempts=job.max_attempts,
         cancel_requested=job.cancel_requested,
         progress=None if job.progress is None else Progress.model_validate(job.progress),
-        spec=job_spec_adapter.validate_python(job.spec),
+        spec=spec,
         param_count=job.param_count,
+        cost=estimate(spec),
         metrics=[
             EpochMetrics(epoch=e.epoch, train_loss=e.train_loss, test_loss=e.test_loss, test_accuracy=e.test_accuracy)
             for e in job.epochs

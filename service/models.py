@@ -72,8 +72,9 @@ class Job(Base):
     resume_path: Mapped[str | None] = mapped_column(Text)
     resume_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # jobs.scoped_key
     request_sha256: Mapped[str | None] = mapped_column(String(64))
+    submitted_by: Mapped[str | None] = mapped_column(String(12))  # token id (service.auth); None: open mode
 
     epochs: Mapped[list[Epoch]] = relationship(
         back_populates="job", order_by="Epoch.epoch", cascade="all, delete-orphan", passive_deletes=True

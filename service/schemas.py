@@ -20,7 +20,9 @@ N_CLASSES = 10
 
 
 class _SpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: integers are JSON integers (not true/false, "10", "1_0" or 10.0); lr and momentum take
+    # any JSON number but not a boolean or a string; NaN and Infinity are refused everywhere.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     # Fields that make a job itself rather than fix its shape and schedule: jobs equal in every
     # other field can train together as one stacked model.
@@ -80,6 +82,15 @@ JobSpec = Annotated[FCSpec | CNNSpec, Field(discriminator="architecture")]
 job_spec_adapter: TypeAdapter[AnySpec] = TypeAdapter(JobSpec)
 
 
+class JobCost(BaseModel):
+    """What a job is estimated to cost, from its spec alone (service/cost.py); checked at submit."""
+
+    param_count: int
+    steps: int = Field(description="optimizer steps: epochs * ceil(60000 / batch_size)")
+    flops: float = Field(description="estimated floating-point operations of training and testing, all epochs")
+    peak_memory_bytes: int = Field(description="estimated peak memory: weights, gradients, momentum, activations, data")
+
+
 class Progress(BaseModel):
     fraction: float
     epoch: int
@@ -96,13 +107,18 @@ class EpochMetrics(BaseModel):
 
 
 class EpochRecord(EpochMetrics):
-    """What a trainer reports after each epoch (the view shows the fraction, not the count)."""
+    """What a trainer reports after each epoch (the view shows the fraction, not the count). Never
+    NaN/inf: a trainer fails the job instead (engine.Live.fail); this is the last guard."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     correct: int
 
 
 class TrainResult(BaseModel):
-    """A job's outcome as its trainer reports it."""
+    """A job's outcome as its trainer reports it (finite numbers only, as EpochRecord)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     test_accuracy: float = Field(description="fraction 0..1")
     test_loss: float
@@ -122,6 +138,8 @@ class CheckpointRead(BaseModel):
 
 
 class JobResult(TrainResult):
+    model_config = ConfigDict(allow_inf_nan=True)  # a view of what is stored: reading never fails
+
     checkpoints: list[CheckpointRead]
 
 
@@ -148,6 +166,7 @@ class JobRead(BaseModel):
     progress: Progress | None
     spec: JobSpec
     param_count: int
+    cost: JobCost | None = Field(None, description="The estimate the job was admitted with (from its spec)")
     metrics: list[EpochMetrics]
     result: JobResult | None
     error: str | None

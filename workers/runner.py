@@ -108,15 +108,30 @@ class JobRunner:
                 finish = partial(queue.finish, result=result, progress=held.live.progress())
                 run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.succeeded, finish)
         except Exception as exc:
-            message = exc.detail if isinstance(exc, DataUnavailable) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, DataUnavailable):
-                log.exception("jobs %s failed", [claim.job_id for claim in claims])
+            message = self.failure(exc, claims)
             for claim in claims:
                 if claim.job_id not in run.outcomes:
                     run.outcomes[claim.job_id] = self.guarded(claim, Outcome.failed, partial(queue.fail, error=message))
         finally:
             self.held = []
+        if self.device.type == "cuda":  # give back what the ended jobs (or an allocation that failed) held
+            torch.cuda.empty_cache()
         return run.outcomes
+
+    def failure(self, exc: Exception, claims: list[Claim]) -> str:
+        """The error a job that raised `exc` ends with; the worker goes on with the next job."""
+        if isinstance(exc, DataUnavailable):
+            return exc.detail
+        if is_out_of_memory(exc):
+            log.warning("jobs %s: out of memory on %s: %s", [c.job_id for c in claims], self.device, exc)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            packed = f" (trained as a pack of {len(claims)} jobs)" if len(claims) > 1 else ""
+            return (
+                f"out of memory on {self.device}{packed}: {first_line[:300]}; "
+                "lower batch_size, test_batch_size or the model size (n_hidden / n_features)"
+            )
+        log.exception("jobs %s failed", [claim.job_id for claim in claims])
+        return f"{type(exc).__name__}: {exc}"
 
     def _trainer(self, run: Run) -> Trainer | PackedFCTrainer:
         claims = [held.claim for held in run.held]
@@ -164,6 +179,14 @@ class JobRunner:
             return Outcome.lease_lost
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError, or the RuntimeError a failed CPU (or older CUDA) allocation raises."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 class Recorder:
     """The trainers' Callbacks: each epoch and each stop becomes files and fenced writes."""
 
@@ -182,12 +205,16 @@ class Recorder:
             held.live.stop_reason = Outcome.lease_lost
 
     def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
-        claim = self.run.held[index].claim
-        self.run.outcomes[claim.job_id] = self._stopped(claim, reason, checkpoint)
+        held = self.run.held[index]
+        self.run.outcomes[held.claim.job_id] = self._stopped(held, reason, checkpoint)
 
-    def _stopped(self, claim: Claim, reason: Outcome, checkpoint: TrainingState) -> Outcome:
+    def _stopped(self, held: Held, reason: Outcome, checkpoint: TrainingState) -> Outcome:
+        claim = held.claim
         if reason is Outcome.cancelled:
             return self.runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled)
+        if reason is Outcome.failed:  # the trainer's own stop (a loss that is not finite): no checkpoint
+            error = held.live.failure or "training failed"
+            return self.runner.guarded(claim, Outcome.failed, partial(queue.fail, error=error))
         if reason is Outcome.handed_back:
             file: StoredFile | None
             try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import AppSettings
+from api.deps import V1_ROUTER_DEPENDENCIES, AppSettings
 from service.datasets import catalog
 from service.schemas import DATASETS, DatasetRead
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=V1_ROUTER_DEPENDENCIES)
 
 
 @router.get("", response_model=list[DatasetRead])

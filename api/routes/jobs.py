@@ -11,14 +11,18 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
-from api.deps import DB, AppSettings
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Submitter
 from service import jobs, storage
-from service.errors import InvalidInput, NotFound
+from service.auth import Caller
+from service.cost import check_budget
+from service.errors import InvalidInput, NotFound, TooMany
 from service.schemas import JobPage, JobRead, JobSpec
 from service.states import JobStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
+QUEUE_FULL_RETRY_SECONDS = 30
 
 
 def encode_cursor(created_at: datetime, job_id: str) -> str:
@@ -33,6 +37,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
 
 
+def ensure_queue_room(session: Session, caller: Caller, limit: int) -> None:
+    """A token may have `limit` jobs queued or running (the open mode has no token and no limit)."""
+    if caller.id is not None and jobs.active_count(session, caller.id) >= limit:
+        raise TooMany(
+            f"this token already has {limit} jobs queued or running, the most allowed; retry when some have ended",
+            retry_after_seconds=QUEUE_FULL_RETRY_SECONDS,
+        )
+
+
 @router.post(
     "",
     status_code=201,
@@ -44,11 +57,18 @@ def submit(
     response: Response,
     db: DB,
     settings: AppSettings,
+    caller: Submitter,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobRead:
+    check_budget(spec, settings.max_job_flops, settings.max_job_memory_bytes)
     with db.write() as session:
+        ensure_queue_room(session, caller, settings.max_queued_per_token)
         job, created = jobs.enqueue(
-            session, spec, default_max_attempts=settings.max_attempts, idempotency_key=idempotency_key
+            session,
+            spec,
+            default_max_attempts=settings.max_attempts,
+            idempotency_key=idempotency_key,
+            submitted_by=caller.id,
         )
         view = jobs.view(job)
     response.status_code = 201 if created else 200
@@ -83,15 +103,16 @@ def read(job_id: uuid.UUID, db: DB) -> JobRead:
     response_model=JobRead,
     responses={202: {"description": "Running: the worker stops at its next step"}},
 )
-def cancel(job_id: uuid.UUID, response: Response, db: DB) -> JobRead:
+def cancel(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> JobRead:
     with db.write() as session:
+        caller.require_owner(jobs.get(session, str(job_id)).submitted_by)
         view = jobs.view(jobs.cancel(session, str(job_id)))
     response.status_code = 202 if view.status is JobStatus.running else 200
     return view
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete(job_id: uuid.UUID, db: DB, settings: AppSettings) -> Response:
+def delete(job_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Admin) -> Response:
     with db.write() as session:
         jobs.delete(session, str(job_id))
     storage.remove_job_files(settings.artifacts_dir, str(job_id))

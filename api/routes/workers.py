@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import DB
+from api.deps import DB, V1_ROUTER_DEPENDENCIES
 from service import registry
 from service.schemas import WorkerRead
 
-router = APIRouter(prefix="/v1/workers", tags=["workers"])
+router = APIRouter(prefix="/v1/workers", tags=["workers"], dependencies=V1_ROUTER_DEPENDENCIES)
 
 
 @router.get("", response_model=list[WorkerRead])

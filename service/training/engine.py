@@ -13,10 +13,19 @@ CPU the final weights are bit-identical to its loop. The loop reads nothing but 
 per-image transforms, no I/O. The caller learns of progress through a `Live` it polls, stops the
 loop by setting `Live.stop_reason`, and receives every epoch and every stop through `Callbacks`:
 the same interface the packed trainer has (a single job is index 0).
+
+A loss that is not finite fails the job through the same stop path: the trainer itself sets its
+Live's stop reason to `failed` with the reason in `Live.failure` (Live.fail), and the loop stops at
+the next step boundary with on_stop(index, Outcome.failed, checkpoint). The training loss is
+checked where the loop already syncs with the device (every LOSS_REFRESH_SECONDS and at each
+epoch's end), on the running sum, which stays NaN/inf once one step's loss was: the step named is
+where it was noticed, not necessarily the first bad one. The test loss is checked after each
+evaluation. So no NaN or inf ever becomes a metric, a progress figure or a result.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,8 +91,19 @@ class Live:
     step: int = 0
     steps: int = 0
     epochs: int = 1
-    loss: float | None = None
+    loss: float | None = None  # finite or None, never NaN/inf
     stop_reason: Outcome | None = None  # set by the watcher: the loop stops at the next step boundary
+    failure: str | None = None  # why, when the trainer itself set stop_reason to `failed` (fail())
+
+    def fail(self, failure: str) -> None:
+        """The trainer's own stop: the job fails with `failure` at the next step boundary. A cancel
+        or a lost lease already under way keeps its reason; a hand-back does not (resuming a
+        diverged job would only diverge again)."""
+        if self.stop_reason in (None, Outcome.handed_back):
+            self.failure, self.stop_reason = failure, Outcome.failed
+
+    def show_loss(self, value: float) -> None:
+        self.loss = value if math.isfinite(value) else None
 
     def progress(self) -> Progress | None:
         if not self.epoch:
@@ -101,6 +121,21 @@ class Callbacks(Protocol):
 
     def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
         """The job stopped at a step boundary because its Live asked; `checkpoint` resumes it exactly."""
+
+
+def divergence(what: str, value: float, spec: AnySpec, where: str) -> str:
+    """A failed job's error for a loss that is not finite, with the usual fix."""
+    kind = "nan" if math.isnan(value) else "inf"
+    also = " or momentum" if spec.momentum >= 0.9 else ""
+    return f"the {what} loss became {kind} {where} (lr {spec.lr:g} is probably too high; try a lower lr{also})"
+
+
+def train_diverged(value: float, spec: AnySpec, epoch: int, step: int, steps: int) -> str:
+    return divergence("training", value, spec, f"at epoch {epoch}, step {step} of {steps}")
+
+
+def test_diverged(value: float, spec: AnySpec, epoch: int) -> str:
+    return divergence("test", value, spec, f"after epoch {epoch}")
 
 
 def train_result(
@@ -198,19 +233,27 @@ class Trainer:
             self.live.epoch, self.live.step = epoch, first_step
             stopped_at = self._train_steps(order.to(self.device), first_step, steps, loss_sum)
             self.train_seconds += time.perf_counter() - started
-            if stopped_at is not None:
+            train_loss_sum = loss_sum.item()
+            if stopped_at is None and not math.isfinite(train_loss_sum):
+                self.live.fail(train_diverged(train_loss_sum, self.spec, epoch, steps, steps))
+                stopped_at = steps
+            if stopped_at is None:
+                started = time.perf_counter()
+                test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size)
+                draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
+                self.test_seconds += time.perf_counter() - started
+                if not math.isfinite(test_loss):
+                    self.live.fail(test_diverged(test_loss, self.spec, epoch))
+                    stopped_at = steps
+            if stopped_at is not None:  # asked to stop, or failed: the one stop path
                 assert self.live.stop_reason is not None
-                partial = PartialEpoch(stopped_at, order, loss_sum.item())
+                partial = PartialEpoch(stopped_at, order, train_loss_sum)
                 callbacks.on_stop(0, self.live.stop_reason, self.checkpoint(partial))
                 return {}
 
-            started = time.perf_counter()
-            test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size)
-            draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
-            self.test_seconds += time.perf_counter() - started
             metrics = EpochRecord(
                 epoch=epoch,
-                train_loss=loss_sum.item() / steps,
+                train_loss=train_loss_sum / steps,
                 test_loss=test_loss,
                 test_accuracy=correct / len(self.data.test_x),
                 correct=correct,
@@ -239,7 +282,10 @@ class Trainer:
             optimizer.step()
             loss_sum += loss.detach()
             live.step = step + 1
-            if time.monotonic() >= refresh_at:
-                live.loss = loss.item()
+            if time.monotonic() >= refresh_at:  # one device sync for both figures
+                total, last = torch.stack([loss_sum, loss.detach().double()]).tolist()
+                live.show_loss(last)
+                if not math.isfinite(total):
+                    live.fail(train_diverged(total, self.spec, live.epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return None

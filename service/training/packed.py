@@ -19,12 +19,17 @@ the single job's op computes:
   job's own); the reported loss is one F.nll_loss per job, which sums in the single job's order.
   ReLU, log_softmax and SGD are elementwise or per row.
 
+A job whose loss stops being finite (checked as the single-job loop checks it: engine.Live.fail)
+leaves the pack through the same path as a stopped one, with on_stop(j, Outcome.failed, ...); each
+job's slices are computed apart from the others', so the rest of the pack goes on unchanged.
+
 Checkpoints are per job and in the single-job format (FC2Layer state_dict keys, SGD state), so a
 packed job resumes alone, loads into the tutorial's class, and downloads like any other.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -41,6 +46,8 @@ from service.training.engine import (
     draw_epoch_order,
     draw_loader_seeds,
     seeded_start,
+    test_diverged,
+    train_diverged,
     train_result,
 )
 from service.training.tensors import N_PIXELS, MnistTensors, permutation
@@ -167,6 +174,11 @@ class PackedFCTrainer:
             orders = torch.stack([draw_epoch_order(g, n) for g in self.generators])
             loss_sum = self._train_epoch(epoch, orders, steps, callbacks)
             self.train_seconds += time.perf_counter() - started
+            train_loss_sums = loss_sum.tolist()
+            for j in list(self.active):
+                if not math.isfinite(train_loss_sums[j]):
+                    self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
+                    self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
             if not self.active:
                 return {}
 
@@ -175,11 +187,18 @@ class PackedFCTrainer:
             for generator in self.generators:
                 draw_loader_seeds(generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
+            test_losses = test_loss.tolist()
+            for j in list(self.active):
+                if not math.isfinite(test_losses[j]):
+                    self.lives[j].fail(test_diverged(test_losses[j], spec, epoch))
+                    self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
+            if not self.active:
+                return {}
             for j in list(self.active):
                 metrics = EpochRecord(
                     epoch=epoch,
-                    train_loss=loss_sum[j].item() / steps,
-                    test_loss=test_loss[j].item(),
+                    train_loss=train_loss_sums[j] / steps,
+                    test_loss=test_losses[j],
                     test_accuracy=int(correct[j]) / total,
                     correct=int(correct[j]),
                 )
@@ -217,9 +236,12 @@ class PackedFCTrainer:
             loss_sum += losses
             for live in self.lives:
                 live.epoch, live.step = epoch, step + 1
-            if time.monotonic() >= refresh_at:
-                for live, value in zip(self.lives, losses.tolist(), strict=True):
-                    live.loss = value
+            if time.monotonic() >= refresh_at:  # one device sync for every job's two figures
+                sums, lasts = torch.stack([loss_sum, losses.double()]).tolist()
+                for j in self.active:
+                    self.lives[j].show_loss(lasts[j])
+                    if not math.isfinite(sums[j]):
+                        self.lives[j].fail(train_diverged(sums[j], self.specs[j], epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return loss_sum
 
@@ -227,8 +249,15 @@ class PackedFCTrainer:
         self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor, callbacks: Callbacks
     ) -> None:
         for j in list(self.active):
-            reason = self.lives[j].stop_reason
-            if reason is not None:
-                self.active.remove(j)
-                partial = PartialEpoch(step, orders[j].clone(), loss_sum[j].item())
-                callbacks.on_stop(j, reason, self.checkpoint(j, epochs_done, partial))
+            if self.lives[j].stop_reason is not None:
+                self._leave(j, epochs_done, step, orders, loss_sum, callbacks)
+
+    def _leave(
+        self, j: int, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor, callbacks: Callbacks
+    ) -> None:
+        """Job j leaves the pack at `step` for its Live's stop reason (the one stop path)."""
+        reason = self.lives[j].stop_reason
+        assert reason is not None
+        self.active.remove(j)
+        partial = PartialEpoch(step, orders[j].clone(), loss_sum[j].item())
+        callbacks.on_stop(j, reason, self.checkpoint(j, epochs_done, partial))

@@ -1,0 +1,143 @@
+"""Pure ASGI middleware that turns away what a browser or a flood could send, before any route runs.
+
+- TrustedHosts: Starlette's Host allow-list (its patterns and its Host parsing), answered with a
+  400 problem instead of plain text. A page served from another name (DNS rebinding) gets nothing.
+- BodyGuard: a body over MNIST_JOBS_MAX_BODY_BYTES is a 413 as soon as the Content-Length says so,
+  or as soon as the chunks received pass the limit (chunked or lying bodies): at most the limit is
+  ever held in memory. A state-changing call (POST, PUT, PATCH, DELETE) with a body or a
+  Content-Type must be application/json (415): the 'simple' requests a web page may send to
+  another origin without asking (text/plain, forms) can then neither submit nor cancel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import problem, service_error
+from service.errors import ServiceError, TooLarge, UnsupportedMedia
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON = "application/json"
+HOST_OK = "mnist_jobs.host_ok"
+
+
+class TrustedHosts:
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        self.check = TrustedHostMiddleware(self._allowed, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    @staticmethod
+    async def _allowed(scope: Scope, _receive: Receive, _send: Send) -> None:
+        scope[HOST_OK] = True
+
+    @staticmethod
+    async def _discard(_message: Message) -> None:
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        verdict: Scope = {**scope}
+        await self.check(verdict, receive, self._discard)  # reaches _allowed, or answers into the void
+        if verdict.get(HOST_OK):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "")
+        detail = f"the Host header {host[:100]!r} is not one this server answers to (MNIST_JOBS_ALLOWED_HOSTS)"
+        await problem(400, "Host not allowed", detail, field="Host")(scope, receive, send)
+
+
+class BodyGuard:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            declared = self._declared_length(headers)
+            has_body = (declared or 0) > 0 or "transfer-encoding" in headers
+            self._check_media_type(scope["method"], headers, has_body)
+            body = await self._read(receive, declared) if has_body else None
+        except _Disconnected:  # nobody left to answer
+            return
+        except (ServiceError, _BadLength) as exc:
+            response = (
+                problem(400, "Bad request", str(exc), field="Content-Length")
+                if isinstance(exc, _BadLength)
+                else await service_error(Request(scope), exc)
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive if body is None else _replay(body, receive), send)
+
+    def _declared_length(self, headers: Headers) -> int | None:
+        values = headers.getlist("content-length")
+        if not values:
+            return None
+        if len(set(values)) != 1 or not values[0].isdigit():
+            raise _BadLength("Content-Length is not one non-negative integer")
+        declared = int(values[0])
+        if declared > self.limit:
+            raise TooLarge(f"the body is {declared} bytes; this server takes at most {self.limit}", field="body")
+        return declared
+
+    @staticmethod
+    def _check_media_type(method: str, headers: Headers, has_body: bool) -> None:
+        if method not in STATE_CHANGING:
+            return
+        content_type = headers.get("content-type")
+        if content_type is None and not has_body:
+            return
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != JSON:
+            sent = f"'{media_type}'" if media_type else "no Content-Type"
+            raise UnsupportedMedia(f"{method} takes {JSON} bodies only; this request sent {sent}", field="Content-Type")
+
+    async def _read(self, receive: Receive, declared: int | None) -> bytes:
+        """The whole body, refused as soon as it passes the limit or its declared length."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Disconnected
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise TooLarge(f"the body passed {self.limit} bytes, the most this server takes", field="body")
+            if declared is not None and size > declared:
+                raise _BadLength(f"the body is longer than its Content-Length ({declared})")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+class _BadLength(Exception):
+    """Content-Length that is not one number, or that the body does not keep to (400)."""
+
+
+class _Disconnected(Exception):
+    """The client went away while its body was being read."""
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then whatever comes next (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
