@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from api import errors
-from api.deps import DB
-from api.guards import BodyGuard, TrustedHosts
+from api import docs, errors, openapi
+from api.guards import BodyGuard, RequestId, TrustedHosts
 from api.routes import datasets, jobs, workers
 from service import auth
 from service.config import Settings
@@ -25,6 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         require_head(settings.database_url)  # migrations run in one place: `mnist-jobs db upgrade` or `serve`
         app.state.db = Database(settings.database_url)
+        app.state.db_file = sqlite_file(settings.database_url)
+        app.state.db_identity = file_identity(app.state.db_file)
         try:
             yield
         finally:
@@ -35,12 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.",
+        docs_url=None,  # docs.install serves them from installed files, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tokens = auth.TokenStore(settings) if auth.configured(settings) else None  # None: open mode
     errors.install(app)
-    # Outermost last: the Host check, then CORS (so its preflights and headers cover every answer),
-    # then the body's size and media type, all before a route (or the auth dependency) runs.
+    # Outermost last: the request id (so every answer, the guards' own included, carries it), the
+    # Host check, then CORS (so its preflights and headers cover every answer), then the body's
+    # size and media type, all before a route (or the auth dependency) runs.
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -48,17 +58,69 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After", "ETag", "Repr-Digest"],
+            expose_headers=["Location", "Retry-After", "ETag", "Repr-Digest", "X-Request-ID"],
         )
     app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(RequestId)  # outermost: even the guards' 400/413/415 answers carry the id
     app.include_router(jobs.router)
     app.include_router(workers.router)
     app.include_router(datasets.router)
 
-    @app.get("/healthz", tags=["health"])
-    def healthz(db: DB) -> dict[str, str]:
-        with db.read() as session:
-            session.execute(text("SELECT 1"))
+    @app.get("/healthz/live", tags=["health"])
+    def live() -> dict[str, str]:
+        """200 while the process answers; it checks nothing else (for a restart policy)."""
         return {"status": "ok"}
 
+    not_ready_answer: dict[int | str, dict[str, Any]] = {
+        503: {"description": "Not ready", "content": {errors.PROBLEM_JSON: {}}}
+    }
+
+    @app.get("/healthz", tags=["health"], response_model=dict[str, str], responses=not_ready_answer)
+    @app.get("/healthz/ready", tags=["health"], response_model=dict[str, str], responses=not_ready_answer)
+    def ready(request: Request) -> dict[str, str] | JSONResponse:
+        """200 when the database answers and, for SQLite, is still the file the server opened at
+        start (a deleted or replaced file would take every later write with it); else 503."""
+        reason = not_ready(request.app)
+        if reason is not None:
+            return errors.problem(503, "Not ready", reason)
+        return {"status": "ok"}
+
+    openapi.install(app)  # last: it documents every route above, errors as problem+json
+    docs.install(app)
     return app
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The SQLite database file of `database_url`; None for another database or an in-memory one."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
+
+
+def file_identity(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def not_ready(app: FastAPI) -> str | None:
+    """Why the server cannot take work now, in words that name no path or secret; None when it can."""
+    try:
+        with app.state.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"the database does not answer ({type(exc).__name__})"
+    expected = app.state.db_identity
+    if expected is None:
+        return None
+    try:
+        current = file_identity(app.state.db_file)
+    except FileNotFoundError:
+        return "the database file is gone (deleted since the server started); restore it and restart the server"
+    except OSError as exc:
+        return f"the database file cannot be checked ({type(exc).__name__})"
+    if current != expected:
+        return "the database file was replaced since the server started; restart the server to use the new one"
+    return None

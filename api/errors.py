@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.errors import (
     Conflict,
@@ -137,15 +138,31 @@ def message(error: dict[str, Any], field: str) -> str:
     if kind in {"model_attributes_type", "dict_type", "model_type"}:
         return f"{field} must be a JSON object, not {describe(value)}"
     if kind == "json_invalid":
-        return f"the body is not valid JSON: {ctx.get('error', error['msg'])}"
+        return f"the body is not valid JSON: {ctx.get('error', error['msg'])}{where_json_broke(error)}"
     return f"{field}: {error['msg']}"
+
+
+def where_json_broke(error: dict[str, Any]) -> str:
+    """' at line 2, column 13 (character 25)' from a json_invalid error (FastAPI puts the decoder's
+    position in its location and the document in the error's `body`), or '' when it is not known."""
+    loc, doc = error.get("loc", ()), error.get("body")
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) and not isinstance(loc[1], bool) else None
+    if position is None:
+        return ""
+    if isinstance(doc, bytes):
+        doc = doc.decode("utf-8", "replace")
+    if not isinstance(doc, str):
+        return f" at character {position}"
+    line = doc.count("\n", 0, position) + 1
+    column = position - (doc.rfind("\n", 0, position) + 1) + 1
+    return f" at line {line}, column {column} (character {position})"
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with the first max_validation_errors errors, each a field and a sentence of bounded length,
     so a body with a million unknown keys answers with a small problem."""
     cap = request.app.state.settings.max_validation_errors
-    found = exc.errors()
+    found = [error | {"body": exc.body} if error.get("type") == "json_invalid" else error for error in exc.errors()]
     errors = []
     for error in found[:cap]:
         field = field_name(error)
@@ -169,9 +186,27 @@ async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
     return response
 
 
-async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-    response = problem(exc.status_code, str(exc.detail), str(exc.detail))
-    response.headers.update(exc.headers or {})
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this request's path. Starlette's 405 names only the first
+    route whose path matched (PUT /v1/jobs/{id} said 'Allow: GET', though DELETE is there too).
+    Each method is tried against the app's routes as the router would (included routers too)."""
+    scope = {key: value for key, value in request.scope.items() if key not in {"route", "endpoint", "path_params"}}
+    routes = request.app.router.routes
+    return [m for m in METHODS if any(route.matches({**scope, "method": m})[0] is Match.FULL for route in routes)]
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    detail = str(exc.detail)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed here; this path takes {', '.join(allowed) or 'no method'}"
+    response = problem(exc.status_code, str(exc.detail), detail)
+    response.headers.update(headers)
     return response
 
 

@@ -7,13 +7,23 @@
   ever held in memory. A state-changing call (POST, PUT, PATCH, DELETE) with a body or a
   Content-Type must be application/json (415): the 'simple' requests a web page may send to
   another origin without asking (text/plain, forms) can then neither submit nor cancel.
+- RequestId (outermost): every answer, the guards' 400/413/415 included, carries an X-Request-ID:
+  the caller's when it is sane (1-64 of [A-Za-z0-9._-]), a fresh uuid4 hex otherwise. The id is in
+  a contextvar while the request runs, and RequestIdFilter puts it on every log record (uvicorn's
+  access lines too, through log_config()).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
+import uuid
 from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import Any
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +34,64 @@ from service.errors import ServiceError, TooLarge, UnsupportedMedia
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON = "application/json"
 HOST_OK = "mnist_jobs.host_ok"
+REQUEST_ID_HEADER = "X-Request-ID"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def choose_request_id(sent: str | None) -> str:
+    """The caller's id when it is sane, else a new one (a log line must never carry what a caller
+    typed unchecked: newlines, escapes, megabytes)."""
+    if sent is not None and SANE_REQUEST_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
+class RequestId:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = choose_request_id(Headers(scope=scope).get("x-request-id"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        token = request_id.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record: the id of the request being answered, or "-"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get() or "-"
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config with the request id on its lines, access lines included, and the
+    service's own loggers (root) written the same way."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "api.guards.RequestIdFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["request_id"]
+    config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
+    config["formatters"]["access"]["fmt"] = (
+        '%(levelprefix)s [%(request_id)s] %(client_addr)s - "%(request_line)s" %(status_code)s'
+    )
+    config["root"] = {"handlers": ["default"], "level": "INFO"}
+    return config
 
 
 class TrustedHosts:

@@ -133,6 +133,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.guards import log_config
     from service.db import upgrade
 
     upgrade(settings.database_url)
@@ -149,6 +150,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             host=host,
             port=args.port if args.port is not None else settings.port,
             log_level="info",
+            log_config=log_config(),  # each line with the id of the request it is about
             server_header=False,  # no version banner
         )
     finally:

@@ -7,11 +7,13 @@ import hashlib
 import secrets
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from service import storage
 from service.cost import estimate
 from service.errors import Conflict, NotFound
 from service.models import Epoch, Job, utcnow
@@ -159,10 +161,14 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete(session: Session, job_id: str) -> None:
+def delete(session: Session, job_id: str, artifacts_dir: Path) -> None:
+    """Remove an ended job's files first, then its row (in the caller's transaction). Files that
+    cannot be removed raise storage.FilesNotRemoved before the row is touched, so the row stays and
+    still points at them: nothing is left on disk that no row knows of."""
     job = get(session, job_id)
     if not JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first", field="status")
+    storage.remove_job_files(artifacts_dir, job_id)
     session.delete(job)
     session.flush()
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import ServiceError
+
 CHUNK = 1 << 20
 
 
@@ -95,5 +97,36 @@ def job_dir(artifacts_dir: Path, job_id: str) -> Path:
     return artifacts_dir / "jobs" / job_id
 
 
+class FilesNotRemoved(ServiceError):
+    """Raised when a job's files could not all be removed (a read-only or foreign-owned artifacts
+    dir): the job's row is kept, so nothing is left on disk that no row points at. Not one of the
+    mapped causes, so the API answers 500 problem+json."""
+
+    title = "Job files not removed"
+
+
 def remove_job_files(artifacts_dir: Path, job_id: str) -> None:
-    shutil.rmtree(job_dir(artifacts_dir, job_id), ignore_errors=True)
+    """Remove a job's folder and everything in it; a folder already gone is fine. Raises
+    FilesNotRemoved, naming the cause but not the server's path, when anything stays behind."""
+    folder = job_dir(artifacts_dir, job_id)
+    failures: list[str] = []
+
+    def note(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        exc = exc_info[1]
+        if not isinstance(exc, FileNotFoundError):  # removed meanwhile (another delete): fine
+            failures.append(f"{Path(path).name}: {exc.strerror if isinstance(exc, OSError) else exc}")
+
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        try:
+            folder.unlink()
+        except OSError as exc:
+            failures.append(f"{folder.name}: {exc.strerror}")
+    elif folder.exists():
+        shutil.rmtree(folder, onerror=note)  # onexc from Python 3.12
+    if failures or os.path.lexists(folder):
+        cause = failures[0] if failures else "the folder is still there"
+        raise FilesNotRemoved(
+            f"the files of job {job_id} could not be removed from the artifacts dir ({cause}); "
+            "the job is kept: fix the artifacts dir's permissions and delete it again",
+            field="id",
+        )

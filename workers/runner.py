@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from sqlalchemy import select
 
 from service import queue
 from service.config import Settings, heartbeat_period
 from service.db import Database
-from service.errors import DataUnavailable, LeaseLost
+from service.errors import CheckpointCorrupt, DataUnavailable, LeaseLost
+from service.models import Epoch
 from service.queue import Claim
 from service.schemas import EpochRecord, FCSpec
 from service.states import Outcome
@@ -131,7 +133,15 @@ class JobRunner:
                 "lower batch_size, test_batch_size or the model size (n_hidden / n_features)"
             )
         log.exception("jobs %s failed", [claim.job_id for claim in claims])
-        return f"{type(exc).__name__}: {exc}"
+        return self.without_paths(f"{type(exc).__name__}: {exc}")
+
+    def without_paths(self, text: str) -> str:
+        """An error for the job's JSON: the server's folders named by their settings, not their paths."""
+        for folder, name in ((self.settings.artifacts_dir, "<artifacts dir>"), (self.settings.data_dir, "<data dir>")):
+            for form in dict.fromkeys((str(folder.resolve()), str(folder.absolute()), str(folder))):
+                if form not in ("", "."):
+                    text = text.replace(form, name)
+        return text
 
     def _trainer(self, run: Run) -> Trainer | PackedFCTrainer:
         claims = [held.claim for held in run.held]
@@ -143,14 +153,40 @@ class JobRunner:
                 [s for s in specs if isinstance(s, FCSpec)], data, self.device, [held.live for held in run.held]
             )
         claim, held = claims[0], run.held[0]
-        resume = None
+        resume = self.resume_point(claim) if claim.resume is not None else None
         if claim.resume is not None:
-            resume = checkpoints.load(self.settings.artifacts_dir, claim.resume)
-            step = resume.partial.step if resume.partial else 0
+            epoch, step = (resume.epoch, resume.partial.step if resume.partial else 0) if resume else (0, 0)
             with self.db.write() as session:
-                queue.note_resume(session, claim, resume.epoch, step)
+                queue.note_resume(session, claim, epoch, step)
         data = self.cache.get(claim.spec.dataset, claim.spec.permutation_seed)
         return Trainer(claim.spec, data, self.device, resume=resume, live=held.live)
+
+    def resume_point(self, claim: Claim) -> TrainingState | None:
+        """The training state to resume `claim` from: its resume file if that still matches its
+        sha256, else the latest epoch checkpoint that does (the epochs after it are trained again,
+        and their rows replaced), else None (from scratch). A corrupt or missing file never fails
+        the job; the fall-back is logged, and the attempt records the epoch it resumed from."""
+        assert claim.resume is not None
+        candidates = [claim.resume]
+        with self.db.read() as session:
+            rows = session.scalars(select(Epoch).where(Epoch.job_id == claim.job_id).order_by(Epoch.epoch.desc()))
+            candidates += [StoredFile(row.checkpoint_path, row.checkpoint_sha256) for row in rows]
+        tried: set[str] = set()
+        for file in candidates:
+            if file.path in tried:
+                continue
+            tried.add(file.path)
+            try:
+                state = checkpoints.load(self.settings.artifacts_dir, file)
+            except (CheckpointCorrupt, OSError) as exc:
+                cause = "corrupt" if isinstance(exc, CheckpointCorrupt) else f"unreadable ({type(exc).__name__})"
+                log.warning("job %s: checkpoint %s is %s; not resuming from it", claim.job_id, file.path, cause)
+                continue
+            if file.path != claim.resume.path:
+                log.warning("job %s: resuming from the checkpoint of epoch %d instead", claim.job_id, state.epoch)
+            return state
+        log.warning("job %s: no checkpoint verifies; training again from the start", claim.job_id)
+        return None
 
     def reap(self) -> list[str]:
         """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""

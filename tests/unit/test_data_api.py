@@ -27,8 +27,8 @@ def test_datasets_lists_each_with_state_source_sizes_and_counts(client, settings
     assert mnist == {
         "name": "mnist",
         "state": "ready",
-        "source": f"data dir {raw}",
-        "folder": str(raw),
+        "source": "data dir MNIST/raw",  # relative to the data dir: no server path in an answer
+        "folder": "MNIST/raw",
         "size_bytes": 600 * 785 + 200 * 785 + 48,
         "file_sizes_bytes": {
             "train-images-idx3-ubyte": 600 * 784 + 16,

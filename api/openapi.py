@@ -1,0 +1,188 @@
+"""The OpenAPI document as the API really answers: every error is application/problem+json.
+
+`install(app)` replaces `app.openapi` with a function that post-processes FastAPI's generated
+document once (then cached): it adds the shared `Problem` schema and one response per error status
+under components/responses, gives each operation the error statuses it can answer with, and
+replaces FastAPI's `application/json` HTTPValidationError 422 (never sent) with the problem. Routes
+declare only their successes; which errors an operation may send is decided here:
+
+- every operation: 400 (a Host header not allowed; a Content-Length that is not a number or that
+  the body does not keep to), from api/guards.py, which runs before any route;
+- an operation with a body: 413 (over MNIST_JOBS_MAX_BODY_BYTES) and 415 (not application/json);
+- an operation behind the bearer scheme (every /v1 call): 401, and 422 (an unknown query parameter);
+- an operation with parameters or a body: 422;
+- an operation with a path parameter: 404 (no such job);
+- an error status a route declares itself (`responses={503: ...}`): the shared problem answer;
+- what only the route's service code knows (a role above `read`, a state conflict, the queue limit,
+  a data set that cannot be had): ROUTE_ERRORS, keyed by method and path. A new route that raises
+  such an error adds its line there; tests/unit/test_openapi.py checks that the document lists
+  every status the API is seen to send.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from api.errors import PROBLEM_JSON
+
+Document = dict[str, Any]
+
+PROBLEM_SCHEMA: Document = {
+    "title": "Problem",
+    "type": "object",
+    "description": "An error, as RFC 9457 application/problem+json",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "always about:blank: the status and title say what happened"},
+        "title": {"type": "string", "description": "the kind of error, the same for every error of a status"},
+        "status": {"type": "integer", "description": "the HTTP status, repeated"},
+        "detail": {"type": "string", "description": "what was wrong with this request, in a sentence"},
+        "field": {"type": "string", "description": "the input at fault: a body field, query.NAME, path.NAME, a header"},
+        "errors": {
+            "type": "array",
+            "description": "422: each validation error (at most MNIST_JOBS_MAX_VALIDATION_ERRORS)",
+            "items": {
+                "type": "object",
+                "required": ["field", "message", "type"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string", "description": "a sentence a person can act on"},
+                    "type": {"type": "string", "description": "the validator's code for the error"},
+                },
+            },
+        },
+    },
+}
+
+# status: (name in components/responses, description, headers)
+ERRORS: dict[int, tuple[str, str, Document]] = {
+    400: (
+        "BadRequest",
+        "A Host header this server does not answer to (MNIST_JOBS_ALLOWED_HOSTS), or a Content-Length that is "
+        "not one number or that the body does not keep to",
+        {},
+    ),
+    401: (
+        "Unauthorized",
+        "Tokens are configured and the call carries none, or one the server does not know",
+        {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    ),
+    403: ("Forbidden", "The token's role may not make this call, or the job is another token's", {}),
+    404: ("NotFound", "No such job, epoch or checkpoint", {}),
+    409: ("Conflict", "The call does not fit the job's state, or reuses an Idempotency-Key with another body", {}),
+    413: ("TooLarge", "The body is over MNIST_JOBS_MAX_BODY_BYTES", {}),
+    415: ("UnsupportedMediaType", "The body is not application/json", {}),
+    422: (
+        "InvalidRequest",
+        "A parameter, header or body field is invalid or unknown, the body is not valid JSON (the detail says "
+        "where it broke), or the job is over the cost budget",
+        {},
+    ),
+    429: (
+        "TooManyQueued",
+        "This token already has MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running",
+        {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
+    ),
+    503: ("Unavailable", "A data set or the database cannot be used now", {}),
+}
+
+# Errors only the route's service code can raise: (METHOD, path) -> statuses.
+ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("POST", "/v1/jobs"): (403, 409, 429),  # a read token; Idempotency-Key reused; the token's queue is full
+    ("POST", "/v1/jobs/{job_id}/cancel"): (403, 409),  # a read token or another's job; the job has ended
+    ("DELETE", "/v1/jobs/{job_id}"): (403, 409),  # not an admin; the job is still queued or running
+    ("GET", "/v1/jobs/{job_id}/checkpoint"): (409,),  # no checkpoint yet, or its file does not match its sha256
+}
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+DEFAULT_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def error_statuses(method: str, path: str, operation: Document) -> set[int]:
+    """The error statuses `operation` (METHOD path) can answer with; see the module's docstring."""
+    statuses = {400}
+    params = operation.get("parameters", [])
+    has_body = "requestBody" in operation
+    if has_body:
+        statuses |= {413, 415, 422}
+    if operation.get("security"):
+        statuses |= {401, 422}
+    if params:
+        statuses.add(422)
+    if any(param.get("in") == "path" for param in params):
+        statuses.add(404)
+    statuses.update(ROUTE_ERRORS.get((method.upper(), path), ()))
+    return statuses
+
+
+def problem_response(status: int) -> Document:
+    _name, description, headers = ERRORS[status]
+    response: Document = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def uses_ref(node: Any, ref: str) -> bool:
+    if isinstance(node, dict):
+        return node.get("$ref") == ref or any(uses_ref(value, ref) for value in node.values())
+    if isinstance(node, list):
+        return any(uses_ref(value, ref) for value in node)
+    return False
+
+
+def with_problems(generated: Document) -> Document:
+    """`generated` (FastAPI's document, left untouched) with every operation's errors as problems."""
+    document = copy.deepcopy(generated)
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    used: set[int] = set()
+    for path, item in document.get("paths", {}).items():
+        for method in METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = operation.setdefault("responses", {})
+            declared = {int(code) for code in responses if code.isdigit() and int(code) >= 400}
+            for status in sorted(error_statuses(method, path, operation) | declared):
+                if status in ERRORS:
+                    responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+                    used.add(status)
+                else:  # an error status a route declares that has no shared answer here: its text, as a problem
+                    description = responses[str(status)].get("description", "Error")
+                    responses[str(status)] = {
+                        "description": description,
+                        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+    components["responses"] = {ERRORS[status][0]: problem_response(status) for status in sorted(used)}
+    schemas = components["schemas"]
+    for name in DEFAULT_VALIDATION_SCHEMAS:  # FastAPI's 422 body, which this API never sends
+        schemas.pop(name, None)
+    leftover = [name for name in DEFAULT_VALIDATION_SCHEMAS if uses_ref(document, f"#/components/schemas/{name}")]
+    assert not leftover, f"still referenced after the rewrite: {leftover}"
+    return document
+
+
+def install(app: FastAPI) -> None:
+    """Make `app.openapi()` (and so /openapi.json and the docs) return the rewritten document,
+    computed on the first call and kept. Idempotent."""
+    if getattr(app.state, "openapi_problems", False):
+        return
+    app.state.openapi_problems = True
+    generate: Callable[[], Document] = app.openapi
+    rewritten: list[Document] = []
+
+    def openapi() -> Document:
+        if not rewritten:
+            rewritten.append(with_problems(generate()))
+            app.openapi_schema = rewritten[0]
+        return rewritten[0]
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
