@@ -130,3 +130,14 @@ def remove_job_files(artifacts_dir: Path, job_id: str) -> None:
             "the job is kept: fix the artifacts dir's permissions and delete it again",
             field="id",
         )
+
+
+def name_folders(text: str, folders: list[tuple[Path | None, str]]) -> str:
+    """`text` (often an OSError's message) with each folder's path replaced by its name, so an
+    answer never shows where the server keeps its files."""
+    for folder, name in folders:
+        if folder is not None:
+            for form in dict.fromkeys((str(folder.resolve()), str(folder.absolute()), str(folder))):
+                if form not in ("", "."):
+                    text = text.replace(form, name)
+    return text

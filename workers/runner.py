@@ -24,7 +24,7 @@ from service.models import Epoch
 from service.queue import Claim
 from service.schemas import EpochRecord, FCSpec
 from service.states import Outcome
-from service.storage import StoredFile
+from service.storage import StoredFile, name_folders
 from service.training import checkpoints
 from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
@@ -137,11 +137,9 @@ class JobRunner:
 
     def without_paths(self, text: str) -> str:
         """An error for the job's JSON: the server's folders named by their settings, not their paths."""
-        for folder, name in ((self.settings.artifacts_dir, "<artifacts dir>"), (self.settings.data_dir, "<data dir>")):
-            for form in dict.fromkeys((str(folder.resolve()), str(folder.absolute()), str(folder))):
-                if form not in ("", "."):
-                    text = text.replace(form, name)
-        return text
+        return name_folders(
+            text, [(self.settings.artifacts_dir, "<artifacts dir>"), (self.settings.data_dir, "<data dir>")]
+        )
 
     def _trainer(self, run: Run) -> Trainer | PackedFCTrainer:
         claims = [held.claim for held in run.held]

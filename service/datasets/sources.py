@@ -27,7 +27,7 @@ from typing import BinaryIO, Protocol
 
 from service.config import Settings
 from service.errors import DataUnavailable
-from service.storage import CHUNK, atomic_path, sha256_file
+from service.storage import CHUNK, atomic_path, name_folders, sha256_file
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -324,12 +324,7 @@ def without_paths(text: str, settings: Settings, data_set: DataSet, source_dir: 
     ]
     if settings.system_datasets_dir != PUBLIC_SYSTEM_DIR:
         folders.append((settings.system_datasets_dir, "<system folder>"))
-    for folder, name in folders:
-        if folder is not None:
-            for form in dict.fromkeys((str(folder.resolve()), str(folder.absolute()), str(folder))):
-                if form not in ("", "."):
-                    text = text.replace(form, name)
-    return text
+    return name_folders(text, folders)
 
 
 def source_chain(
