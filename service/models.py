@@ -99,8 +99,9 @@ class Epoch(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float] = mapped_column(Float)
-    test_loss: Mapped[float] = mapped_column(Float)
+    # Null only for epochs recorded before non-finite losses failed their job (migration 0002).
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float] = mapped_column(Float)
     correct: Mapped[int] = mapped_column(Integer)
     checkpoint_path: Mapped[str] = mapped_column(Text)  # relative to the artifacts dir

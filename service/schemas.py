@@ -99,10 +99,13 @@ class Progress(BaseModel):
     loss: float | None = None
 
 
+LEGACY_NULL = "null only for an epoch recorded before a non-finite loss failed its job (older versions)"
+
+
 class EpochMetrics(BaseModel):
     epoch: int
-    train_loss: float
-    test_loss: float
+    train_loss: float | None = Field(description=LEGACY_NULL)
+    test_loss: float | None = Field(description=LEGACY_NULL)
     test_accuracy: float
 
 
@@ -112,22 +115,30 @@ class EpochRecord(EpochMetrics):
 
     model_config = ConfigDict(allow_inf_nan=False)
 
+    train_loss: float
+    test_loss: float
     correct: int
 
 
-class TrainResult(BaseModel):
-    """A job's outcome as its trainer reports it (finite numbers only, as EpochRecord)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
+class ResultFields(BaseModel):
+    """A job's outcome: what its trainer reports (TrainResult) and what the job's JSON shows (JobResult)."""
 
     test_accuracy: float = Field(description="fraction 0..1")
-    test_loss: float
+    test_loss: float | None = Field(description=LEGACY_NULL.replace("an epoch", "a job"))
     correct: int
     total: int
     train_seconds: float
     test_seconds: float
     device: str
     torch_version: str
+
+
+class TrainResult(ResultFields):
+    """A job's outcome as its trainer reports it (finite numbers only, as EpochRecord)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    test_loss: float
 
 
 class CheckpointRead(BaseModel):
@@ -137,7 +148,7 @@ class CheckpointRead(BaseModel):
     url: str
 
 
-class JobResult(TrainResult):
+class JobResult(ResultFields):
     model_config = ConfigDict(allow_inf_nan=True)  # a view of what is stored: reading never fails
 
     checkpoints: list[CheckpointRead]

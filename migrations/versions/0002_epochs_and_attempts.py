@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ jobs = sa.table(
     sa.column("pack_key", sa.String),
     sa.column("metrics", sa.JSON),
     sa.column("history", sa.JSON),
+    sa.column("result", sa.JSON),
 )
 checkpoints = sa.table(
     "checkpoints",
@@ -76,6 +78,12 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _finite(value: Any) -> Any:
+    """A loss as the new columns keep it: revision 0001's code stored NaN/inf for a diverged job
+    (shown as null by its API); SQLite cannot keep NaN in a REAL column, and JSON has no token for it."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _naive_utc(iso: str) -> datetime:
     moment = datetime.fromisoformat(iso)
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -103,6 +111,17 @@ def _pack_key_0001(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([spec.get(name) for name in names]).encode()).hexdigest()
 
 
+def _finite_results() -> None:
+    """Results whose numbers are not all finite (a diverged job 0001 called succeeded) keep null
+    there, as 0001's API showed them, instead of a NaN token that is not JSON."""
+    bind = op.get_bind()
+    for job in bind.execute(sa.select(jobs.c.id, jobs.c.result).where(jobs.c.result.is_not(None))).all():
+        result = _json(job.result)
+        if isinstance(result, dict) and any(_finite(v) is None and v is not None for v in result.values()):
+            cleaned = {key: _finite(value) for key, value in result.items()}
+            bind.execute(sa.update(jobs).where(jobs.c.id == job.id).values(result=cleaned))
+
+
 def _rekey(key: Any) -> None:
     bind = op.get_bind()
     for job in bind.execute(sa.select(jobs.c.id, jobs.c.spec)).all():
@@ -114,8 +133,8 @@ def create_epochs_and_attempts() -> None:
         "epochs",
         sa.Column("job_id", sa.String(length=36), nullable=False),
         sa.Column("epoch", sa.Integer(), nullable=False),
-        sa.Column("train_loss", sa.Float(), nullable=False),
-        sa.Column("test_loss", sa.Float(), nullable=False),
+        sa.Column("train_loss", sa.Float(), nullable=True),
+        sa.Column("test_loss", sa.Float(), nullable=True),
         sa.Column("test_accuracy", sa.Float(), nullable=False),
         sa.Column("correct", sa.Integer(), nullable=False),
         sa.Column("checkpoint_path", sa.Text(), nullable=False),
@@ -171,8 +190,8 @@ def upgrade() -> None:
                 {
                     "job_id": job.id,
                     "epoch": metric["epoch"],
-                    "train_loss": metric["train_loss"],
-                    "test_loss": metric["test_loss"],
+                    "train_loss": _finite(metric["train_loss"]),
+                    "test_loss": _finite(metric["test_loss"]),
                     "test_accuracy": metric["test_accuracy"],
                     "correct": metric["correct"],
                     "checkpoint_path": file.path,
@@ -204,6 +223,7 @@ def upgrade() -> None:
         batch.drop_column("metrics")
         batch.drop_column("history")
     _rekey(_pack_key)  # queued jobs keep packing with jobs submitted from now on
+    _finite_results()
     create_epochs_and_attempts()
     if epoch_rows:
         op.bulk_insert(epochs, epoch_rows)

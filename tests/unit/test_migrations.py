@@ -152,3 +152,34 @@ def test_a_worker_refuses_a_database_that_is_not_at_head(settings):
     upgrade(settings.database_url, "0001")
     with pytest.raises(SchemaOutOfDate, match=f"this code needs {head_revision()}"):
         run_worker(settings)
+
+
+def test_a_job_whose_losses_went_nan_under_revision_0001_upgrades_with_null_losses(settings, tmp_path):
+    """0001's code stored NaN for a diverged job (its API showed null); SQLite cannot keep NaN in a
+    REAL column, so the upgrade keeps null there, as the old API showed, instead of failing."""
+    url = load_fixture(tmp_path / "jobs.db")
+    settings = settings.model_copy(update={"database_url": url})
+    job_id = "132c177e-fa96-47a9-a1c9-b592037151c3"  # a succeeded FC job of the fixture
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    metrics, result = (
+        json.loads(v) for v in connection.execute("SELECT metrics, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    )
+    metrics[0]["train_loss"] = metrics[0]["test_loss"] = result["test_loss"] = float("nan")
+    connection.execute(
+        "UPDATE jobs SET metrics = ?, result = ? WHERE id = ?", (json.dumps(metrics), json.dumps(result), job_id)
+    )  # json.dumps writes NaN, as 0001 did
+    connection.commit()
+    connection.close()
+    expected = {job["id"]: job for job in json.loads((FIXTURE / "jobs_0001.json").read_text())}
+    diverged = expected[job_id]
+    diverged["metrics"][0]["train_loss"] = diverged["metrics"][0]["test_loss"] = None
+    diverged["result"]["test_loss"] = None
+
+    upgrade(url)
+    after, _ = served(settings)
+    assert {job["id"]: job for job in after} == expected, "null where 0001's API showed null, the rest intact"
+    stored = raw_rows(url)["jobs"]
+    assert "NaN" not in json.dumps([row["result"] for row in stored]), "no NaN token left in the database"
+    command.downgrade(alembic_config(url), "0001")
+    upgrade(url)
+    assert {job["id"]: job for job in served(settings)[0]} == expected
