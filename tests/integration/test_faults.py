@@ -30,6 +30,7 @@ from service import jobs, registry
 from service.models import Worker, utcnow
 from service.schemas import job_spec_adapter
 from service.training.engine import configure_torch
+from tests.support.files import immutable
 from tests.support.processes import REPO, wait_until
 from tests.support.settings import settings_env
 from tests.support.training import Recorded, trainer_for
@@ -279,6 +280,34 @@ def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings
     assert first["ended"] == "handed back" and second["ended"] == "succeeded"
     assert second["resumed_from_epoch"] >= 1 and second["resumed_from_step"] > 0, "mid-epoch state, not the epoch"
     assert job["metrics"] == uninterrupted_metrics(settings, job["spec"]), "mid-epoch resume is exact"
+
+
+def test_a_hand_back_whose_checkpoint_cannot_be_written_still_requeues_the_job_at_once(settings, db, workers):
+    job_id = submit(db, epochs=6, batch_size=2)
+    first_worker = workers.start()
+
+    def early_in_an_epoch():
+        job = running_with(db, job_id, epochs_done=1, step=10)
+        return job["progress"]["step"] < 100 and job
+
+    job = wait_until(early_in_an_epoch, timeout=60, interval=0.01)
+    folder = settings.artifacts_dir / "jobs" / job_id
+    with immutable(folder):  # nothing can be written there now, as on a full or read-only disk
+        first_worker.send_signal(signal.SIGTERM)
+        assert first_worker.wait(timeout=120) == 0, "the worker is not brought down by it"
+        handed_back = view(db, job_id)
+        assert handed_back["status"] == "queued" and handed_back["attempts"] == 0
+        assert handed_back["history"][0]["ended"] == "handed back"
+        assert "mid-epoch checkpoint not written" in workers.log(first_worker)
+        with db.read() as session:
+            resume = jobs.get(session, job_id).resume_path
+        assert resume is not None and "/epoch-" in resume, "it resumes from its last epoch's checkpoint"
+
+    workers.start()
+    job = final(db, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["history"][1]["resumed_from_step"] == 0 and job["history"][1]["resumed_from_epoch"] >= 1
+    assert job["metrics"] == uninterrupted_metrics(settings, job["spec"]), "and the result is the same"
 
 
 def test_five_sigterms_still_exit_and_sigterm_when_idle_is_clean(db, workers):

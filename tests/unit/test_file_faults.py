@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from sqlalchemy import select, update
 from service import queue
 from service.models import Attempt, Epoch, Job
 from service.states import JobStatus, Outcome
+from tests.support.files import immutable
 from tests.support.training import CPU
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,13 +34,8 @@ def undeletable(folder: Path) -> Iterator[None]:
         finally:
             folder.chmod(0o700)
         return
-    made = subprocess.run(["chattr", "+i", str(victim)], capture_output=True, check=False)
-    if made.returncode != 0:
-        pytest.skip(f"running as root and chattr +i is not possible here: {made.stderr.decode().strip()}")
-    try:
+    with immutable(victim):
         yield
-    finally:
-        subprocess.run(["chattr", "-i", str(victim)], check=True)
 
 
 def run_next(settings, db) -> dict[str, Outcome]:
