@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # Job cost budget (issue 10): estimated at submit time from the spec; over it is a 422.
     max_job_flops: float = Field(5e14, gt=0)  # estimated training + test FLOPs of one job
     max_job_memory_bytes: int = Field(4 * 2**30, gt=0)  # estimated peak activation + parameter memory
+    # A worker claims no job while the artifacts dir has less free space than this (bytes).
+    min_free_bytes: int = Field(256 * 2**20, ge=0)
 
 
 def heartbeat_period(settings: Settings) -> float:

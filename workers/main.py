@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -37,6 +38,7 @@ class Worker:
         self.runner = JobRunner(settings, self.db, self.id, self.device, DataCache(settings, self.device))
         self.stopping = threading.Event()
         self._signals = 0
+        self._next_disk_warning = 0.0
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
@@ -83,6 +85,8 @@ class Worker:
         with self.db.read() as session:
             if not queue.has_runnable(session):  # a read: idle workers take no write lock
                 return []
+        if not self.room_on_disk():
+            return []
         lease = self.settings.lease_seconds
         with self.db.write() as session:
             claims = queue.claim(session, self.id, lease)
@@ -95,6 +99,22 @@ class Worker:
                 )
             registry.seen(session, self.id, current_job_id=first.job_id if first else None)
         return claims
+
+    def room_on_disk(self) -> bool:
+        """Whether the artifacts dir has MNIST_JOBS_MIN_FREE_BYTES free: a job started without room
+        for its checkpoints would only fail. Says so in the log, once a minute at most."""
+        self.settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.settings.artifacts_dir).free
+        if free >= self.settings.min_free_bytes:
+            return True
+        if time.monotonic() >= self._next_disk_warning:
+            self._next_disk_warning = time.monotonic() + 60
+            log.warning(
+                "artifacts dir has %d MB free, under MNIST_JOBS_MIN_FREE_BYTES (%d MB): claiming no job",
+                free // 2**20,
+                self.settings.min_free_bytes // 2**20,
+            )
+        return False
 
     def reap(self) -> None:
         for job_id in self.runner.reap():
