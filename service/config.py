@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(300.0, ge=0)
     max_attempts: int = Field(3, ge=1)  # default per job
     shutdown_grace_seconds: float = Field(10.0, ge=0)  # SIGTERM: time to checkpoint and hand back
+    # Epoch checkpoints kept per job: the last N, plus the one with the best test accuracy; the
+    # others' files are removed as training goes on (their epochs' metrics stay).
+    keep_checkpoints: int = Field(3, ge=1)
 
     # API
     host: str = "127.0.0.1"

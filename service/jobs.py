@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from service import storage
 from service.cost import estimate
 from service.errors import Conflict, NotFound
-from service.models import Epoch, Job, utcnow
+from service.models import Job, utcnow
 from service.schemas import (
     AnySpec,
     AttemptRead,
@@ -29,6 +29,7 @@ from service.schemas import (
     request_fingerprint,
 )
 from service.states import JobStatus, Outcome
+from service.storage import StoredFile
 
 SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
 
@@ -173,18 +174,25 @@ def delete(session: Session, job_id: str, artifacts_dir: Path) -> None:
     session.flush()
 
 
-def checkpoint(session: Session, job_id: str, epoch: int | None) -> Epoch:
-    """The epoch row holding the checkpoint to download: `epoch`'s, or the latest."""
+def checkpoint(session: Session, job_id: str, epoch: int | None) -> tuple[int, StoredFile]:
+    """The epoch and checkpoint file to download: `epoch`'s, or the latest epoch's that is kept."""
     job = get(session, job_id)
-    if not job.epochs:
+    saved = [(row.epoch, file) for row in job.epochs if (file := row.checkpoint_file()) is not None]
+    if not saved:
         raise Conflict(f"job {job_id} ({job.status}) has no checkpoint yet", field="status")
     if epoch is None:
-        return job.epochs[-1]
-    for row in job.epochs:
-        if row.epoch == epoch:
-            return row
-    saved = ", ".join(str(row.epoch) for row in job.epochs)
-    raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch} (saved: {saved})", field="epoch")
+        return saved[-1]
+    for found in saved:
+        if found[0] == epoch:
+            return found
+    listed = ", ".join(str(number) for number, _ in saved)
+    if any(row.epoch == epoch for row in job.epochs):
+        raise NotFound(
+            f"job {job_id}: the checkpoint for epoch {epoch} was pruned (keep_checkpoints keeps the last "
+            f"epochs' and the best one; saved: {listed})",
+            field="epoch",
+        )
+    raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch} (saved: {listed})", field="epoch")
 
 
 def checkpoint_url(job_id: str, epoch: int) -> str:
@@ -203,6 +211,7 @@ def view(job: Job) -> JobRead:
                 url=checkpoint_url(job.id, e.epoch),
             )
             for e in job.epochs
+            if e.checkpoint_size_bytes is not None and e.checkpoint_sha256 is not None  # else pruned
         ]
         result = JobResult(**job.result, checkpoints=checkpoints)
     spec = job_spec_adapter.validate_python(job.spec)

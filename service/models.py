@@ -10,6 +10,8 @@ from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Inde
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
+from service.storage import StoredFile
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -93,7 +95,8 @@ class Job(Base):
 
 
 class Epoch(Base):
-    """One finished epoch of a job: its metrics and the checkpoint saved after it."""
+    """One finished epoch of a job: its metrics and the checkpoint saved after it (null once the
+    worker pruned that file, keep_checkpoints; the metrics stay)."""
 
     __tablename__ = "epochs"
 
@@ -104,12 +107,16 @@ class Epoch(Base):
     test_loss: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float] = mapped_column(Float)
     correct: Mapped[int] = mapped_column(Integer)
-    checkpoint_path: Mapped[str] = mapped_column(Text)  # relative to the artifacts dir
-    checkpoint_size_bytes: Mapped[int] = mapped_column(Integer)
-    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)  # relative to the artifacts dir
+    checkpoint_size_bytes: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
     job: Mapped[Job] = relationship(back_populates="epochs")
+
+    def checkpoint_file(self) -> StoredFile | None:
+        """The checkpoint this epoch holds, or None once it was pruned (keep_checkpoints)."""
+        return StoredFile.existing(self.checkpoint_path, self.checkpoint_sha256)
 
 
 class Attempt(Base):

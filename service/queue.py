@@ -174,6 +174,36 @@ def record_epoch(session: Session, lease: Lease, metrics: EpochRecord, checkpoin
     )
 
 
+def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
+    """Keep the checkpoints of the job's last `keep` epochs that still have one, and of its best
+    (highest test accuracy, the latest on ties); the others' checkpoint columns become null (their
+    metrics stay). Returns the pruned files' paths, for the caller to remove once this commits.
+    The job's resume file is never among them: it is the latest epoch's, which is kept."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    _fenced(session, lease)
+    rows = session.execute(
+        select(Epoch.epoch, Epoch.test_accuracy, Epoch.checkpoint_path)
+        .where(Epoch.job_id == lease.job_id, Epoch.checkpoint_path.is_not(None))
+        .order_by(Epoch.epoch)
+    ).all()
+    if len(rows) <= keep:
+        return []
+    best = max(rows, key=lambda row: (row.test_accuracy, row.epoch))
+    kept = {row.epoch for row in rows[-keep:]} | {best.epoch}
+    resume_path = session.scalar(select(Job.resume_path).where(Job.id == lease.job_id))
+    pruned = [row for row in rows if row.epoch not in kept and row.checkpoint_path != resume_path]
+    if not pruned:
+        return []
+    session.execute(
+        update(Epoch)
+        .where(Epoch.job_id == lease.job_id, Epoch.epoch.in_([row.epoch for row in pruned]))
+        .values(checkpoint_path=None, checkpoint_size_bytes=None, checkpoint_sha256=None)
+        .execution_options(synchronize_session=False)
+    )
+    return [row.checkpoint_path for row in pruned]
+
+
 def finish(session: Session, lease: Lease, result: TrainResult, progress: Progress | None) -> None:
     _end(
         session,

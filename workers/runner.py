@@ -168,7 +168,8 @@ class JobRunner:
         candidates = [claim.resume]
         with self.db.read() as session:
             rows = session.scalars(select(Epoch).where(Epoch.job_id == claim.job_id).order_by(Epoch.epoch.desc()))
-            candidates += [StoredFile(row.checkpoint_path, row.checkpoint_sha256) for row in rows]
+            # Pruned epochs (keep_checkpoints) have no file to fall back to.
+            candidates += [file for row in rows if (file := row.checkpoint_file()) is not None]
         tried: set[str] = set()
         for file in candidates:
             if file.path in tried:
@@ -202,6 +203,15 @@ class JobRunner:
         row; remove it so a lost worker leaves nothing behind."""
         (self.settings.artifacts_dir / file.path).unlink(missing_ok=True)
 
+    def remove_pruned(self, claim: Claim, paths: list[str]) -> None:
+        """Remove checkpoints no row points at any more (queue.prune_checkpoints, committed). One
+        that cannot be removed is logged, not fatal: training goes on; the job's delete removes it."""
+        for path in paths:
+            try:
+                (self.settings.artifacts_dir / path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("job %s: pruned checkpoint %s not removed (%s)", claim.job_id, path, exc)
+
     def guarded(self, claim: Claim, outcome: Outcome, write: Callable[..., object]) -> Outcome:
         """One final fenced write; a lost lease means another worker owns the job: say so, write nothing."""
         try:
@@ -233,10 +243,13 @@ class Recorder:
         try:
             with self.runner.db.write() as session:
                 queue.record_epoch(session, held.claim, metrics, file)
+                pruned = queue.prune_checkpoints(session, held.claim, self.runner.settings.keep_checkpoints)
         except LeaseLost:  # one job losing its lease must not disturb the others in a pack
             log.warning("job %s: lease lost; epoch %d not recorded, training stops", held.claim.job_id, metrics.epoch)
             self.runner.discard(file)
             held.live.stop_reason = Outcome.lease_lost
+            return
+        self.runner.remove_pruned(held.claim, pruned)
 
     def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
         held = self.run.held[index]

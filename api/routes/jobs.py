@@ -138,8 +138,8 @@ def download_checkpoint(
     job_id: uuid.UUID, request: Request, db: DB, settings: AppSettings, epoch: Annotated[int | None, Query(ge=1)] = None
 ) -> Response:
     with db.read() as session:
-        row = jobs.checkpoint(session, str(job_id), epoch)
-        path, sha256, saved_epoch = settings.artifacts_dir / row.checkpoint_path, row.checkpoint_sha256, row.epoch
+        saved_epoch, file = jobs.checkpoint(session, str(job_id), epoch)
+    path, sha256 = settings.artifacts_dir / file.path, file.sha256
     etag = f'"{sha256}"'
     digest = base64.b64encode(bytes.fromhex(sha256)).decode()
     headers = {"ETag": etag, "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": "private, immutable"}

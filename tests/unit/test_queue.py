@@ -343,3 +343,62 @@ def test_idempotency_key_same_body_same_job_other_body_conflict(db):
         assert session.scalar(select(func.count()).select_from(Job)) == 3
         assert session.scalar(select(func.count()).select_from(Epoch)) == 0
         assert session.scalar(select(func.count()).where(Job.status == JobStatus.queued.value)) == 3
+
+
+# Pruning checkpoints (keep_checkpoints)
+
+
+def record(db, lease, accuracies: list[float], *, keep: int) -> list[list[str]]:
+    """Record one epoch per accuracy, pruning after each as the worker does; returns what each pruned."""
+    pruned = []
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        metrics = EpochRecord(epoch=epoch, train_loss=1.0, test_loss=1.0, test_accuracy=accuracy, correct=1)
+        with db.write() as session:
+            queue.record_epoch(session, lease, metrics, checkpoint_file(f"epoch-{epoch:03d}", str(epoch)))
+            pruned.append(queue.prune_checkpoints(session, lease, keep))
+    return pruned
+
+
+def saved_epochs(db, job_id: str) -> list[int]:
+    return [epoch for epoch, path, _ in row(db, job_id)["epoch_rows"] if path is not None]
+
+
+def test_pruning_keeps_the_last_epochs_and_the_best_and_every_epochs_metrics(db):
+    job_id = submit(db)
+    lease = claim_one(db)
+    pruned = record(db, lease, [0.5, 0.9, 0.6, 0.9, 0.7, 0.8, 0.1], keep=2)
+    # Epoch 4 ties epoch 2 for the best: the later one is kept, and 2 goes once 4 is recorded.
+    assert pruned == [
+        [],
+        [],
+        ["jobs/x/epoch-001.pt"],
+        ["jobs/x/epoch-002.pt"],
+        ["jobs/x/epoch-003.pt"],
+        [],
+        ["jobs/x/epoch-005.pt"],
+    ]
+    assert saved_epochs(db, job_id) == [4, 6, 7]
+    after = row(db, job_id)
+    assert [epoch for epoch, _, _ in after["epoch_rows"]] == [1, 2, 3, 4, 5, 6, 7], "metrics stay"
+    assert after["resume_path"] == "jobs/x/epoch-007.pt", "the resume file is the latest, kept"
+    with db.read() as session:
+        pruned_rows = session.scalars(select(Epoch).where(Epoch.job_id == job_id, Epoch.epoch == 1)).one()
+        assert (pruned_rows.checkpoint_size_bytes, pruned_rows.checkpoint_sha256) == (None, None)
+        assert pruned_rows.test_accuracy == 0.5
+    with db.write() as session:
+        assert queue.prune_checkpoints(session, lease, 2) == [], "pruning again prunes nothing"
+        assert queue.prune_checkpoints(session, lease, 1) == ["jobs/x/epoch-006.pt"], "the best and the last"
+    assert saved_epochs(db, job_id) == [4, 7]
+
+
+def test_a_lost_lease_prunes_nothing(db):
+    job_id = submit(db)
+    stale = claim_one(db, WORKER_A)
+    record(db, stale, [0.1, 0.2, 0.3], keep=3)
+    expire(db, job_id)
+    assert reap(db) == [job_id]
+    before = row(db, job_id)
+    with pytest.raises(LeaseLost), db.write() as session:
+        queue.prune_checkpoints(session, stale, 1)
+    assert row(db, job_id) == before
+    assert saved_epochs(db, job_id) == [1, 2, 3]
