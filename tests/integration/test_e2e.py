@@ -14,6 +14,7 @@ from service.schemas import job_spec_adapter
 from service.training.engine import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors
+from tests.support.files import immutable
 from tests.support.processes import REPO, mnist_jobs, wait_until
 from tests.support.settings import settings_env
 
@@ -106,3 +107,20 @@ def test_a_worker_on_an_unmigrated_database_says_what_to_run_and_exits(settings)
     )
     assert result.returncode == 1
     assert "run `mnist-jobs db upgrade`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_delete_whose_files_cannot_be_removed_keeps_the_job_on_a_live_server(settings, live_server):
+    server = live_server(workers=1)
+    job_id = server.client.post("/v1/jobs", json={"architecture": "fc", "epochs": 2}).json()["id"]
+    assert server.wait_for_status(job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    folder = settings.artifacts_dir / "jobs" / job_id
+    files = sorted(p.name for p in folder.iterdir())
+    with immutable(folder / files[0]):  # as a read-only or foreign-owned artifacts dir would
+        refused = server.client.delete(f"/v1/jobs/{job_id}")
+        assert refused.status_code == 500 and refused.headers["content-type"] == "application/problem+json"
+        assert "could not be removed" in refused.json()["detail"] and str(settings.artifacts_dir) not in refused.text
+        assert server.client.get(f"/v1/jobs/{job_id}").status_code == 200, "the job is kept"
+        assert files[0] in {p.name for p in folder.iterdir()}
+    assert server.client.delete(f"/v1/jobs/{job_id}").status_code == 204, "and deleted once the files can go"
+    assert not folder.exists()
+    assert server.client.get(f"/v1/jobs/{job_id}").status_code == 404
