@@ -157,8 +157,12 @@ def note_resume(session: Session, lease: Lease, epoch: int, step: int) -> None:
     _update_attempt(session, lease, resumed_from_epoch=epoch, resumed_from_step=step)
 
 
-def record_epoch(session: Session, lease: Lease, metrics: EpochRecord, checkpoint: StoredFile) -> None:
-    """Store an epoch's metrics and its checkpoint, which becomes the point to resume from."""
+def record_epoch(
+    session: Session, lease: Lease, metrics: EpochRecord, checkpoint: StoredFile, keep: int | None = None
+) -> list[str]:
+    """Store an epoch's metrics and its checkpoint, which becomes the point to resume from; with
+    `keep`, prune the older checkpoints in the same guarded write (see prune_checkpoints) and return
+    the paths of their files, for the caller to remove once this commits."""
     _fenced(session, lease, resume_path=checkpoint.path, resume_sha256=checkpoint.sha256)
     # A retried attempt that re-ran this epoch replaces the row the lost attempt wrote.
     session.execute(delete(Epoch).where(Epoch.job_id == lease.job_id, Epoch.epoch == metrics.epoch))
@@ -172,6 +176,7 @@ def record_epoch(session: Session, lease: Lease, metrics: EpochRecord, checkpoin
             created_at=utcnow(),
         )
     )
+    return [] if keep is None else _prune(session, lease.job_id, keep)
 
 
 def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
@@ -179,25 +184,30 @@ def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
     (highest test accuracy, the latest on ties); the others' checkpoint columns become null (their
     metrics stay). Returns the pruned files' paths, for the caller to remove once this commits.
     The job's resume file is never among them: it is the latest epoch's, which is kept."""
+    _fenced(session, lease)
+    return _prune(session, lease.job_id, keep)
+
+
+def _prune(session: Session, job_id: str, keep: int) -> list[str]:
+    """prune_checkpoints' work, inside a write its caller already guarded."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
-    _fenced(session, lease)
     rows = session.execute(
         select(Epoch.epoch, Epoch.test_accuracy, Epoch.checkpoint_path)
-        .where(Epoch.job_id == lease.job_id, Epoch.checkpoint_path.is_not(None))
+        .where(Epoch.job_id == job_id, Epoch.checkpoint_path.is_not(None))
         .order_by(Epoch.epoch)
     ).all()
     if len(rows) <= keep:
         return []
     best = max(rows, key=lambda row: (row.test_accuracy, row.epoch))
     kept = {row.epoch for row in rows[-keep:]} | {best.epoch}
-    resume_path = session.scalar(select(Job.resume_path).where(Job.id == lease.job_id))
+    resume_path = session.scalar(select(Job.resume_path).where(Job.id == job_id))
     pruned = [row for row in rows if row.epoch not in kept and row.checkpoint_path != resume_path]
     if not pruned:
         return []
     session.execute(
         update(Epoch)
-        .where(Epoch.job_id == lease.job_id, Epoch.epoch.in_([row.epoch for row in pruned]))
+        .where(Epoch.job_id == job_id, Epoch.epoch.in_([row.epoch for row in pruned]))
         .values(checkpoint_path=None, checkpoint_size_bytes=None, checkpoint_sha256=None)
         .execution_options(synchronize_session=False)
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -47,12 +47,11 @@ class DataCache:
     def get(self, dataset: str, permutation_seed: int | None) -> MnistTensors:
         if dataset not in self._base:
             self._base[dataset] = load_tensors(self.settings, dataset).to(self.device)
-        perm = permutation(permutation_seed)
-        if permutation_seed is None or perm is None:
+        if permutation_seed is None:
             return self._base[dataset]
         key = (dataset, permutation_seed)
         if key not in self._permuted:
-            self._permuted[key] = self._base[dataset].permuted(perm)
+            self._permuted[key] = self._base[dataset].permuted(permutation(permutation_seed))
             while len(self._permuted) > PERMUTED_CACHE_SIZE:
                 self._permuted.popitem(last=False)
         self._permuted.move_to_end(key)
@@ -151,8 +150,9 @@ class JobRunner:
                 [s for s in specs if isinstance(s, FCSpec)], data, self.device, [held.live for held in run.held]
             )
         claim, held = claims[0], run.held[0]
-        resume = self.resume_point(claim) if claim.resume is not None else None
+        resume = None
         if claim.resume is not None:
+            resume = self.resume_point(claim)
             epoch, step = (resume.epoch, resume.partial.step if resume.partial else 0) if resume else (0, 0)
             with self.db.write() as session:
                 queue.note_resume(session, claim, epoch, step)
@@ -165,13 +165,8 @@ class JobRunner:
         and their rows replaced), else None (from scratch). A corrupt or missing file never fails
         the job; the fall-back is logged, and the attempt records the epoch it resumed from."""
         assert claim.resume is not None
-        candidates = [claim.resume]
-        with self.db.read() as session:
-            rows = session.scalars(select(Epoch).where(Epoch.job_id == claim.job_id).order_by(Epoch.epoch.desc()))
-            # Pruned epochs (keep_checkpoints) have no file to fall back to.
-            candidates += [file for row in rows if (file := row.checkpoint_file()) is not None]
         tried: set[str] = set()
-        for file in candidates:
+        for file in self._resume_candidates(claim.job_id, claim.resume):
             if file.path in tried:
                 continue
             tried.add(file.path)
@@ -187,6 +182,14 @@ class JobRunner:
         log.warning("job %s: no checkpoint verifies; training again from the start", claim.job_id)
         return None
 
+    def _resume_candidates(self, job_id: str, resume: StoredFile) -> Iterator[StoredFile]:
+        """The resume file, then (read only when it fails to verify) the job's kept epoch
+        checkpoints, newest first; pruned epochs (keep_checkpoints) have no file to fall back to."""
+        yield resume
+        with self.db.read() as session:
+            rows = list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch.desc())))
+        yield from (file for row in rows if (file := row.checkpoint_file()) is not None)
+
     def reap(self) -> list[str]:
         """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""
         with self.db.write() as session:
@@ -198,14 +201,10 @@ class JobRunner:
         relative = checkpoints.relative_path(claim.job_id, claim.token, epoch)
         return checkpoints.save(self.settings.artifacts_dir, relative, state)
 
-    def discard(self, file: StoredFile) -> None:
-        """Fenced out: the file (named by our token, so never the new owner's) is referenced by no
-        row; remove it so a lost worker leaves nothing behind."""
-        (self.settings.artifacts_dir / file.path).unlink(missing_ok=True)
-
-    def remove_pruned(self, claim: Claim, paths: list[str]) -> None:
-        """Remove checkpoints no row points at any more (queue.prune_checkpoints, committed). One
-        that cannot be removed is logged, not fatal: training goes on; the job's delete removes it."""
+    def remove_files(self, claim: Claim, paths: list[str]) -> None:
+        """Remove checkpoints no row points at: pruned ones (keep_checkpoints), or one a fenced-out
+        worker wrote (named by its token, so never the new owner's), so a lost worker leaves nothing
+        behind. One that cannot be removed is logged, not fatal; the job's delete removes it."""
         for path in paths:
             try:
                 (self.settings.artifacts_dir / path).unlink(missing_ok=True)
@@ -242,14 +241,13 @@ class Recorder:
         file = self.runner.save(held.claim, metrics.epoch, checkpoint)
         try:
             with self.runner.db.write() as session:
-                queue.record_epoch(session, held.claim, metrics, file)
-                pruned = queue.prune_checkpoints(session, held.claim, self.runner.settings.keep_checkpoints)
+                pruned = queue.record_epoch(session, held.claim, metrics, file, self.runner.settings.keep_checkpoints)
         except LeaseLost:  # one job losing its lease must not disturb the others in a pack
             log.warning("job %s: lease lost; epoch %d not recorded, training stops", held.claim.job_id, metrics.epoch)
-            self.runner.discard(file)
+            self.runner.remove_files(held.claim, [file.path])
             held.live.stop_reason = Outcome.lease_lost
             return
-        self.runner.remove_pruned(held.claim, pruned)
+        self.runner.remove_files(held.claim, pruned)
 
     def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
         held = self.run.held[index]
@@ -274,5 +272,5 @@ class Recorder:
                     return queue.hand_back(session, claim, file)
             except LeaseLost:  # as in on_epoch: publish nothing, leave nothing
                 if file is not None:
-                    self.runner.discard(file)
+                    self.runner.remove_files(claim, [file.path])
         return Outcome.lease_lost

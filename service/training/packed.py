@@ -175,10 +175,9 @@ class PackedFCTrainer:
             loss_sum = self._train_epoch(epoch, orders, steps, callbacks)
             self.train_seconds += time.perf_counter() - started
             train_loss_sums = loss_sum.tolist()
-            for j in list(self.active):
-                if not math.isfinite(train_loss_sums[j]):
-                    self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
-                    self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
+            for j in self._diverged(train_loss_sums):
+                self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
+                self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
             if not self.active:
                 return {}
 
@@ -188,10 +187,9 @@ class PackedFCTrainer:
                 draw_loader_seeds(generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
             test_losses = test_loss.tolist()
-            for j in list(self.active):
-                if not math.isfinite(test_losses[j]):
-                    self.lives[j].fail(test_diverged(test_losses[j], spec, epoch))
-                    self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
+            for j in self._diverged(test_losses):
+                self.lives[j].fail(test_diverged(test_losses[j], spec, epoch))
+                self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
             if not self.active:
                 return {}
             for j in list(self.active):
@@ -208,6 +206,10 @@ class PackedFCTrainer:
             j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device)
             for j in self.active
         }
+
+    def _diverged(self, values: list[float]) -> list[int]:
+        """The jobs still in the pack whose figure in `values` (one per job) is not finite."""
+        return [j for j in self.active if not math.isfinite(values[j])]
 
     def _train_epoch(self, epoch: int, orders: torch.Tensor, steps: int, callbacks: Callbacks) -> torch.Tensor:
         """One epoch's steps for the whole pack; returns each job's summed training loss (float64)."""
@@ -240,8 +242,8 @@ class PackedFCTrainer:
                 sums, lasts = torch.stack([loss_sum, losses.double()]).tolist()
                 for j in self.active:
                     self.lives[j].show_loss(lasts[j])
-                    if not math.isfinite(sums[j]):
-                        self.lives[j].fail(train_diverged(sums[j], self.specs[j], epoch, step + 1, steps))
+                for j in self._diverged(sums):
+                    self.lives[j].fail(train_diverged(sums[j], self.specs[j], epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return loss_sum
 
