@@ -15,6 +15,7 @@ from starlette.routing import Match
 from service.errors import (
     Conflict,
     DataUnavailable,
+    FilesNotRemoved,
     Forbidden,
     InvalidInput,
     LeaseLost,
@@ -38,6 +39,7 @@ STATUS: dict[type[ServiceError], int] = {
     TooLarge: 413,
     UnsupportedMedia: 415,
     TooMany: 429,
+    FilesNotRemoved: 500,
 }
 SPEC_TAGS = {"fc", "cnn"}  # pydantic puts the discriminator's value in the location of spec errors
 

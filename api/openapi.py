@@ -87,6 +87,7 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
         "This token already has MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running",
         {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
     ),
+    500: ("FilesNotRemoved", "The job's files could not all be removed; the job is kept", {}),
     503: ("Unavailable", "A data set or the database cannot be used now", {}),
 }
 
@@ -94,7 +95,7 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
 ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/jobs"): (403, 409, 429),  # a read token; Idempotency-Key reused; the token's queue is full
     ("POST", "/v1/jobs/{job_id}/cancel"): (403, 409),  # a read token or another's job; the job has ended
-    ("DELETE", "/v1/jobs/{job_id}"): (403, 409),  # not an admin; the job is still queued or running
+    ("DELETE", "/v1/jobs/{job_id}"): (403, 409, 500),  # not an admin; still queued or running; files stay
     ("GET", "/v1/jobs/{job_id}/checkpoint"): (409,),  # no checkpoint yet, or its file does not match its sha256
 }
 

@@ -14,6 +14,7 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── TooLarge          a request body over the size limit (413)
     ├── UnsupportedMedia  a state-changing call whose body is not application/json (415)
     ├── TooMany           the caller's queue is full (429, with Retry-After)
+    ├── FilesNotRemoved   a job's files could not all be removed, so its row is kept (500)
     └── LeaseLost         a worker's fenced write touched no row: another worker owns the job
 """
 
@@ -104,6 +105,14 @@ class TooMany(ServiceError):
     def __init__(self, detail: str, *, retry_after_seconds: int, field: str | None = None) -> None:
         super().__init__(detail, field=field)
         self.retry_after_seconds = retry_after_seconds
+
+
+class FilesNotRemoved(ServiceError):
+    """Raised by service.storage when a job's files could not all be removed (a read-only or
+    foreign-owned artifacts dir): the job's row is kept, so nothing is left on disk that no row
+    points at. The server's own fault, hence a 500."""
+
+    title = "Job files not removed"
 
 
 class LeaseLost(ServiceError):

@@ -164,7 +164,7 @@ def cancel(session: Session, job_id: str) -> Job:
 
 def delete(session: Session, job_id: str, artifacts_dir: Path) -> None:
     """Remove an ended job's files first, then its row (in the caller's transaction). Files that
-    cannot be removed raise storage.FilesNotRemoved before the row is touched, so the row stays and
+    cannot be removed raise FilesNotRemoved before the row is touched, so the row stays and
     still points at them: nothing is left on disk that no row knows of."""
     job = get(session, job_id)
     if not JobStatus(job.status).is_final:

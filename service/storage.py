@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ServiceError
+from service.errors import FilesNotRemoved
 
 CHUNK = 1 << 20
 
@@ -95,14 +95,6 @@ def store(artifacts_dir: Path, relative: str, data: bytes) -> StoredFile:
 
 def job_dir(artifacts_dir: Path, job_id: str) -> Path:
     return artifacts_dir / "jobs" / job_id
-
-
-class FilesNotRemoved(ServiceError):
-    """Raised when a job's files could not all be removed (a read-only or foreign-owned artifacts
-    dir): the job's row is kept, so nothing is left on disk that no row points at. Not one of the
-    mapped causes, so the API answers 500 problem+json."""
-
-    title = "Job files not removed"
 
 
 def remove_job_files(artifacts_dir: Path, job_id: str) -> None:
