@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from service.config import Settings
+from service.config import LOOPBACK_HOSTS, Settings
 
 WORKER_RESTART_DELAY_SECONDS = 2.0
 
@@ -118,7 +118,7 @@ def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
             "anyone who can reach it",
             file=sys.stderr,
         )
-    if not is_loopback(host) and set(settings.allowed_hosts) <= {"127.0.0.1", "localhost", "[::1]", "testserver"}:
+    if not is_loopback(host) and set(settings.allowed_hosts) <= set(LOOPBACK_HOSTS):
         print(
             "warning: MNIST_JOBS_ALLOWED_HOSTS names only loopback hosts: clients on other machines get 400 "
             'until it lists the names they use (e.g. \'["jobs.lab", "10.0.0.5"]\')',

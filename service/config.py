@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The Host names answered by default: this machine's own ("testserver" is Starlette's TestClient).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "testserver")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MNIST_JOBS_", env_file=".env", extra="ignore")
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
     # with none configured the API is open and binds to loopback only.
     api_tokens_file: Path | None = None
     api_tokens: str | None = None  # e.g. "secret-a:admin,secret-b:read" (tests; prefer the file)
-    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]", "testserver"])
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
     cors_origins: list[str] = Field(default_factory=list)  # empty: no CORS headers at all
     max_body_bytes: int = Field(16_384, ge=1024)  # a job spec is a few hundred bytes
     max_validation_errors: int = Field(20, ge=1)  # errors listed in one 422
