@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Epoch checkpoints kept per job: the last N, plus the one with the best test accuracy; the
     # others' files are removed as training goes on (their epochs' metrics stay).
     keep_checkpoints: int = Field(3, ge=1)
+    # The training loss is recorded every this many steps (the tutorial printed it every 100 batches);
+    # the rows are written with the heartbeat, never one write per step.
+    step_metrics_every: int = Field(50, ge=1)
 
     # API
     host: str = "127.0.0.1"
@@ -71,6 +74,10 @@ class Settings(BaseSettings):
     # Job cost budget (issue 10): estimated at submit time from the spec; over it is a 422.
     max_job_flops: float = Field(5e14, gt=0)  # estimated training + test FLOPs of one job
     max_job_memory_bytes: int = Field(4 * 2**30, gt=0)  # estimated peak activation + parameter memory
+    # Predictions: models kept loaded by the API's inference helper process (least recently used go).
+    predict_models_max: int = Field(8, ge=1)
+    predict_timeout_seconds: float = Field(30.0, gt=0)  # one prediction, the helper's start included
+
     # A worker claims no job while the artifacts dir has less free space than this (bytes).
     min_free_bytes: int = Field(256 * 2**20, ge=0)
 

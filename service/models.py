@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
@@ -78,8 +78,23 @@ class Job(Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     submitted_by: Mapped[str | None] = mapped_column(String(12))  # token id (service.auth); None: open mode
 
+    name: Mapped[str | None] = mapped_column(String(200))
+    # Copies of spec and result fields, for filters and sorting (set at enqueue and at finish).
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    permutation_seed: Mapped[int | None] = mapped_column(BigInteger)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    # sha256 of the stored spec (seed included): equal specs train to equal weights (result reuse).
+    spec_sha256: Mapped[str | None] = mapped_column(String(64))
+    reused_from: Mapped[str | None] = mapped_column(String(36))  # the finished job whose result this one took
+    # The comparison cell this job is one seed of (no foreign key; see migration 0005).
+    comparison_id: Mapped[str | None] = mapped_column(String(36))
+    cell_position: Mapped[int | None] = mapped_column(Integer)
+
     epochs: Mapped[list[Epoch]] = relationship(
         back_populates="job", order_by="Epoch.epoch", cascade="all, delete-orphan", passive_deletes=True
+    )
+    labels: Mapped[list[JobLabel]] = relationship(
+        back_populates="job", order_by="JobLabel.key", cascade="all, delete-orphan", passive_deletes=True
     )
     attempt_rows: Mapped[list[Attempt]] = relationship(
         back_populates="job",
@@ -91,7 +106,69 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_claim", "status", "run_after", "created_at"),
         Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_comparison", "comparison_id", "cell_position"),
+        Index("ix_jobs_spec_sha256", "spec_sha256"),
+        Index("ix_jobs_test_accuracy", "test_accuracy", "created_at", "id"),
     )
+
+
+class JobLabel(Base):
+    """One of a job's labels (a small string map), a row per key so a filter is an index lookup."""
+
+    __tablename__ = "job_labels"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+    job: Mapped[Job] = relationship(back_populates="labels")
+
+    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
+
+
+class Step(Base):
+    """A job's training loss every N steps (MNIST_JOBS_STEP_METRICS_EVERY), written with the heartbeat."""
+
+    __tablename__ = "steps"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)  # counted over all epochs, from 1
+    epoch: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(Integer)  # training samples seen by the job up to this step
+    loss: Mapped[float] = mapped_column(Float)  # this step's batch loss
+
+
+class Comparison(Base):
+    """One experiment as one request: a grid of cells (architecture x permutation), each trained
+    with every seed; its status and statistics are read from its jobs, never stored."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    submitted_by: Mapped[str | None] = mapped_column(String(12))
+    spec: Mapped[dict[str, Any]]  # the job fields applied to every cell
+    seeds: Mapped[list[int]] = mapped_column(JSON)
+    shared_permutation_seed: Mapped[int | None] = mapped_column(BigInteger)  # the S every permuted cell shares
+    reuse: Mapped[bool] = mapped_column(Boolean)
+
+    cells: Mapped[list[ComparisonCell]] = relationship(
+        order_by="ComparisonCell.position", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (Index("ix_comparisons_created", "created_at", "id"),)
+
+
+class ComparisonCell(Base):
+    __tablename__ = "comparison_cells"
+
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    architecture: Mapped[str] = mapped_column(String(8))
+    permutation_seed: Mapped[int | None] = mapped_column(BigInteger)
+    param_count: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]]  # the cell's job spec without a seed
 
 
 class Epoch(Base):

@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from service.states import JobStatus, Outcome
 
@@ -17,6 +17,17 @@ SEED_MAX = 2**63 - 1  # fits SQLite's and JSON's signed 64-bit integers, and tor
 DATASETS = ("mnist", "fashion-mnist")
 INPUT_SIZE = 28 * 28
 N_CLASSES = 10
+
+
+LABEL_KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+MAX_LABELS = 16
+Labels = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)],
+        Annotated[str, StringConstraints(min_length=1, max_length=200)],
+    ],
+    Field(max_length=MAX_LABELS),
+]
 
 
 class _SpecBase(BaseModel):
@@ -41,6 +52,15 @@ class _SpecBase(BaseModel):
     # A submission option, not part of what is trained: shown as the job's max_attempts, never in its spec.
     max_attempts: int | None = Field(
         None, ge=1, le=20, exclude=True, description="Attempts before the job fails; server default if null"
+    )
+    # More submission options, shown beside the spec in the job's JSON, never in it (they change
+    # nothing that is trained, so they change neither pack_key nor the spec's hash).
+    name: str | None = Field(None, min_length=1, max_length=200, exclude=True, description="A name to find it by")
+    labels: Labels | None = Field(None, exclude=True, description="A small string map; filter with ?label=key:value")
+    reuse: bool = Field(
+        False,
+        exclude=True,
+        description="Take the result of a finished job with this exact spec (seed included) instead of training",
     )
 
     @property
@@ -131,6 +151,9 @@ class ResultFields(BaseModel):
     test_seconds: float
     device: str
     torch_version: str
+    confusion: list[list[int]] | None = Field(
+        None, description="10x10 counts of the last test pass: row = true digit, column = predicted digit"
+    )
 
 
 class TrainResult(ResultFields):
@@ -139,6 +162,20 @@ class TrainResult(ResultFields):
     model_config = ConfigDict(allow_inf_nan=False)
 
     test_loss: float
+
+
+class StepMetrics(BaseModel):
+    """The training loss at one step (recorded every MNIST_JOBS_STEP_METRICS_EVERY steps)."""
+
+    step: int = Field(description="counted over all epochs, from 1")
+    epoch: int
+    samples: int = Field(description="training samples the job had seen after this step")
+    loss: float = Field(description="this step's batch loss")
+
+
+class StepPage(BaseModel):
+    items: list[StepMetrics]
+    next_from_step: int | None = Field(description="Pass as ?from_step= for the next page; null at the end")
 
 
 class CheckpointRead(BaseModel):
@@ -216,5 +253,6 @@ class DatasetRead(BaseModel):
 
 def request_fingerprint(spec: AnySpec) -> str:
     """sha256 of what the client asked for (defaults filled, seed as given), for idempotency."""
-    asked: dict[str, Any] = {**spec.model_dump(mode="json"), "max_attempts": spec.max_attempts}
+    options = {"max_attempts": spec.max_attempts, "name": spec.name, "labels": spec.labels, "reuse": spec.reuse}
+    asked: dict[str, Any] = {**spec.model_dump(mode="json"), **options}
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
