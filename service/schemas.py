@@ -253,6 +253,8 @@ class DatasetRead(BaseModel):
 
 def request_fingerprint(spec: AnySpec) -> str:
     """sha256 of what the client asked for (defaults filled, seed as given), for idempotency."""
-    options = {"max_attempts": spec.max_attempts, "name": spec.name, "labels": spec.labels, "reuse": spec.reuse}
+    # The options added later count only when given, so a request sent before they existed keeps its hash.
+    later = {"name": spec.name, "labels": spec.labels, "reuse": spec.reuse or None}
+    options = {"max_attempts": spec.max_attempts, **{key: value for key, value in later.items() if value is not None}}
     asked: dict[str, Any] = {**spec.model_dump(mode="json"), **options}
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
