@@ -258,3 +258,20 @@ def request_fingerprint(spec: AnySpec) -> str:
     options = {"max_attempts": spec.max_attempts, **{key: value for key, value in later.items() if value is not None}}
     asked: dict[str, Any] = {**spec.model_dump(mode="json"), **options}
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+class CellRead(BaseModel):
+    """One (architecture, permutation) cell of a comparison: its test accuracies over the seeds."""
+
+    position: int
+    architecture: Literal["fc", "cnn"]
+    permutation_seed: int | None
+    param_count: int
+    n: int = Field(description="seeds that succeeded (the statistics are over these)")
+    mean: float | None = Field(description="mean test accuracy (fraction 0..1); null before any seed succeeded")
+    std: float | None = Field(description="sample standard deviation; null with fewer than 2 values")
+    ci95: tuple[float, float] | None = Field(description="95 % t interval of the mean; null with fewer than 2 values")
+    values: list[float] = Field(description="test accuracy of each succeeded seed, in the order of seeds")
+    seeds: list[int] = Field(description="the seeds of `values`, in the same order")
+    job_ids: list[str] = Field(description="all of the cell's jobs, in the order of the comparison's seeds")
+    failed: list[str] = Field(description="why each failed job of this cell failed, as '<job id>: <error>'")
