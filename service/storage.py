@@ -93,6 +93,21 @@ def store(artifacts_dir: Path, relative: str, data: bytes) -> StoredFile:
     return StoredFile(relative, write_bytes_atomic(artifacts_dir / relative, data), len(data))
 
 
+def link(artifacts_dir: Path, source: StoredFile, relative: str) -> StoredFile:
+    """The artifact `source` also at `relative`: a hard link (no copy, and the bytes outlive either
+    name's removal), or a copy where the filesystem has no hard links."""
+    target = artifacts_dir / relative
+    private_dirs(target.parent)
+    try:
+        os.link(artifacts_dir / source.path, target)
+    except FileExistsError:
+        pass  # an earlier try of the same link
+    except OSError:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(artifacts_dir / source.path, tmp)
+    return StoredFile(relative, source.sha256, source.size_bytes)
+
+
 def job_dir(artifacts_dir: Path, job_id: str) -> Path:
     return artifacts_dir / "jobs" / job_id
 

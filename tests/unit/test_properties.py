@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api.routes.jobs import decode_cursor, encode_cursor
+from api.cursors import decode, encode
 from service.cost import estimate
 from service.errors import InvalidInput
 from service.schemas import SEED_MAX, CNNSpec, FCSpec, job_spec_adapter
@@ -115,6 +115,29 @@ def test_the_spec_properties_hold_at_the_bounds():
 
 
 # -- the list cursor -----------------------------------------------------------------------------
+
+
+def encode_cursor(created_at, job_id):
+    return encode(created_at, job_id)
+
+
+def decode_cursor(cursor):
+    after = decode(cursor)
+    assert after.test_accuracy is None
+    return after.created_at, after.id
+
+
+@PROPERTY
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.uuids(),
+    st.floats(0, 1),
+)
+def test_an_accuracy_cursor_round_trips(created_at, job_id, accuracy):
+    created_at = created_at.replace(tzinfo=UTC)
+    after = decode(encode(created_at, str(job_id), accuracy), with_accuracy=True)
+    assert (after.created_at, after.id, after.test_accuracy) == (created_at, str(job_id), accuracy)
+
 
 utc_datetimes = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)).map(
     lambda value: value.replace(tzinfo=UTC)
