@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from service import storage
 from service.cost import estimate
 from service.errors import Conflict, NotFound
-from service.models import Job, utcnow
+from service.models import Job, JobLabel, Step, utcnow
+from service.reuse import ReusePolicy, adopt, find_original, spec_sha256
 from service.schemas import (
     AnySpec,
     AttemptRead,
@@ -60,6 +62,15 @@ def active_count(session: Session, submitted_by: str) -> int:
     return session.scalar(query) or 0
 
 
+@dataclass(frozen=True)
+class CellLink:
+    """Where a job sits in a comparison: its cell, and its place in the queue (see comparisons)."""
+
+    comparison_id: str
+    cell_position: int
+    created_at: datetime
+
+
 def enqueue(
     session: Session,
     spec: AnySpec,
@@ -67,9 +78,13 @@ def enqueue(
     default_max_attempts: int,
     idempotency_key: str | None = None,
     submitted_by: str | None = None,
+    reuse: ReusePolicy | None = None,
+    cell: CellLink | None = None,
 ) -> tuple[Job, bool]:
     """Add a job; returns (job, created). A repeated idempotency key (of the same caller) returns
-    the first job. `submitted_by` is the token id of the caller (None in the open mode)."""
+    the first job. `submitted_by` is the token id of the caller (None in the open mode). With
+    `spec.reuse` and a `reuse` policy, a finished job of the same spec lends its result: the job
+    is created already succeeded (service.reuse)."""
     fingerprint = request_fingerprint(spec)
     if idempotency_key is not None:
         idempotency_key = scoped_key(idempotency_key, submitted_by)
@@ -77,13 +92,14 @@ def enqueue(
         return _same_request(existing, fingerprint), False
     if spec.seed is None:
         spec = spec.model_copy(update={"seed": secrets.randbelow(SEED_CHOICE_MAX + 1)})
-    now = utcnow()
+    now = utcnow() if cell is None else cell.created_at
+    stored_spec = spec.model_dump(mode="json")
     job = Job(
         id=str(uuid.uuid4()),
         status=JobStatus.queued.value,
         architecture=spec.architecture,
         dataset=spec.dataset,
-        spec=spec.model_dump(mode="json"),
+        spec=stored_spec,
         param_count=spec.param_count,
         pack_key=spec.pack_key,
         created_at=now,
@@ -95,12 +111,20 @@ def enqueue(
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
         submitted_by=submitted_by,
+        name=spec.name,
+        seed=spec.seed,
+        permutation_seed=spec.permutation_seed,
+        spec_sha256=spec_sha256(stored_spec),
+        comparison_id=None if cell is None else cell.comparison_id,
+        cell_position=None if cell is None else cell.cell_position,
         epochs=[],
         attempt_rows=[],
+        labels=[JobLabel(key=key, value=value) for key, value in sorted((spec.labels or {}).items())],
     )
     if idempotency_key is None:
         session.add(job)
         session.flush()
+        _reuse(session, job, spec, reuse)
         return job, True
     # A concurrent request with the same key may have inserted its row after our SELECT (possible
     # on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two). The unique index then rejects
@@ -113,13 +137,22 @@ def enqueue(
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
+    _reuse(session, job, spec, reuse)
     return job, True
 
 
-# Children of one job come in the same query (a join); those of a page of jobs in one query per
-# child table for the whole page (a join there would repeat each job's epochs for every attempt).
-ONE_WITH_CHILDREN = (joinedload(Job.epochs), joinedload(Job.attempt_rows))
-PAGE_WITH_CHILDREN = (selectinload(Job.epochs), selectinload(Job.attempt_rows))
+def _reuse(session: Session, job: Job, spec: AnySpec, policy: ReusePolicy | None) -> None:
+    if spec.reuse and policy is not None and job.spec_sha256 is not None:
+        original = find_original(session, job.spec_sha256, policy)
+        if original is not None:
+            adopt(session, job, original, policy)
+
+
+# Epochs and attempts of one job come in the same query (a join); labels in a second one (joined
+# too, they would multiply the rows once more); those of a page of jobs in one query per child
+# table for the whole page (a join there would repeat each job's epochs for every attempt).
+ONE_WITH_CHILDREN = (joinedload(Job.epochs), joinedload(Job.attempt_rows), selectinload(Job.labels))
+PAGE_WITH_CHILDREN = (selectinload(Job.epochs), selectinload(Job.attempt_rows), selectinload(Job.labels))
 
 
 def get(session: Session, job_id: str) -> Job:
@@ -129,23 +162,11 @@ def get(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(
-    session: Session,
-    *,
-    status: JobStatus | None = None,
-    architecture: str | None = None,
-    limit: int = 50,
-    cursor: tuple[datetime, str] | None = None,
-) -> list[Job]:
-    """Newest first; `cursor` is the (created_at, id) of the last job of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).options(*PAGE_WITH_CHILDREN)
-    if status is not None:
-        query = query.where(Job.status == status.value)
-    if architecture is not None:
-        query = query.where(Job.architecture == architecture)
-    if cursor is not None:
-        created, last_id = cursor
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id)))
+def steps(session: Session, job_id: str, *, from_step: int, limit: int) -> list[Step]:
+    """The job's recorded training losses from `from_step` on, oldest first (404 for no such job)."""
+    if session.get(Job, job_id) is None:
+        raise NotFound(f"no job with id {job_id}", field="id")
+    query = select(Step).where(Step.job_id == job_id, Step.step >= from_step).order_by(Step.step).limit(limit)
     return list(session.scalars(query))
 
 
@@ -217,6 +238,8 @@ def view(job: Job) -> JobRead:
     spec = job_spec_adapter.validate_python(job.spec)
     return JobRead(
         id=job.id,
+        name=job.name,
+        labels={label.key: label.value for label in job.labels},
         status=JobStatus(job.status),
         architecture=job.architecture,
         dataset=job.dataset,
@@ -247,4 +270,7 @@ def view(job: Job) -> JobRead:
             )
             for a in job.attempt_rows
         ],
+        submitted_by=job.submitted_by,
+        comparison_id=job.comparison_id,
+        reused_from=job.reused_from,
     )

@@ -202,6 +202,8 @@ class AttemptRead(BaseModel):
 
 class JobRead(BaseModel):
     id: str
+    name: str | None
+    labels: dict[str, str]
     status: JobStatus
     architecture: str
     dataset: str
@@ -219,6 +221,11 @@ class JobRead(BaseModel):
     result: JobResult | None
     error: str | None
     history: list[AttemptRead]
+    submitted_by: str | None = Field(description="id of the token that submitted it; null in the open mode")
+    comparison_id: str | None = Field(description="the comparison this job is one seed of a cell of")
+    reused_from: str | None = Field(
+        description="the finished job of the same spec whose result (and checkpoint files) this job took"
+    )
 
 
 class JobPage(BaseModel):

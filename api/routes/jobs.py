@@ -3,56 +3,41 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import json
+import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
+from api import cursors
+from api.cursors import MAX_CURSOR_CHARS
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Submitter
-from service import jobs
+from service import jobs, search
 from service.auth import Caller
 from service.cost import check_budget
 from service.errors import Conflict, InvalidInput, NotFound, TooMany
-from service.schemas import JobPage, JobRead, JobSpec
+from service.reuse import ReusePolicy
+from service.schemas import LABEL_KEY_PATTERN, MAX_LABELS, SEED_MAX, JobPage, JobRead, JobSpec, StepMetrics, StepPage
+from service.search import NATURAL, JobFilter, Sort
 from service.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
 QUEUE_FULL_RETRY_SECONDS = 30
+MAX_STEPS_PAGE = 10_000
+PERMUTATION_FILTER = "an integer, or none: the jobs on natural pixels"
+SORT_ORDERS = "created_at: newest first; test_accuracy: best first (only jobs that have one)"
 
 
-def encode_cursor(created_at: datetime, job_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), job_id]).encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, job id) encode_cursor put in `cursor`, created_at as an aware UTC datetime;
-    InvalidInput (422) for any other string: too long, not base64 of a JSON [str, str], a datetime
-    without a time zone or out of range in UTC, an id that is not a UUID."""
-    try:
-        if len(cursor) > 200:  # ours are about 100 characters; this keeps nesting bombs from the JSON decoder
-            raise ValueError
-        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(part, str) for part in decoded)):
-            raise ValueError
-        created = datetime.fromisoformat(decoded[0])
-        if created.tzinfo is None:
-            raise ValueError
-        return created.astimezone(UTC), str(uuid.UUID(decoded[1]))
-    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
-        raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
-
-
-def ensure_queue_room(session: Session, caller: Caller, limit: int) -> None:
+def ensure_queue_room(session: Session, caller: Caller, limit: int, adding: int = 1) -> None:
     """A token may have `limit` jobs queued or running (the open mode has no token and no limit)."""
-    if caller.id is not None and jobs.active_count(session, caller.id) >= limit:
+    if caller.id is not None and jobs.active_count(session, caller.id) + adding > limit:
         raise TooMany(
-            f"this token already has {limit} jobs queued or running, the most allowed; retry when some have ended",
+            f"this token may have {limit} jobs queued or running; {adding} more would pass that: "
+            "retry when some have ended",
             retry_after_seconds=QUEUE_FULL_RETRY_SECONDS,
         )
 
@@ -80,6 +65,7 @@ def submit(
             default_max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
             submitted_by=caller.id,
+            reuse=ReusePolicy.from_settings(settings),
         )
         view = jobs.view(job)
     response.status_code = 201 if created else 200
@@ -87,20 +73,92 @@ def submit(
     return view
 
 
+def parse_labels(labels: list[str]) -> dict[str, str]:
+    """?label=key:value (repeatable; all must match) as a map."""
+    parsed: dict[str, str] = {}
+    for text in labels:
+        key, colon, value = text.partition(":")
+        if not colon or not re.fullmatch(LABEL_KEY_PATTERN, key) or not value:
+            raise InvalidInput(f"label must be key:value with a label key, not {text[:80]!r}", field="label")
+        parsed[key] = value
+    return parsed
+
+
+def parse_permutation_seed(text: str | None) -> int | Literal["none"] | None:
+    if text is None:
+        return None
+    if text == NATURAL:
+        return NATURAL
+    if not text.isdigit() or int(text) > SEED_MAX:
+        raise InvalidInput(
+            f"permutation_seed must be an integer 0..{SEED_MAX} or 'none', not {text[:80]!r}", field="permutation_seed"
+        )
+    return int(text)
+
+
+def aware(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone, e.g. 2026-01-31T12:00:00Z", field=field)
+    return value
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(
     db: DB,
     status: JobStatus | None = None,
     architecture: Literal["fc", "cnn"] | None = None,
+    dataset: Literal["mnist", "fashion-mnist"] | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    label: Annotated[list[str], Query(max_length=MAX_LABELS, description="key:value; repeat to require several")] = [],  # noqa: B006
+    comparison: uuid.UUID | None = None,
+    permutation_seed: Annotated[
+        str | None, Query(max_length=20, description="an integer, or none: natural pixels")
+    ] = None,
+    seed: Annotated[int | None, Query(ge=0, le=SEED_MAX)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    sort: Annotated[
+        Sort, Query(description="created_at: newest first; test_accuracy: best first (finished jobs)")
+    ] = "created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> JobPage:
-    after = decode_cursor(cursor) if cursor else None
+    where = JobFilter(
+        status=status,
+        architecture=architecture,
+        dataset=dataset,
+        name=name,
+        labels=parse_labels(label),
+        comparison_id=None if comparison is None else str(comparison),
+        permutation_seed=parse_permutation_seed(permutation_seed),
+        seed=seed,
+        created_after=aware(created_after, "created_after"),
+        created_before=aware(created_before, "created_before"),
+    )
+    by_accuracy = sort == "test_accuracy"
+    after = cursors.decode(cursor, with_accuracy=by_accuracy) if cursor else None
     with db.read() as session:
-        page = jobs.list_jobs(session, status=status, architecture=architecture, limit=limit + 1, cursor=after)
+        page = search.list_jobs(session, where, sort=sort, limit=limit + 1, after=after)
         items = [jobs.view(job) for job in page[:limit]]
-    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(page) > limit else None
+    next_cursor = None
+    if len(page) > limit:
+        last = page[limit - 1]
+        next_cursor = cursors.encode(last.created_at, last.id, last.test_accuracy if by_accuracy else None)
     return JobPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}/metrics", response_model=StepPage)
+def step_metrics(
+    job_id: uuid.UUID,
+    db: DB,
+    from_step: Annotated[int, Query(ge=0, description="the first step to return")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_STEPS_PAGE)] = 1000,
+) -> StepPage:
+    """The training loss every MNIST_JOBS_STEP_METRICS_EVERY steps, oldest first."""
+    with db.read() as session:
+        rows = jobs.steps(session, str(job_id), from_step=from_step, limit=limit + 1)
+    items = [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows[:limit]]
+    return StepPage(items=items, next_from_step=rows[limit].step if len(rows) > limit else None)
 
 
 @router.get("/{job_id}", response_model=JobRead)
