@@ -79,7 +79,7 @@ def parse_labels(labels: list[str]) -> dict[str, str]:
     for text in labels:
         key, colon, value = text.partition(":")
         if not colon or not re.fullmatch(LABEL_KEY_PATTERN, key) or not value:
-            raise InvalidInput(f"label must be key:value with a label key, not {text[:80]!r}", field="label")
+            raise InvalidInput(f"label must be key:value with a label key, not {text[:80]!r}", field="query.label")
         parsed[key] = value
     return parsed
 
@@ -91,14 +91,15 @@ def parse_permutation_seed(text: str | None) -> int | Literal["none"] | None:
         return NATURAL
     if not text.isdigit() or int(text) > SEED_MAX:
         raise InvalidInput(
-            f"permutation_seed must be an integer 0..{SEED_MAX} or 'none', not {text[:80]!r}", field="permutation_seed"
+            f"permutation_seed must be an integer 0..{SEED_MAX} or 'none', not {text[:80]!r}",
+            field="query.permutation_seed",
         )
     return int(text)
 
 
 def aware(value: datetime | None, field: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        raise InvalidInput(f"{field} needs a time zone, e.g. 2026-01-31T12:00:00Z", field=field)
+        raise InvalidInput(f"{field} needs a time zone, e.g. 2026-01-31T12:00:00Z", field=f"query.{field}")
     return value
 
 
