@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from cli import compare
 from service.config import LOOPBACK_HOSTS, Settings
 
 WORKER_RESTART_DELAY_SECONDS = 2.0
@@ -263,6 +264,8 @@ def parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="serve a non-loopback --host even with no API tokens (open to all)"
     )
     p.set_defaults(func=serve)
+
+    compare.add_parser(commands)
 
     p = commands.add_parser("worker", help="run one worker process")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
