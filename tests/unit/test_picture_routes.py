@@ -1,0 +1,67 @@
+"""The PNG endpoints through the real app: what each answers, its cache and ETag, and its errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from service import queue
+from service.schemas import StepMetrics
+from tests.unit.test_comparisons import end_jobs, result
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def picture(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png" and response.content.startswith(PNG)
+    image = np.asarray(Image.open(io.BytesIO(response.content)).convert("L"), dtype=float)
+    assert image.std() > 5, "not a blank picture"
+    return image
+
+
+def test_samples_with_and_without_a_permutation(client):
+    plain = picture(client.get("/v1/datasets/mnist/samples.png", params={"count": 8}))
+    permuted = picture(client.get("/v1/datasets/mnist/samples.png", params={"count": 8, "permutation_seed": 42}))
+    assert permuted.shape[0] > plain.shape[0], "the permuted digits are drawn as a second row"
+    again = client.get("/v1/datasets/mnist/samples.png", params={"count": 8})
+    assert again.content == client.get("/v1/datasets/mnist/samples.png", params={"count": 8}).content
+    etag = again.headers["etag"]
+    cached = client.get("/v1/datasets/mnist/samples.png", params={"count": 8}, headers={"If-None-Match": etag})
+    assert cached.status_code == 304
+    assert client.get("/v1/datasets/mnist/samples.png", params={"count": 101}).status_code == 422
+    assert client.get("/v1/datasets/cifar/samples.png").status_code == 422
+
+
+def test_a_missing_data_set_is_a_503_problem(client):
+    response = client.get("/v1/datasets/fashion-mnist/samples.png")
+    assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+
+
+def test_curves_confusion_and_summary(client, db):
+    comparison = client.post("/v1/comparisons", json={"seeds": 2, "architectures": ["fc"]}).json()
+    job_id = comparison["cells"][0]["job_ids"][0]
+    before = picture(client.get(f"/v1/jobs/{job_id}/curves.png"))  # "no data yet", still a picture
+    refused = client.get(f"/v1/jobs/{job_id}/confusion.png")
+    assert refused.status_code == 409 and refused.json()["field"] == "status"
+
+    with db.write() as session:
+        claims = queue.claim(session, "worker-1", 60, limit=100)
+        mine = next(claim for claim in claims if claim.job_id == job_id)
+        steps = [StepMetrics(step=s, epoch=1, samples=64 * s, loss=2.3 / s) for s in range(50, 951, 50)]
+        queue.record_steps(session, mine, steps)
+        matrix = [[900 if row == col else 10 for col in range(10)] for row in range(10)]
+        queue.finish(session, mine, result(0.9).model_copy(update={"confusion": matrix}), None)
+        for claim in claims:
+            if claim is not mine:
+                queue.hand_back(session, claim, None)
+    end_jobs(db, dict.fromkeys(comparison["job_ids"][1:], 0.8))
+
+    assert client.get(f"/v1/jobs/{job_id}").json()["result"]["confusion"] == matrix
+    after = picture(client.get(f"/v1/jobs/{job_id}/curves.png"))
+    assert before.shape != after.shape or not np.array_equal(before, after), "the curve is drawn once there is one"
+    picture(client.get(f"/v1/jobs/{job_id}/confusion.png"))
+    picture(client.get(f"/v1/comparisons/{comparison['id']}/summary.png"))
+    assert client.get(f"/v1/comparisons/{job_id}/summary.png").status_code == 404
