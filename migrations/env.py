@@ -28,7 +28,12 @@ def run_migrations_online() -> None:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+            # transactional_ddl: SQLite's DDL is transactional, but Alembic assumes it is not and
+            # commits each migration apart; one transaction makes a multi-step upgrade or downgrade
+            # all or nothing (a downgrade that 0004 refuses must not have undone 0005 first).
+            context.configure(
+                connection=connection, target_metadata=target_metadata, render_as_batch=True, transactional_ddl=True
+            )
             with context.begin_transaction():
                 context.run_migrations()
     finally:

@@ -25,6 +25,7 @@ from service.db import Database, alembic_config, current_revision, head_revision
 from service.errors import SchemaOutOfDate
 from service.models import Base, Job
 from service.queue import Lease
+from service.reuse import spec_sha256
 from service.schemas import job_spec_adapter
 
 FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data"
@@ -92,10 +93,20 @@ def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+# Fields added to a job's JSON after revision 0001, and what a job migrated from it shows in each.
+LATER_FIELDS = {"name": None, "labels": {}, "submitted_by": None, "comparison_id": None, "reused_from": None}
+
+
 def without_cost(job: dict[str, Any]) -> dict[str, Any]:
-    """The job's JSON less `cost` (added after revision 0001), checked to be its spec's estimate."""
+    """The job's JSON less the fields added after revision 0001: `cost`, checked to be its spec's
+    estimate, and the others, checked to show what a migrated job has (nothing)."""
     job = dict(job)
     assert job.pop("cost") == estimate(job_spec_adapter.validate_python(job["spec"])).model_dump(mode="json")
+    for name, value in LATER_FIELDS.items():
+        assert job.pop(name) == value, name
+    if job["result"] is not None:
+        job["result"] = dict(job["result"])
+        assert job["result"].pop("confusion") is None
     return job
 
 
@@ -126,6 +137,10 @@ def test_upgrade_moves_every_job_metric_checkpoint_and_attempt_and_downgrade_mov
     with database.read() as session:
         for job in session.scalars(select(Job)):  # queued jobs still pack with new ones
             assert job.pack_key == job_spec_adapter.validate_python(job.spec).pack_key
+            # 0005 filled the filter, sort and reuse columns from the spec and result
+            assert (job.seed, job.permutation_seed) == (job.spec["seed"], job.spec["permutation_seed"])
+            assert job.test_accuracy == (job.result["test_accuracy"] if job.result else None)
+            assert job.spec_sha256 == spec_sha256(job.spec)
         running = jobs.get(session, "45a824fc-2d09-4e77-b9c7-45881cd735c3")
         assert running.status == "running" and running.attempt_rows[-1].lease_token == running.lease_token
     with database.write() as session:  # the running attempt's worker can still write through its lease
