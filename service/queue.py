@@ -5,13 +5,14 @@ claim is one UPDATE ... WHERE id IN (oldest queued) RETURNING; on SQLite the wri
 BEGIN IMMEDIATE, on PostgreSQL the subquery locks with SKIP LOCKED, so two workers never take the
 same job. After a claim every write of the worker is fenced: an UPDATE guarded by id AND
 lease_token AND status = 'running'. When it touches no row the worker has lost the job, and the
-rows it would have added (an epoch, the end of its attempt) are not written either.
+rows it would have added (an epoch, step losses, the end of its attempt) are not written either.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,8 +21,8 @@ from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import LeaseLost
-from service.models import Attempt, Epoch, Job, utcnow
-from service.schemas import AnySpec, EpochRecord, Progress, TrainResult, job_spec_adapter
+from service.models import Attempt, Epoch, Job, Step, utcnow
+from service.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
 from service.states import JobStatus, Outcome
 from service.storage import StoredFile
 
@@ -179,6 +180,23 @@ def record_epoch(
     return [] if keep is None else _prune(session, lease.job_id, keep)
 
 
+def record_steps(session: Session, lease: Lease, steps: Sequence[StepMetrics]) -> None:
+    """Store step losses (the heartbeat's batch, or what is left when a job stops or ends)."""
+    _fenced(session, lease)
+    _replace_steps(session, lease.job_id, steps)
+
+
+def _replace_steps(session: Session, job_id: str, steps: Sequence[StepMetrics]) -> None:
+    """record_steps' work, inside a write its caller already guarded. The batches of one attempt
+    come in step order; a retried attempt that trains steps again replaces every row from its first
+    one on (the lost attempt's, possibly past where this one is now)."""
+    if not steps:
+        return
+    first = min(step.step for step in steps)
+    session.execute(delete(Step).where(Step.job_id == job_id, Step.step >= first))
+    session.execute(insert(Step), [{"job_id": job_id, **step.model_dump()} for step in steps])
+
+
 def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
     """Keep the checkpoints of the job's last `keep` epochs that still have one, and of its best
     (highest test accuracy, the latest on ties); the others' checkpoint columns become null (their
@@ -214,16 +232,26 @@ def _prune(session: Session, job_id: str, keep: int) -> list[str]:
     return [row.checkpoint_path for row in pruned]
 
 
-def finish(session: Session, lease: Lease, result: TrainResult, progress: Progress | None) -> None:
+def finish(
+    session: Session,
+    lease: Lease,
+    result: TrainResult,
+    progress: Progress | None,
+    steps: Sequence[StepMetrics] = (),
+) -> None:
+    """The job succeeded: its result (test_accuracy also in its own column, which lists sort by)
+    and the step losses not yet written, in one guarded write."""
     _end(
         session,
         lease,
         Outcome.succeeded,
         status=JobStatus.succeeded.value,
         result=result.model_dump(mode="json"),
+        test_accuracy=result.test_accuracy,
         finished_at=utcnow(),
         progress=None if progress is None else progress.model_dump(mode="json"),
     )
+    _replace_steps(session, lease.job_id, steps)
 
 
 def fail(session: Session, lease: Lease, error: str) -> None:

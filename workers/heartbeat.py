@@ -1,4 +1,4 @@
-"""The heartbeat thread: renews running jobs' leases, publishes progress, carries cancel back."""
+"""The heartbeat thread: renews running jobs' leases, publishes progress and step losses, carries cancel back."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from service import queue, registry
 from service.db import Database
 from service.errors import LeaseLost
 from service.queue import Claim
+from service.schemas import StepMetrics
 from service.states import Outcome
 from service.training.engine import Live
 
@@ -27,7 +28,8 @@ class Held:
 
 
 class Heartbeat(threading.Thread):
-    """Every `period` s, one transaction of fenced writes (lease + progress), one per held job.
+    """Every `period` s, one transaction of fenced writes (lease + progress + the step losses the
+    loop settled since), one per held job.
 
     A cancel request sets that job's live.stop_reason to `cancelled`; a lost lease to `lease_lost`
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
@@ -55,16 +57,28 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         cancelled, lost = [], []
-        with self.db.write() as session:
-            for held in self.held:
-                try:
-                    with session.begin_nested():
-                        if queue.heartbeat(session, held.claim, self.lease_seconds, held.live.progress()):
-                            cancelled.append(held)
-                except LeaseLost:
-                    lost.append(held)
-            current = self.held[0].claim.job_id if self.held else None
-            registry.seen(session, self.worker_id, current_job_id=current)
+        taken: list[tuple[Held, list[StepMetrics]]] = []
+        try:
+            with self.db.write() as session:
+                for held in self.held:
+                    try:
+                        with session.begin_nested():
+                            if queue.heartbeat(session, held.claim, self.lease_seconds, held.live.progress()):
+                                cancelled.append(held)
+                            # Taken only now that this job's row is locked by the write above: a stop
+                            # that takes the rest and ends the job commits after these, not before.
+                            steps = held.live.step_losses.take()
+                            if steps:
+                                taken.append((held, steps))
+                                queue.record_steps(session, held.claim, steps)
+                    except LeaseLost:  # a lost lease writes nothing, step losses included
+                        lost.append(held)
+                current = self.held[0].claim.job_id if self.held else None
+                registry.seen(session, self.worker_id, current_job_id=current)
+        except Exception:  # nothing was written: the next beat (or the job's end) writes them
+            for held, steps in taken:
+                held.live.step_losses.restore(steps)
+            raise
         for held in cancelled:
             if held.live.stop_reason is None:
                 held.live.stop_reason = Outcome.cancelled

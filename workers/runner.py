@@ -2,14 +2,15 @@
 
 The trainers report through one interface (Callbacks: on_epoch / on_stop, by job index); every
 write that follows is one fenced call in service.queue, so a worker that lost a job's lease writes
-nothing more for it, and leaves no file behind.
+nothing more for it, and leaves no file behind. The step losses the heartbeat has not written yet
+go with each job's last write (its finish, or the write that stops it), in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,13 +23,14 @@ from service.db import Database
 from service.errors import CheckpointCorrupt, DataUnavailable, LeaseLost
 from service.models import Epoch
 from service.queue import Claim
-from service.schemas import EpochRecord, FCSpec
+from service.schemas import EpochRecord, FCSpec, StepMetrics
 from service.states import Outcome
 from service.storage import StoredFile, name_folders
 from service.training import checkpoints
 from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
 from service.training.packed import PackedFCTrainer
+from service.training.steps import StepLosses
 from service.training.tensors import MnistTensors, load_tensors, permutation
 from workers.heartbeat import Heartbeat, Held
 
@@ -82,7 +84,8 @@ class JobRunner:
 
     def run(self, claims: list[Claim]) -> dict[str, Outcome]:
         """Train `claims` (one, or a pack of the same shape) to their ends; returns how each ended."""
-        run = Run([Held(claim, Live()) for claim in claims], {})
+        every = self.settings.step_metrics_every
+        run = Run([Held(claim, Live(step_losses=StepLosses(every))) for claim in claims], {})
         self.held = run.held
         if self.stop_reason is not None:
             # A signal that came while these jobs were being claimed found nothing held to stop:
@@ -106,13 +109,16 @@ class JobRunner:
                 beat.stop()  # before the last writes, so no heartbeat lands after a job has ended
             for index, result in results.items():
                 held = run.held[index]
-                finish = partial(queue.finish, result=result, progress=held.live.progress())
+                steps = held.live.step_losses.take()
+                finish = partial(queue.finish, result=result, progress=held.live.progress(), steps=steps)
                 run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.succeeded, finish)
         except Exception as exc:
             message = self.failure(exc, claims)
-            for claim in claims:
-                if claim.job_id not in run.outcomes:
-                    run.outcomes[claim.job_id] = self.guarded(claim, Outcome.failed, partial(queue.fail, error=message))
+            for held in run.held:
+                if held.claim.job_id not in run.outcomes:
+                    fail = partial(queue.fail, error=message)
+                    steps = held.live.step_losses.take()
+                    run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.failed, fail, steps)
         finally:
             self.held = []
         if self.device.type == "cuda":  # give back what the ended jobs (or an allocation that failed) held
@@ -211,10 +217,15 @@ class JobRunner:
             except OSError as exc:
                 log.warning("job %s: pruned checkpoint %s not removed (%s)", claim.job_id, path, exc)
 
-    def guarded(self, claim: Claim, outcome: Outcome, write: Callable[..., object]) -> Outcome:
-        """One final fenced write; a lost lease means another worker owns the job: say so, write nothing."""
+    def guarded(
+        self, claim: Claim, outcome: Outcome, write: Callable[..., object], steps: Sequence[StepMetrics] = ()
+    ) -> Outcome:
+        """One final fenced write, after the job's step losses not yet written (same transaction); a
+        lost lease means another worker owns the job: say so, write nothing."""
         try:
             with self.db.write() as session:
+                if steps:
+                    queue.record_steps(session, claim, steps)
                 write(session, claim)
             return outcome
         except LeaseLost:
@@ -255,11 +266,14 @@ class Recorder:
 
     def _stopped(self, held: Held, reason: Outcome, checkpoint: TrainingState) -> Outcome:
         claim = held.claim
+        if reason is Outcome.lease_lost:  # another worker owns the job: its step losses are not ours to write
+            return Outcome.lease_lost
+        steps = held.live.step_losses.take()  # the trainer settled them before calling on_stop
         if reason is Outcome.cancelled:
-            return self.runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled)
+            return self.runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled, steps)
         if reason is Outcome.failed:  # the trainer's own stop (a loss that is not finite): no checkpoint
             error = held.live.failure or "training failed"
-            return self.runner.guarded(claim, Outcome.failed, partial(queue.fail, error=error))
+            return self.runner.guarded(claim, Outcome.failed, partial(queue.fail, error=error), steps)
         if reason is Outcome.handed_back:
             file: StoredFile | None
             try:
@@ -269,6 +283,7 @@ class Recorder:
                 file = None
             try:
                 with self.runner.db.write() as session:
+                    queue.record_steps(session, claim, steps)
                     return queue.hand_back(session, claim, file)
             except LeaseLost:  # as in on_epoch: publish nothing, leave nothing
                 if file is not None:

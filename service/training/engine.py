@@ -21,13 +21,18 @@ checked where the loop already syncs with the device (every LOSS_REFRESH_SECONDS
 epoch's end), on the running sum, which stays NaN/inf once one step's loss was: the step named is
 where it was noticed, not necessarily the first bad one. The test loss is checked after each
 evaluation. So no NaN or inf ever becomes a metric, a progress figure or a result.
+
+Every Live.step_losses.every steps (the worker's MNIST_JOBS_STEP_METRICS_EVERY) the step's loss is
+kept as a tensor and becomes a float only at those same syncs (steps.py): recording it adds none,
+and changes nothing the loop computes. Each evaluation also counts the confusion matrix; the last
+epoch's goes into the TrainResult (not into EpochRecord, which checkpoints and the epochs table hold).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -36,7 +41,9 @@ import torch.nn.functional as F
 from service.schemas import AnySpec, EpochRecord, Progress, TrainResult
 from service.states import Outcome
 from service.training.checkpoints import PartialEpoch, TrainingState
+from service.training.evaluation import evaluate
 from service.training.nets import build_model
+from service.training.steps import StepLosses, samples_seen, sync_figures
 from service.training.tensors import MnistTensors, permutation
 
 LOSS_REFRESH_SECONDS = 0.25  # how often the loop turns its loss into a float (a device sync on GPUs)
@@ -94,6 +101,7 @@ class Live:
     loss: float | None = None  # finite or None, never NaN/inf
     stop_reason: Outcome | None = None  # set by the watcher: the loop stops at the next step boundary
     failure: str | None = None  # why, when the trainer itself set stop_reason to `failed` (fail())
+    step_losses: StepLosses = field(default_factory=StepLosses)  # every N steps' loss, for the heartbeat
 
     def fail(self, failure: str) -> None:
         """The trainer's own stop: the job fails with `failure` at the next step boundary. A cancel
@@ -139,7 +147,12 @@ def test_diverged(value: float, spec: AnySpec, epoch: int) -> str:
 
 
 def train_result(
-    metrics: list[EpochRecord], total: int, train_seconds: float, test_seconds: float, device: torch.device
+    metrics: list[EpochRecord],
+    total: int,
+    train_seconds: float,
+    test_seconds: float,
+    device: torch.device,
+    confusion: list[list[int]] | None,
 ) -> TrainResult:
     last = metrics[-1]
     return TrainResult(
@@ -151,23 +164,8 @@ def train_result(
         test_seconds=test_seconds,
         device=str(device),
         torch_version=torch.__version__,
+        confusion=confusion,
     )
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, int]:
-    """Mean NLL loss and the number of correct predictions over (x, y)."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, len(x), batch_size):
-        output = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += F.nll_loss(output, target, reduction="sum")
-        correct += (output.argmax(dim=1) == target).sum()
-    model.train(was_training)
-    return loss_sum.item() / len(x), int(correct.item())
 
 
 class Trainer:
@@ -202,6 +200,7 @@ class Trainer:
         self.partial = resume.partial if resume else None
         self.train_seconds = 0.0
         self.test_seconds = 0.0
+        self.confusion: list[list[int]] | None = None  # the last evaluation's
 
     def checkpoint(self, partial: PartialEpoch | None = None) -> TrainingState:
         return TrainingState.capture(
@@ -233,13 +232,15 @@ class Trainer:
             self.live.epoch, self.live.step = epoch, first_step
             stopped_at = self._train_steps(order.to(self.device), first_step, steps, loss_sum)
             self.train_seconds += time.perf_counter() - started
-            train_loss_sum = loss_sum.item()
+            (train_loss_sum,) = sync_figures(loss_sum.view(1), [self.live.step_losses])
             if stopped_at is None and not math.isfinite(train_loss_sum):
                 self.live.fail(train_diverged(train_loss_sum, self.spec, epoch, steps, steps))
                 stopped_at = steps
             if stopped_at is None:
                 started = time.perf_counter()
-                test_loss, correct = evaluate(self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size)
+                test_loss, correct, self.confusion = evaluate(
+                    self.model, self.data.test_x, self.data.test_y, self.spec.test_batch_size
+                )
                 draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
                 self.test_seconds += time.perf_counter() - started
                 if not math.isfinite(test_loss):
@@ -261,15 +262,16 @@ class Trainer:
             self.metrics.append(metrics)
             self.epochs_done = epoch
             callbacks.on_epoch(0, metrics, self.checkpoint())
+        total = len(self.data.test_x)
         return {
-            0: train_result(self.metrics, len(self.data.test_x), self.train_seconds, self.test_seconds, self.device)
+            0: train_result(self.metrics, total, self.train_seconds, self.test_seconds, self.device, self.confusion)
         }
 
     def _train_steps(self, order: torch.Tensor, first_step: int, steps: int, loss_sum: torch.Tensor) -> int | None:
         """Run the epoch's steps from `first_step`; returns the step it stopped before, if asked to stop."""
         model, optimizer, live = self.model, self.optimizer, self.live
         x, y = self.data.train_x, self.data.train_y
-        batch_size = self.spec.batch_size
+        batch_size, n, epoch = self.spec.batch_size, len(x), live.epoch
         model.train()
         refresh_at = time.monotonic()
         for step in range(first_step, steps):
@@ -282,10 +284,14 @@ class Trainer:
             optimizer.step()
             loss_sum += loss.detach()
             live.step = step + 1
-            if time.monotonic() >= refresh_at:  # one device sync for both figures
-                total, last = torch.stack([loss_sum, loss.detach().double()]).tolist()
+            done = (epoch - 1) * steps + step + 1
+            if live.step_losses.due(done):  # kept as a tensor: floats only where the loop syncs anyway
+                live.step_losses.note(done, epoch, samples_seen(epoch, step + 1, batch_size, n), loss.detach())
+            if time.monotonic() >= refresh_at:  # one device sync for both figures and the pending step losses
+                stacked = torch.stack([loss_sum, loss.detach().double()])
+                total, last = sync_figures(stacked, [live.step_losses])
                 live.show_loss(last)
                 if not math.isfinite(total):
-                    live.fail(train_diverged(total, self.spec, live.epoch, step + 1, steps))
+                    live.fail(train_diverged(total, self.spec, epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return None

@@ -22,6 +22,7 @@ the single job's op computes:
 A job whose loss stops being finite (checked as the single-job loop checks it: engine.Live.fail)
 leaves the pack through the same path as a stopped one, with on_stop(j, Outcome.failed, ...); each
 job's slices are computed apart from the others', so the rest of the pack goes on unchanged.
+Each job's step losses (the same floats it records alone) and confusion matrix are its own too.
 
 Checkpoints are per job and in the single-job format (FC2Layer state_dict keys, SGD state), so a
 packed job resumes alone, loads into the tutorial's class, and downloads like any other.
@@ -50,6 +51,8 @@ from service.training.engine import (
     train_diverged,
     train_result,
 )
+from service.training.evaluation import CLASSES, confusion_counts
+from service.training.steps import samples_seen, sync_figures
 from service.training.tensors import N_PIXELS, MnistTensors, permutation
 
 # ATen's bmm (aten/src/ATen/native/LinearAlgebra.cpp) uses a naive loop when contraction * rows *
@@ -147,19 +150,23 @@ class PackedFCTrainer:
         )
 
     @torch.inference_mode()
-    def evaluate(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per job: mean test loss (float64) and correct count, summed as engine.evaluate sums them."""
+    def evaluate(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per job: mean test loss (float64), correct count and confusion matrix (J, 10, 10), summed
+        as evaluation.evaluate sums them."""
         jobs = len(self.specs)
         loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
         correct = torch.zeros(jobs, dtype=torch.int64, device=self.device)
+        confusion = torch.zeros(jobs, CLASSES * CLASSES, dtype=torch.int64, device=self.device)
         total = len(self.x_test)
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
             out = self.forward(self.inputs(self.x_test, rows))
             target = self.y_test[start : start + batch_size]
             loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
-            correct += (out.argmax(-1) == target).sum(1)
-        return loss_sum / total, correct
+            predicted = out.argmax(-1)
+            correct += (predicted == target).sum(1)
+            confusion += confusion_counts(target, predicted)
+        return loss_sum / total, correct, confusion.view(jobs, CLASSES, CLASSES)
 
     def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
         """Train all jobs to the last epoch. A job whose Live gets a stop_reason leaves the pack
@@ -174,7 +181,7 @@ class PackedFCTrainer:
             orders = torch.stack([draw_epoch_order(g, n) for g in self.generators])
             loss_sum = self._train_epoch(epoch, orders, steps, callbacks)
             self.train_seconds += time.perf_counter() - started
-            train_loss_sums = loss_sum.tolist()
+            train_loss_sums = sync_figures(loss_sum, [self.lives[j].step_losses for j in self.active])
             for j in self._diverged(train_loss_sums):
                 self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
                 self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
@@ -182,7 +189,7 @@ class PackedFCTrainer:
                 return {}
 
             started = time.perf_counter()
-            test_loss, correct = self.evaluate(spec.test_batch_size)
+            test_loss, correct, confusion = self.evaluate(spec.test_batch_size)
             for generator in self.generators:
                 draw_loader_seeds(generator)  # the tutorial's shuffling test loader
             self.test_seconds += time.perf_counter() - started
@@ -202,8 +209,9 @@ class PackedFCTrainer:
                 )
                 self.metrics[j].append(metrics)
                 callbacks.on_epoch(j, metrics, self.checkpoint(j, epoch))
+        confusions = confusion.tolist()  # the last epoch's, for every job in one transfer
         return {
-            j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device)
+            j: train_result(self.metrics[j], total, self.train_seconds, self.test_seconds, self.device, confusions[j])
             for j in self.active
         }
 
@@ -213,7 +221,7 @@ class PackedFCTrainer:
 
     def _train_epoch(self, epoch: int, orders: torch.Tensor, steps: int, callbacks: Callbacks) -> torch.Tensor:
         """One epoch's steps for the whole pack; returns each job's summed training loss (float64)."""
-        batch_size, jobs = self.specs[0].batch_size, len(self.specs)
+        batch_size, jobs, n = self.specs[0].batch_size, len(self.specs), len(self.x_train)
         orders_on_device = orders.to(self.device)
         for live in self.lives:  # as the single-job loop does: progress names the epoch from its start
             live.epoch, live.step = epoch, 0
@@ -238,8 +246,15 @@ class PackedFCTrainer:
             loss_sum += losses
             for live in self.lives:
                 live.epoch, live.step = epoch, step + 1
-            if time.monotonic() >= refresh_at:  # one device sync for every job's two figures
-                sums, lasts = torch.stack([loss_sum, losses.double()]).tolist()
+            done = (epoch - 1) * steps + step + 1
+            for j in self.active:  # a due step's loss is kept as a tensor: floats only where the loop syncs anyway
+                if self.lives[j].step_losses.due(done):
+                    self.lives[j].step_losses.note(done, epoch, samples_seen(epoch, step + 1, batch_size, n), losses[j])
+            if time.monotonic() >= refresh_at:  # one device sync for every job's two figures and step losses
+                figures = sync_figures(
+                    torch.cat([loss_sum, losses.double()]), [self.lives[j].step_losses for j in self.active]
+                )
+                sums, lasts = figures[:jobs], figures[jobs:]
                 for j in self.active:
                     self.lives[j].show_loss(lasts[j])
                 for j in self._diverged(sums):
@@ -261,5 +276,6 @@ class PackedFCTrainer:
         reason = self.lives[j].stop_reason
         assert reason is not None
         self.active.remove(j)
-        partial = PartialEpoch(step, orders[j].clone(), loss_sum[j].item())
+        (job_loss_sum,) = sync_figures(loss_sum[j].view(1), [self.lives[j].step_losses])
+        partial = PartialEpoch(step, orders[j].clone(), job_loss_sum)
         callbacks.on_stop(j, reason, self.checkpoint(j, epochs_done, partial))

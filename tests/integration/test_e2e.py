@@ -9,9 +9,12 @@ import signal
 import subprocess
 
 import torch
+from sqlalchemy import select
 
+from service.db import Database
+from service.models import Step
 from service.schemas import job_spec_adapter
-from service.training.engine import evaluate
+from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors
 from tests.support.files import immutable
@@ -21,7 +24,7 @@ from tests.support.settings import settings_env
 
 def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
     server = live_server(workers=0)
-    worker = workers.start()
+    worker = workers.start(step_metrics_every=5)
     response = server.client.post("/v1/jobs", json={"architecture": "cnn", "permutation_seed": 42, "epochs": 2})
     assert response.status_code == 201
     job_id = response.json()["id"]
@@ -36,6 +39,11 @@ def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
     assert result["test_accuracy"] == result["correct"] / result["total"] == job["metrics"][-1]["test_accuracy"]
     assert result["device"] == "cpu" and result["torch_version"] == torch.__version__
     assert [c["epoch"] for c in result["checkpoints"]] == [1, 2]
+    database = Database(settings.database_url)
+    with database.read() as session:  # 2 epochs of 10 steps, one record every 5
+        steps = session.execute(select(Step.step, Step.epoch).where(Step.job_id == job_id).order_by(Step.step)).all()
+    database.dispose()
+    assert [tuple(row) for row in steps] == [(5, 1), (10, 1), (15, 2), (20, 2)]
 
     download = server.client.get(f"/v1/jobs/{job_id}/checkpoint")
     assert download.status_code == 200
@@ -51,7 +59,7 @@ def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
     model = build_model(job_spec_adapter.validate_python(checkpoint["spec"]))
     model.load_state_dict(checkpoint["state_dict"])
     data = load_tensors(settings, "mnist").permuted(checkpoint["permutation"])
-    _, correct = evaluate(model, data.test_x, data.test_y, 1000)
+    correct = evaluate(model, data.test_x, data.test_y, 1000).correct
     assert correct == result["correct"], "the downloaded model reproduces the stored accuracy exactly"
 
     first = server.client.get(f"/v1/jobs/{job_id}/checkpoint", params={"epoch": 1})

@@ -10,7 +10,7 @@ from service.errors import CheckpointCorrupt
 from service.states import Outcome
 from service.storage import StoredFile
 from service.training import checkpoints
-from service.training.engine import evaluate
+from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors, permutation
 from tests.support.training import Recorded, StopAt, make_spec, reloaded, saved, trainer_for
@@ -108,7 +108,7 @@ def test_checkpoint_loads_weights_only_into_a_fresh_model_and_reproduces_accurac
     model = build_model(spec)
     model.load_state_dict(state["state_dict"])
     data = load_tensors(settings, "mnist").permuted(state["permutation"])
-    _, correct = evaluate(model, data.test_x, data.test_y, 1000)
+    correct = evaluate(model, data.test_x, data.test_y, 1000).correct
     assert correct == result.correct
 
 
