@@ -4,46 +4,13 @@ fenced calls (claim, finish, fail), as a worker ends them."""
 from __future__ import annotations
 
 import statistics
-from importlib import metadata
 
 import pytest
 
-from service import queue
-from service.db import Database
-from service.schemas import TrainResult
+from tests.support.queue import end_jobs
 
 PROBLEM = "application/problem+json"
 T_975_DF4 = 2.7764451051977987  # Student's t quantile for a 95 % interval with 5 values
-
-
-def result(accuracy: float) -> TrainResult:
-    correct = round(accuracy * 10_000)
-    return TrainResult(
-        test_accuracy=correct / 10_000,
-        test_loss=0.5,
-        correct=correct,
-        total=10_000,
-        train_seconds=1.0,
-        test_seconds=0.1,
-        device="cpu",
-        torch_version=metadata.version("torch"),
-    )
-
-
-def end_jobs(db: Database, outcomes: dict[str, float | str]) -> list[str]:
-    """Claim every queued job (in queue order) and end those named: a float succeeds with that
-    accuracy, a string fails with that error; the others go back to the queue. Returns the order."""
-    with db.write() as session:
-        claims = queue.claim(session, "worker-1", 60, limit=1000)
-        for claim in claims:
-            outcome = outcomes.get(claim.job_id)
-            if isinstance(outcome, float):
-                queue.finish(session, claim, result(outcome), None)
-            elif isinstance(outcome, str):
-                queue.fail(session, claim, outcome)
-            else:
-                queue.hand_back(session, claim, None)
-    return [claim.job_id for claim in claims]
 
 
 def create(client, **body):

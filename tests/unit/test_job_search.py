@@ -10,7 +10,7 @@ import pytest
 
 from service import queue, storage
 from service.schemas import EpochRecord
-from tests.unit.test_comparisons import end_jobs, result
+from tests.support.queue import end_jobs, result
 
 PROBLEM = "application/problem+json"
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from service import queue
 from service.schemas import StepMetrics
-from tests.unit.test_comparisons import end_jobs, result
+from tests.support.queue import end_jobs, result
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,40 @@
+"""Ending jobs as a worker ends them, through the queue's own fenced calls, for API tests that
+need finished (or failed) jobs without training them."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from service import queue
+from service.db import Database
+from service.schemas import TrainResult
+
+
+def result(accuracy: float) -> TrainResult:
+    correct = round(accuracy * 10_000)
+    return TrainResult(
+        test_accuracy=correct / 10_000,
+        test_loss=0.5,
+        correct=correct,
+        total=10_000,
+        train_seconds=1.0,
+        test_seconds=0.1,
+        device="cpu",
+        torch_version=metadata.version("torch"),
+    )
+
+
+def end_jobs(db: Database, outcomes: dict[str, float | str]) -> list[str]:
+    """Claim every queued job (in queue order) and end those named: a float succeeds with that
+    accuracy, a string fails with that error; the others go back to the queue. Returns the order."""
+    with db.write() as session:
+        claims = queue.claim(session, "worker-1", 60, limit=1000)
+        for claim in claims:
+            outcome = outcomes.get(claim.job_id)
+            if isinstance(outcome, float):
+                queue.finish(session, claim, result(outcome), None)
+            elif isinstance(outcome, str):
+                queue.fail(session, claim, outcome)
+            else:
+                queue.hand_back(session, claim, None)
+    return [claim.job_id for claim in claims]
