@@ -17,10 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import docs, errors, openapi
 from api.guards import BodyGuard, RequestId, TrustedHosts
-from api.routes import datasets, jobs, workers
+from api.routes import comparisons, datasets, jobs, pictures, predict, workers
 from service import auth
 from service.config import Settings
 from service.db import Database, require_head
+from service.inference import InferenceClient
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,9 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(settings.database_url)
         app.state.db_file = sqlite_file(settings.database_url)
         app.state.db_identity = file_identity(app.state.db_file)
+        # Predictions run in a helper process, started by the first one; closing it here means no
+        # helper outlives the app.
+        app.state.inference = InferenceClient.from_settings(settings)
         try:
             yield
         finally:
+            app.state.inference.close()
             app.state.db.dispose()
 
     app = FastAPI(
@@ -63,8 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestId)  # outermost: even the guards' 400/413/415 answers carry the id
     app.include_router(jobs.router)
+    app.include_router(predict.router)
     app.include_router(workers.router)
     app.include_router(datasets.router)
+    app.include_router(comparisons.router)
+    app.include_router(pictures.router)
 
     @app.get("/healthz/live", tags=["health"])
     def live() -> dict[str, str]:

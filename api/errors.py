@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from service.errors import (
+    CheckpointCorrupt,
     Conflict,
     DataUnavailable,
     FilesNotRemoved,
@@ -20,6 +21,7 @@ from service.errors import (
     InvalidInput,
     LeaseLost,
     NotFound,
+    PredictionUnavailable,
     ServiceError,
     TooLarge,
     TooMany,
@@ -32,8 +34,10 @@ STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     LeaseLost: 409,
+    CheckpointCorrupt: 409,  # the job's state: its checkpoint cannot be used (a download says so too)
     InvalidInput: 422,
     DataUnavailable: 503,
+    PredictionUnavailable: 503,
     Unauthorized: 401,
     Forbidden: 403,
     TooLarge: 413,
@@ -42,6 +46,8 @@ STATUS: dict[type[ServiceError], int] = {
     FilesNotRemoved: 500,
 }
 SPEC_TAGS = {"fc", "cnn"}  # pydantic puts the discriminator's value in the location of spec errors
+# What a route's JSON body is called in a 422 for an unknown field; a job spec where not listed.
+BODY_NAMES = {"/v1/jobs/{job_id}/predict": "prediction request"}
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -106,7 +112,7 @@ def choice(value: Any) -> str:
     return shorten(json.dumps(value), 40) if isinstance(value, str) else describe(value)
 
 
-def message(error: dict[str, Any], field: str) -> str:
+def message(error: dict[str, Any], field: str, body: str = "job spec") -> str:
     """One validation error as a sentence a person can act on (not the validator's wording)."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "union_tag_not_found":
@@ -117,7 +123,7 @@ def message(error: dict[str, Any], field: str) -> str:
     if kind == "missing":
         return f"{field} is required"
     if kind == "extra_forbidden":
-        where = "query parameter of this call" if field.startswith("query.") else "field of a job spec"
+        where = "query parameter of this call" if field.startswith("query.") else f"field of a {body}"
         return f"{field} is not a {where}"
     if kind in {"int_type", "int_parsing", "int_from_float"}:
         return f"{field} must be an integer, not {describe(value)}"
@@ -165,11 +171,12 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     so a body with a million unknown keys answers with a small problem."""
     cap = request.app.state.settings.max_validation_errors
     found = [error | {"body": exc.body} if error.get("type") == "json_invalid" else error for error in exc.errors()]
+    body = BODY_NAMES.get(getattr(request.scope.get("route"), "path", ""), "job spec")
     errors = []
     for error in found[:cap]:
         field = field_name(error)
         errors.append(
-            {"field": field, "message": shorten(message(error, field), MAX_MESSAGE_CHARS), "type": error["type"]}
+            {"field": field, "message": shorten(message(error, field, body), MAX_MESSAGE_CHARS), "type": error["type"]}
         )
     detail = "; ".join(e["message"] for e in errors)
     if len(found) > cap:

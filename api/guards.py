@@ -6,7 +6,9 @@
   or as soon as the chunks received pass the limit (chunked or lying bodies): at most the limit is
   ever held in memory. A state-changing call (POST, PUT, PATCH, DELETE) with a body or a
   Content-Type must be application/json (415): the 'simple' requests a web page may send to
-  another origin without asking (text/plain, forms) can then neither submit nor cancel.
+  another origin without asking (text/plain, forms) can then neither submit nor cancel. The one
+  exception, POST /v1/jobs/{id}/predict, also takes image/png, which is not 'simple' either (a
+  browser asks first, and CORS answers).
 - RequestId (outermost): every answer, the guards' 400/413/415 included, carries an X-Request-ID:
   the caller's when it is sane (1-64 of [A-Za-z0-9._-]), a fresh uuid4 hex otherwise. The id is in
   a contextvar while the request runs, and RequestIdFilter puts it on every log record (uvicorn's
@@ -33,6 +35,9 @@ from service.errors import ServiceError, TooLarge, UnsupportedMedia
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON = "application/json"
+PNG = "image/png"
+# The media types a state-changing call may send, by path; JSON everywhere else.
+MEDIA_TYPES_BY_PATH = [(re.compile(r"/v1/jobs/[^/]+/predict"), (JSON, PNG))]  # api/routes/predict.py
 HOST_OK = "mnist_jobs.host_ok"
 REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -134,7 +139,7 @@ class BodyGuard:
         try:
             declared = self._declared_length(headers)
             has_body = (declared or 0) > 0 or "transfer-encoding" in headers
-            self._check_media_type(scope["method"], headers, has_body)
+            self._check_media_type(scope["method"], scope["path"], headers, has_body)
             body = await self._read(receive, declared) if has_body else None
         except _Disconnected:  # nobody left to answer
             return
@@ -160,16 +165,19 @@ class BodyGuard:
         return declared
 
     @staticmethod
-    def _check_media_type(method: str, headers: Headers, has_body: bool) -> None:
+    def _check_media_type(method: str, path: str, headers: Headers, has_body: bool) -> None:
         if method not in STATE_CHANGING:
             return
         content_type = headers.get("content-type")
         if content_type is None and not has_body:
             return
         media_type = (content_type or "").split(";", 1)[0].strip().lower()
-        if media_type != JSON:
+        allowed = next((types for pattern, types in MEDIA_TYPES_BY_PATH if pattern.fullmatch(path)), (JSON,))
+        if media_type not in allowed:
             sent = f"'{media_type}'" if media_type else "no Content-Type"
-            raise UnsupportedMedia(f"{method} takes {JSON} bodies only; this request sent {sent}", field="Content-Type")
+            raise UnsupportedMedia(
+                f"{method} takes {' or '.join(allowed)} bodies only; this request sent {sent}", field="Content-Type"
+            )
 
     async def _read(self, receive: Receive, declared: int | None) -> bytes:
         """The whole body, refused as soon as it passes the limit or its declared length."""

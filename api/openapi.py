@@ -8,15 +8,16 @@ declare only their successes; which errors an operation may send is decided here
 
 - every operation: 400 (a Host header not allowed; a Content-Length that is not a number or that
   the body does not keep to), from api/guards.py, which runs before any route;
-- an operation with a body: 413 (over MNIST_JOBS_MAX_BODY_BYTES) and 415 (not application/json);
+- an operation with a body: 413 (over MNIST_JOBS_MAX_BODY_BYTES) and 415 (not application/json, nor
+  image/png where the operation takes it);
 - an operation behind the bearer scheme (every /v1 call): 401, and 422 (an unknown query parameter);
 - an operation with parameters or a body: 422;
 - an operation with a path parameter: 404 (no such job);
 - an error status a route declares itself (`responses={503: ...}`): the shared problem answer;
 - what only the route's service code knows (a role above `read`, a state conflict, the queue limit,
-  a data set that cannot be had): ROUTE_ERRORS, keyed by method and path. A new route that raises
-  such an error adds its line there; tests/unit/test_openapi.py checks that the document lists
-  every status the API is seen to send.
+  a data set or a prediction that cannot be had): ROUTE_ERRORS, keyed by method and path. A new
+  route that raises such an error adds its line there; tests/unit/test_openapi.py checks that the
+  document lists every status the API is seen to send.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
     ),
     403: ("Forbidden", "The token's role may not make this call, or the job is another token's", {}),
     404: ("NotFound", "No such job, epoch or checkpoint", {}),
-    409: ("Conflict", "The call does not fit the job's state, or reuses an Idempotency-Key with another body", {}),
+    409: (
+        "Conflict",
+        "The call does not fit the job's state (no checkpoint yet, a corrupt one, a diverged model), or reuses an "
+        "Idempotency-Key with another body",
+        {},
+    ),
     413: ("TooLarge", "The body is over MNIST_JOBS_MAX_BODY_BYTES", {}),
-    415: ("UnsupportedMediaType", "The body is not application/json", {}),
+    415: ("UnsupportedMediaType", "The body is not application/json (nor image/png, where the operation takes it)", {}),
     422: (
         "InvalidRequest",
         "A parameter, header or body field is invalid or unknown, the body is not valid JSON (the detail says "
@@ -88,7 +94,12 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
         {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
     ),
     500: ("FilesNotRemoved", "The job's files could not all be removed; the job is kept", {}),
-    503: ("Unavailable", "A data set or the database cannot be used now", {}),
+    503: (
+        "Unavailable",
+        "A data set or the database cannot be used now, or the prediction helper did not answer within "
+        "MNIST_JOBS_PREDICT_TIMEOUT_SECONDS (the next call starts a new one)",
+        {},
+    ),
 }
 
 # Errors only the route's service code can raise: (METHOD, path) -> statuses.
@@ -97,6 +108,12 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/jobs/{job_id}/cancel"): (403, 409),  # a read token or another's job; the job has ended
     ("DELETE", "/v1/jobs/{job_id}"): (403, 409, 500),  # not an admin; still queued or running; files stay
     ("GET", "/v1/jobs/{job_id}/checkpoint"): (409,),  # no checkpoint yet, or its file does not match its sha256
+    ("POST", "/v1/jobs/{job_id}/predict"): (409, 503),  # no checkpoint yet, a corrupt one, diverged; helper down
+    ("POST", "/v1/comparisons"): (403, 429),  # a read token; the token's queue cannot take the grid's jobs
+    ("POST", "/v1/comparisons/{comparison_id}/cancel"): (403,),  # a read token or another's comparison
+    ("DELETE", "/v1/comparisons/{comparison_id}"): (403, 409, 500),  # not an admin; jobs not ended; files stay
+    ("GET", "/v1/jobs/{job_id}/confusion.png"): (409,),  # the job has not succeeded
+    ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set missing or corrupt; inference helper down
 }
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

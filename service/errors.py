@@ -7,7 +7,7 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── Conflict          the request does not fit the resource's state (409)
     ├── InvalidInput      input that passed the schema but is still wrong, e.g. a cursor (422)
     ├── DataUnavailable   a data set is missing or corrupt and could not be prepared (503)
-    ├── CheckpointCorrupt a checkpoint file does not match the sha256 recorded for it
+    ├── CheckpointCorrupt a checkpoint file does not match the sha256 recorded for it (409)
     ├── SchemaOutOfDate   the database is not at the migration head this code expects
     ├── Unauthorized      no token, or one the server does not know, with tokens configured (401)
     ├── Forbidden         a known token whose role may not make this call (403)
@@ -15,6 +15,7 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── UnsupportedMedia  a state-changing call whose body is not application/json (415)
     ├── TooMany           the caller's queue is full (429, with Retry-After)
     ├── FilesNotRemoved   a job's files could not all be removed, so its row is kept (500)
+    ├── PredictionUnavailable  the inference helper could not start, died, or timed out (503)
     └── LeaseLost         a worker's fenced write touched no row: another worker owns the job
 """
 
@@ -113,6 +114,14 @@ class FilesNotRemoved(ServiceError):
     points at. The server's own fault, hence a 500."""
 
     title = "Job files not removed"
+
+
+class PredictionUnavailable(ServiceError):
+    """Raised by service.inference when the inference helper process cannot answer: it would not
+    start, stopped twice in a row, hung past MNIST_JOBS_PREDICT_TIMEOUT_SECONDS, or failed in a way
+    that is not the checkpoint's fault. A retry may succeed (a hung helper is replaced)."""
+
+    title = "Prediction unavailable"
 
 
 class LeaseLost(ServiceError):

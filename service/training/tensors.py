@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import overload
 
 import torch
-from torchvision import datasets
 
 from service.config import Settings
 from service.datasets.catalog import dataset_info, prepare
@@ -47,6 +46,10 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 def load_tensors(settings: Settings, name: str) -> MnistTensors:
     """Verify the files, read them with torchvision's own loader, and normalise (on the CPU)."""
+    # Imported here: torchvision pulls in torch._dynamo (~2.5 s), which the inference helper, that
+    # only needs normalise and permutation, should not pay at every start.
+    from torchvision import datasets
+
     prepare(settings, name)
     loader: type[datasets.MNIST] = getattr(datasets, dataset_info(name).folder)  # MNIST, FashionMNIST
     train = loader(str(settings.data_dir), train=True, download=False)
