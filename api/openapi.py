@@ -113,7 +113,7 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/comparisons/{comparison_id}/cancel"): (403,),  # a read token or another's comparison
     ("DELETE", "/v1/comparisons/{comparison_id}"): (403, 409, 500),  # not an admin; jobs not ended; files stay
     ("GET", "/v1/jobs/{job_id}/confusion.png"): (409,),  # the job has not succeeded
-    ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set missing or corrupt; inference helper down
+    ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set corrupt; inference helper down
 }
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

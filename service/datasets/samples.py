@@ -14,7 +14,7 @@ import numpy as np
 from service.config import Settings
 from service.datasets import catalog
 from service.datasets.sources import FILES, DataSet, data_dir_relative
-from service.errors import DataUnavailable, InvalidInput
+from service.errors import DataUnavailable, InvalidInput, NotFound
 
 TEST_IMAGES, TEST_LABELS = FILES[2], FILES[3]
 UNSIGNED_BYTE = 0x08  # the IDX type code of every MNIST-format file
@@ -52,8 +52,8 @@ def verified_bytes(ds: DataSet, file: str) -> bytes:
             data = path.read_bytes()
         elif gz.is_file():
             data = gzip.decompress(gz.read_bytes())
-        else:
-            raise DataUnavailable(
+        else:  # not prepared on this server: nothing to show (404), not a fault (corrupt files are)
+            raise NotFound(
                 f"data set {ds.name!r} is missing {file} (raw or .gz) in {where} in the data dir; "
                 f"run `mnist-jobs data prepare --dataset {ds.name}` (a worker also prepares it before its first job)",
                 field="dataset",

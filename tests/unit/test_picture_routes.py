@@ -35,9 +35,10 @@ def test_samples_with_and_without_a_permutation(client):
     assert client.get("/v1/datasets/cifar/samples.png").status_code == 422
 
 
-def test_a_missing_data_set_is_a_503_problem(client):
+def test_a_data_set_not_prepared_here_is_a_404_problem_naming_the_fix(client):
     response = client.get("/v1/datasets/fashion-mnist/samples.png")
-    assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
+    assert "mnist-jobs data prepare --dataset fashion-mnist" in response.json()["detail"]
 
 
 def test_curves_confusion_and_summary(client, db):

@@ -20,7 +20,7 @@ from bench.synthetic import idx_uint8, make_digits, write_mnist
 from service import pictures
 from service.datasets.samples import read_test_samples
 from service.datasets.sources import FILES
-from service.errors import DataUnavailable, InvalidInput
+from service.errors import DataUnavailable, InvalidInput, NotFound
 from service.pictures import (
     PictureCache,
     confusion_png,
@@ -77,7 +77,7 @@ def test_the_samples_are_the_first_images_and_labels_of_the_test_files(tmp_path,
 def test_missing_data_is_refused_with_the_fix_and_no_server_path(tmp_path):
     settings = data_settings(tmp_path)
     (settings.data_dir / "MNIST" / "raw" / FILES[2]).unlink()
-    with pytest.raises(DataUnavailable) as caught:
+    with pytest.raises(NotFound) as caught:
         read_test_samples(settings, "mnist", 3)
     assert FILES[2] in caught.value.detail and "mnist-jobs data prepare --dataset mnist" in caught.value.detail
     assert str(tmp_path) not in caught.value.detail and caught.value.field == "dataset"
