@@ -31,7 +31,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 bench: setup
 	$(BIN)/python -m bench.run

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from bench.synthetic import write_mnist
 from service.config import Settings
-from service.db import Database, upgrade
+from service.db import Database
 from tests.support.processes import LiveServer, Workers
-from tests.support.settings import make_settings
+from tests.support.settings import make_settings, migrate
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     database = Database(settings.database_url)
     yield database
     database.dispose()
@@ -49,7 +49,7 @@ def db(settings: Settings) -> Iterator[Database]:
 def client(settings: Settings) -> Iterator[TestClient]:
     from api.app import create_app
 
-    upgrade(settings.database_url)  # as `mnist-jobs db upgrade` would; the app only checks
+    migrate(settings.database_url)  # as `mnist-jobs db upgrade` would; the app only checks
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.db import upgrade
 from tests.support.processes import REPO, wait_until
-from tests.support.settings import settings_env
+from tests.support.settings import migrate, settings_env
 
 SCRIPT = """
 import io, json, sys
@@ -39,7 +38,7 @@ print(json.dumps({"codes": codes + [from_json.status_code, from_png.status_code]
 
 
 def test_the_api_serves_without_importing_torch(settings):
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         env=settings_env(settings),

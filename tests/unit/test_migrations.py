@@ -94,7 +94,13 @@ def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
 
 
 # Fields added to a job's JSON after revision 0001, and what a job migrated from it shows in each.
-LATER_FIELDS: dict[str, object] = {"name": None, "labels": {}, "submitted_by": None, "comparison_id": None, "reused_from": None}
+LATER_FIELDS: dict[str, object] = {
+    "name": None,
+    "labels": {},
+    "submitted_by": None,
+    "comparison_id": None,
+    "reused_from": None,
+}
 
 
 def without_cost(job: dict[str, Any]) -> dict[str, Any]:

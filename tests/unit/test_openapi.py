@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import docs, openapi
-from service.db import upgrade
+from tests.support.settings import migrate
 
 PROBLEM = "application/problem+json"
 TOKENS = {"read": "openapi-read", "submit": "openapi-submit", "admin": "openapi-admin"}
@@ -28,7 +28,7 @@ def bearer(role: str) -> dict[str, str]:
 def app(settings):
     from api.app import create_app
 
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     tokens = ",".join(f"{token}:{role}" for role, token in TOKENS.items())
     app = create_app(settings.model_copy(update={"api_tokens": tokens, "max_body_bytes": 4096}))
     openapi.install(app)  # both idempotent: no-ops once create_app calls them

@@ -28,14 +28,14 @@ from PIL import Image
 from bench.synthetic import make_digits
 from service import jobs, queue
 from service.config import Settings
-from service.db import Database, upgrade
+from service.db import Database
 from service.errors import PredictionUnavailable
 from service.inference import InferenceClient
 from service.schemas import SEED_MAX, job_spec_adapter
 from service.training import inference as helper
 from service.training.nets import build_model
 from service.training.tensors import permutation
-from tests.support.settings import make_settings
+from tests.support.settings import make_settings, migrate
 from tests.support.training import CPU
 
 PROBLEM = "application/problem+json"
@@ -85,7 +85,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mnist_data: tuple[Path, dic
     settings = make_settings(tmp_path_factory.mktemp("predict"), *mnist_data).model_copy(
         update={"api_tokens": "predict-read:read,predict-submit:submit"}
     )
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     db = Database(settings.database_url)
     with TestClient(create_app(settings)) as client:
         ids = {name: train(client, settings, db, spec) for name, spec in SPECS.items()}

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import auth
-from service.db import upgrade
 from service.errors import Unauthorized
+from tests.support.settings import migrate
 
 PROBLEM = "application/problem+json"
 TOKENS = {"read": "read-token", "a": "submit-a-token", "b": "submit-b-token", "admin": "admin-token"}
@@ -199,7 +199,7 @@ def test_the_tokens_file_is_read_again_when_it_changes(settings, tmp_path):
     path = tmp_path / "tokens"
     token, known = auth.create(path, auth.Role.read)
     settings = settings.model_copy(update={"api_tokens": None, "api_tokens_file": path})
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     with TestClient(create_app(settings)) as client:
         headers = {"Authorization": f"Bearer {token}"}
         assert client.get("/v1/jobs", headers=headers).status_code == 200
@@ -214,7 +214,7 @@ def test_without_tokens_the_api_is_open_to_every_call(settings):
     from api.app import create_app
 
     settings = settings.model_copy(update={"api_tokens": None, "api_tokens_file": None})
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     with TestClient(create_app(settings)) as client:
         job = client.post("/v1/jobs", json=SPEC).json()["id"]
         assert client.post(f"/v1/jobs/{job}/cancel").status_code == 200

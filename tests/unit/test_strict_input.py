@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from api import errors
 from api.strict_query import reject_unknown_query
 from service.schemas import job_spec_adapter
+from tests.support.settings import migrate
 
 PROBLEM = "application/problem+json"
 
@@ -102,10 +103,9 @@ def test_architecture_and_body_errors_read_like_sentences(client, body, words):
 
 def test_a_body_with_ten_thousand_unknown_keys_lists_a_few_errors_in_a_small_body(settings):
     from api.app import create_app
-    from service.db import upgrade
 
     settings = settings.model_copy(update={"max_body_bytes": 10_000_000})  # past the body limit
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     body = {"architecture": "fc", **{f"key{i:05d}" + "x" * 500: i for i in range(10_000)}}
     with TestClient(create_app(settings)) as client:
         response = post(client, body)
