@@ -93,13 +93,12 @@ def _checked(response: httpx.Response) -> ComparisonRead:
 def follow(client: httpx.Client, comparison: ComparisonRead, on_terminal: bool) -> ComparisonRead:
     """Poll until every job has ended (or one failed and the others ended), showing progress."""
     path = f"/v1/comparisons/{comparison.id}"
-    if not on_terminal:
+    if not on_terminal:  # a line each time a job ends (or the status changes), not at every poll
         last = ""
         while True:
-            line = progress_line(comparison)
-            if line != last:
-                print(line, file=sys.stderr, flush=True)
-                last = line
+            if (counts := _counts(comparison) + comparison.status.value) != last:
+                print(progress_line(comparison), file=sys.stderr, flush=True)
+                last = counts
             if _ended(comparison):
                 return comparison
             time.sleep(POLL_SECONDS)

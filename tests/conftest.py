@@ -58,8 +58,8 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def live_server(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
-    def start(workers: int = 1) -> LiveServer:
-        servers.append(LiveServer(settings, workers, tmp_path / f"serve-{len(servers)}.log"))
+    def start(workers: int = 1, **overrides: object) -> LiveServer:
+        servers.append(LiveServer(settings, workers, tmp_path / f"serve-{len(servers)}.log", **overrides))
         return servers[-1]
 
     yield start

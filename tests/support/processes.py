@@ -49,13 +49,13 @@ def wait_until(predicate: Callable[[], T | Literal[False] | None], timeout: floa
 class LiveServer:
     """`mnist-jobs serve` as a real process on a free port."""
 
-    def __init__(self, settings: Settings, workers: int, log_path: Path) -> None:
+    def __init__(self, settings: Settings, workers: int, log_path: Path, **overrides: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")  # noqa: SIM115 (held while the server runs; closed in stop())
         self.proc = subprocess.Popen(
             mnist_jobs("serve", "--port", str(self.port), "--workers", str(workers)),
-            env=settings_env(settings),
+            env=settings_env(settings, **overrides),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
