@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-fast lint format bench clean
+.PHONY: setup serve test test-fast test-browser lint format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -33,9 +33,19 @@ test: lint
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 tests/unit
 
+# The dashboard in headless Chromium (installed with apt-get when missing; skipped, saying why, when
+# that is not possible). `make test` runs these too.
+test-browser: setup
+	$(BIN)/python -m pytest -q tests/browser
+
 bench: setup
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.api_load
+
+# On a CUDA machine: the tutorial's four jobs on cuda:0 through a real worker against the CPU, and
+# packed FC on the GPU against alone (bench/gpu_check.py); without CUDA it says so and passes.
+gpu-check: setup
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

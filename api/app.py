@@ -15,9 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import docs, errors, openapi
+from api import dashboard, docs, errors, metrics, openapi
+from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
-from api.routes import comparisons, datasets, jobs, pictures, predict, workers
+from api.routes import comparisons, datasets, events, jobs, pictures, predict, workers
 from service import auth
 from service.config import Settings
 from service.db import Database, require_head
@@ -36,9 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Predictions run in a helper process, started by the first one; closing it here means no
         # helper outlives the app.
         app.state.inference = InferenceClient.from_settings(settings)
+        # Live events: one reader of the events table for all streams, started by the first one.
+        app.state.events = Broadcaster(
+            app.state.db, poll_seconds=settings.events_poll_seconds, queue_max=settings.events_queue_max
+        )
         try:
             yield
         finally:
+            await app.state.events.close()  # ends the streams still open
             app.state.inference.close()
             app.state.db.dispose()
 
@@ -66,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "ETag", "Repr-Digest", "X-Request-ID"],
         )
     app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
+    # Inside the request id, outside the guards: their 400/413/415 answers are counted too.
+    app.add_middleware(metrics.HttpMetrics, metrics=metrics.install(app))  # and GET /metrics
     app.add_middleware(RequestId)  # outermost: even the guards' 400/413/415 answers carry the id
     app.include_router(jobs.router)
     app.include_router(predict.router)
@@ -73,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(comparisons.router)
     app.include_router(pictures.router)
+    app.include_router(events.router)
 
     @app.get("/healthz/live", tags=["health"])
     def live() -> dict[str, str]:
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return errors.problem(503, "Not ready", reason)
         return {"status": "ok"}
 
+    dashboard.install(app)  # the HTML pages at / and their /static files; no data without /v1
     openapi.install(app)  # last: it documents every route above, errors as problem+json
     docs.install(app)
     return app

@@ -11,18 +11,15 @@
   browser asks first, and CORS answers).
 - RequestId (outermost): every answer, the guards' 400/413/415 included, carries an X-Request-ID:
   the caller's when it is sane (1-64 of [A-Za-z0-9._-]), a fresh uuid4 hex otherwise. The id is in
-  a contextvar while the request runs, and RequestIdFilter puts it on every log record (uvicorn's
-  access lines too, through log_config()).
+  a contextvar (service.logs.request_id) while the request runs, and service.logs.RequestIdFilter
+  puts it on every log record (uvicorn's access lines too, through log_config()).
 """
 
 from __future__ import annotations
 
-import copy
-import logging
 import re
 import uuid
 from collections.abc import Sequence
-from contextvars import ContextVar
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -32,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem, service_error
 from service.errors import ServiceError, TooLarge, UnsupportedMedia
+from service.logs import LogFormat, request_id, uvicorn_config
+from service.logs import RequestIdFilter as RequestIdFilter  # re-exported: its old home
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON = "application/json"
@@ -41,7 +40,6 @@ MEDIA_TYPES_BY_PATH = [(re.compile(r"/v1/jobs/[^/]+/predict"), (JSON, PNG))]  # 
 HOST_OK = "mnist_jobs.host_ok"
 REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 def choose_request_id(sent: str | None) -> str:
@@ -74,29 +72,9 @@ class RequestId:
             request_id.reset(token)
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record: the id of the request being answered, or "-"."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get() or "-"
-        return True
-
-
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging config with the request id on its lines, access lines included, and the
-    service's own loggers (root) written the same way."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"request_id": {"()": "api.guards.RequestIdFilter"}}
-    for handler in config["handlers"].values():
-        handler["filters"] = ["request_id"]
-    config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
-    config["formatters"]["access"]["fmt"] = (
-        '%(levelprefix)s [%(request_id)s] %(client_addr)s - "%(request_line)s" %(status_code)s'
-    )
-    config["root"] = {"handlers": ["default"], "level": "INFO"}
-    return config
+def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
+    """uvicorn's logging config with the request id on every line (service.logs, shared with the worker)."""
+    return uvicorn_config(log_format)
 
 
 class TrustedHosts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,18 @@ class Settings(BaseSettings):
 
     # A worker claims no job while the artifacts dir has less free space than this (bytes).
     min_free_bytes: int = Field(256 * 2**20, ge=0)
+
+    # Live events (GET /v1/jobs/{id}/events, /v1/events): an outbox table, read by one thread per
+    # API process for all its open streams. Kept this long (s) for Last-Event-ID resumes, then
+    # pruned by the workers' reap.
+    events_keep_seconds: float = Field(3600.0, gt=0)
+    events_poll_seconds: float = Field(0.2, gt=0)  # how often the API reads new events (one reader per process)
+    events_ping_seconds: float = Field(15.0, gt=0)  # a keep-alive comment on an idle stream, for proxies
+    events_queue_max: int = Field(1000, ge=1)  # events one stream may fall behind before it is dropped
+
+    # Log lines of `serve` (access lines included) and `worker`: text for a terminal, json for a
+    # collector (one object a line; service/logs.py). `--log-format` overrides it.
+    log_format: Literal["text", "json"] = "text"
 
 
 def heartbeat_period(settings: Settings) -> float:

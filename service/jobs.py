@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from service import storage
+from service import events, storage
 from service.cost import estimate
 from service.errors import Conflict, NotFound
 from service.models import Job, JobLabel, Step, utcnow
@@ -125,6 +125,7 @@ def enqueue(
         session.add(job)
         session.flush()
         _reuse(session, job, spec, reuse)
+        events.status(session, job.id)  # queued, or succeeded by reuse
         return job, True
     # A concurrent request with the same key may have inserted its row after our SELECT (possible
     # on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two). The unique index then rejects
@@ -138,6 +139,7 @@ def enqueue(
             raise
         return _same_request(existing, fingerprint), False
     _reuse(session, job, spec, reuse)
+    events.status(session, job.id)
     return job, True
 
 
@@ -180,6 +182,7 @@ def cancel(session: Session, job_id: str) -> Job:
     job.cancel_requested = True
     job.updated_at = utcnow()
     session.flush()
+    events.status(session, job_id)  # cancelled; or still running, with cancel_requested
     return job
 
 

@@ -239,3 +239,24 @@ class Worker(Base):
     last_seen_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
     current_job_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Event(Base):
+    """One change to a job, written in the transaction of the change (service/events.py): the outbox
+    the API's live streams read. Ids only grow, in commit order (SQLite has one writer at a time).
+    AUTOINCREMENT: without it SQLite reuses the ids of pruned newest rows (an idle hour prunes them
+    all), and a client resuming after its last id would skip the new events that took them."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))  # a deleted job's go with it
+    kind: Mapped[str] = mapped_column(String(16))  # a service.events.EventKind value
+    data: Mapped[dict[str, Any]]  # the kind's payload model, as JSON
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_events_job_id", "job_id", "id"),  # one job's events in order (a resumed stream)
+        Index("ix_events_created_at", "created_at"),  # pruning by age
+        {"sqlite_autoincrement": True},
+    )

@@ -29,7 +29,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from service.schemas import CellRead, EpochMetrics, StepMetrics
 from service.storage import store
 
-RENDER_VERSION = 1  # part of every cache key: bump it whenever a picture's drawing changes
+RENDER_VERSION = 2  # part of every cache key: bump it whenever a picture's drawing changes
 DPI = 100
 SIDE = 28  # pixels per image side
 SAMPLE_COLUMNS = 10
@@ -159,6 +159,8 @@ def draw_loss(ax: Axes, steps: Sequence[StepMetrics]) -> None:
         smooth = np.convolve(y, np.ones(window) / window, mode="valid")
         ax.plot(x[window - 1 :], smooth, color="tab:blue", lw=2, label=f"running mean ({window} points)")
     ends = [(a.samples + b.samples) / 2 for a, b in itertools.pairwise(finite) if a.epoch != b.epoch]
+    if len(ends) > 20:  # more would hide the curve behind a grey wall
+        ends = []
     for i, end in enumerate(ends):
         ax.axvline(end, color="0.5", ls=":", lw=1.2, label="end of an epoch" if i == 0 else None)
     if y.max() > 20 * max(float(np.median(y)), 1e-12):  # a diverging run would flatten the rest
@@ -185,8 +187,9 @@ def draw_accuracy(ax: Axes, epochs: Sequence[EpochMetrics]) -> None:
         note(ax, "no epoch finished yet")
         return
     x, y = zip(*points, strict=True)
-    ax.plot(x, y, color="tab:green", marker="o", ms=7, lw=1.5)
-    for ex, ey in points[-12:]:  # the last values, written out: all of them while they are few enough
+    ax.plot(x, y, color="tab:green", marker="o", ms=7 if len(points) <= 30 else 3, lw=1.5)
+    # Every value written out while they are few; past that only the last one (they would pile up).
+    for ex, ey in points if len(points) <= 12 else points[-1:]:
         ax.annotate(f"{ey:.2f} %", (ex, ey), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9)
     pad = max(1.5, (max(y) - min(y)) * 0.2)
     percent_axis(ax, max(0.0, min(y) - pad), max(min(100.0, max(y) + pad), max(y) + pad / 2))

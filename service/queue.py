@@ -5,7 +5,8 @@ claim is one UPDATE ... WHERE id IN (oldest queued) RETURNING; on SQLite the wri
 BEGIN IMMEDIATE, on PostgreSQL the subquery locks with SKIP LOCKED, so two workers never take the
 same job. After a claim every write of the worker is fenced: an UPDATE guarded by id AND
 lease_token AND status = 'running'. When it touches no row the worker has lost the job, and the
-rows it would have added (an epoch, step losses, the end of its attempt) are not written either.
+rows it would have added (an epoch, step losses, the end of its attempt) are not written either,
+nor the events (service.events) that each change appends in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from service import events
 from service.errors import LeaseLost
 from service.models import Attempt, Epoch, Job, Step, utcnow
 from service.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
@@ -93,6 +95,7 @@ def claim(
                 for row in rows
             ],
         )
+        events.status(session, *(row.id for row in rows))
     return [
         Claim(
             job_id=row.id,
@@ -129,10 +132,13 @@ def _update_attempt(session: Session, lease: Lease, **values: Any) -> None:
     )
 
 
-def _end(session: Session, lease: Lease, outcome: Outcome, **values: Any) -> None:
-    """A fenced ending: the job's guarded UPDATE, then its attempt row closed with `outcome`."""
+def _end(session: Session, lease: Lease, outcome: Outcome, steps: Sequence[StepMetrics] = (), **values: Any) -> None:
+    """A fenced ending: the job's guarded UPDATE, the step losses not yet written, its attempt row
+    closed with `outcome`, and the job's final status event (after its last `step` event)."""
     _fenced(session, lease, lease_expires_at=None, **values)
+    _replace_steps(session, lease.job_id, steps)
     _update_attempt(session, lease, ended_at=utcnow(), outcome=outcome.value)
+    events.status(session, lease.job_id)
 
 
 def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Progress | None) -> bool:
@@ -149,6 +155,7 @@ def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Pr
     )
     if cancel_requested is None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+    events.progress(session, lease.job_id, progress)
     return bool(cancel_requested)
 
 
@@ -177,6 +184,7 @@ def record_epoch(
             created_at=utcnow(),
         )
     )
+    events.epoch(session, lease.job_id, metrics)
     return [] if keep is None else _prune(session, lease.job_id, keep)
 
 
@@ -195,6 +203,7 @@ def _replace_steps(session: Session, job_id: str, steps: Sequence[StepMetrics]) 
     first = min(step.step for step in steps)
     session.execute(delete(Step).where(Step.job_id == job_id, Step.step >= first))
     session.execute(insert(Step), [{"job_id": job_id, **step.model_dump()} for step in steps])
+    events.steps(session, job_id, steps)
 
 
 def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
@@ -249,9 +258,9 @@ def finish(
         result=result.model_dump(mode="json"),
         test_accuracy=result.test_accuracy,
         finished_at=utcnow(),
+        steps=steps,
         progress=None if progress is None else progress.model_dump(mode="json"),
     )
-    _replace_steps(session, lease.job_id, steps)
 
 
 def fail(session: Session, lease: Lease, error: str) -> None:
@@ -292,6 +301,7 @@ def hand_back(session: Session, lease: Lease, resume: StoredFile | None) -> Outc
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
     outcome = Outcome.cancelled if status == JobStatus.cancelled.value else Outcome.handed_back
     _update_attempt(session, lease, ended_at=now, outcome=outcome.value)
+    events.status(session, lease.job_id)
     return outcome
 
 
@@ -300,8 +310,16 @@ def retry_delay(attempts: int, base_seconds: float, max_seconds: float) -> float
     return float(min(max_seconds, base_seconds * 2 ** (attempts - 1) * (1 + random.random() / 2)))
 
 
-def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[str]:
-    """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts."""
+def reap(
+    session: Session,
+    *,
+    base_seconds: float,
+    max_seconds: float,
+    events_keep_seconds: float = events.KEEP_SECONDS_DEFAULT,
+) -> list[str]:
+    """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
+    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds."""
+    events.prune(session, events_keep_seconds)
     now = utcnow()
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
@@ -335,5 +353,6 @@ def reap(session: Session, *, base_seconds: float, max_seconds: float) -> list[s
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
             _update_attempt(session, Lease(job.id, job.lease_token), ended_at=now, outcome=Outcome.lease_expired.value)
+            events.status(session, job.id)
             reaped.append(job.id)
     return reaped

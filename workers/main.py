@@ -17,14 +17,14 @@ import time
 import uuid
 from types import FrameType
 
-from service import queue, registry
+from service import logs, queue, registry
 from service.config import Settings
 from service.db import Database, require_head
 from service.queue import Claim
 from service.schemas import FCSpec
 from service.states import Outcome
 from service.training.engine import configure_torch, resolve_device
-from workers.runner import DataCache, JobRunner
+from workers.runner import DataCache, JobRunner, log_transition
 
 log = logging.getLogger("mnist_jobs.worker")
 
@@ -58,7 +58,13 @@ class Worker:
         configure_torch(self.settings.torch_threads)
         with self.db.write() as session:
             registry.register(session, self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device))
-        log.info("worker %s on %s, pid %d", self.id, self.device, os.getpid())
+        log.info(
+            "worker %s on %s, pid %d",
+            self.id,
+            self.device,
+            os.getpid(),
+            extra={"worker_id": self.id, "device": str(self.device)},
+        )
         done = 0
         next_reap = 0.0
         try:
@@ -70,8 +76,9 @@ class Worker:
                 if not claims:
                     self.stopping.wait(self.settings.poll_seconds)
                     continue
-                for job_id, outcome in self.runner.run(claims).items():
-                    log.info("job %s: %s", job_id, outcome.value)
+                for claim in claims:  # queued -> running; the runner logs how each ends
+                    log_transition(claim, self.id, "claimed", pack=len(claims))
+                self.runner.run(claims)
                 with self.db.write() as session:  # the registry must not show an ended job as current
                     registry.seen(session, self.id, current_job_id=None)
                 done += len(claims)
@@ -118,7 +125,9 @@ class Worker:
 
     def reap(self) -> None:
         for job_id in self.runner.reap():
-            log.warning("job %s: lease expired; requeued or ended", job_id)
+            log.warning(
+                "job %s: lease expired; requeued or ended", job_id, extra={"job_id": job_id, "worker_id": self.id}
+            )
         # An idle worker writes nothing else (it claims only when a read finds work): refresh its
         # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle; and
         # mark the workers silent for longer than a lease (a SIGKILL, a lost host) as gone.
@@ -130,7 +139,7 @@ class Worker:
 
 def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:
     """The whole worker process: check the schema, install signal handlers, run until told to stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
+    logs.setup(logs.worker_config(settings.log_format))
     require_head(settings.database_url)
     worker = Worker(settings, device)
     signal.signal(signal.SIGTERM, worker.on_signal)

@@ -102,6 +102,7 @@ class JobRunner:
             reap_seconds=self.settings.reap_seconds,
         )
         beat.start()
+        failure = None  # why the jobs failed, when training raised
         try:
             try:
                 results = self._trainer(run).run(Recorder(self, run))
@@ -113,7 +114,7 @@ class JobRunner:
                 finish = partial(queue.finish, result=result, progress=held.live.progress(), steps=steps)
                 run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.succeeded, finish)
         except Exception as exc:
-            message = self.failure(exc, claims)
+            message = failure = self.failure(exc, claims)
             for held in run.held:
                 if held.claim.job_id not in run.outcomes:
                     fail = partial(queue.fail, error=message)
@@ -121,6 +122,10 @@ class JobRunner:
                     run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.failed, fail, steps)
         finally:
             self.held = []
+        for held in run.held:
+            outcome = run.outcomes.get(held.claim.job_id)
+            reason = (failure or held.live.failure or "training failed") if outcome is Outcome.failed else None
+            log_transition(held.claim, self.worker_id, outcome.value if outcome else "ended", reason, pack=len(claims))
         if self.device.type == "cuda":  # give back what the ended jobs (or an allocation that failed) held
             torch.cuda.empty_cache()
         return run.outcomes
@@ -200,7 +205,10 @@ class JobRunner:
         """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""
         with self.db.write() as session:
             return queue.reap(
-                session, base_seconds=self.settings.retry_base_seconds, max_seconds=self.settings.retry_max_seconds
+                session,
+                base_seconds=self.settings.retry_base_seconds,
+                max_seconds=self.settings.retry_max_seconds,
+                events_keep_seconds=self.settings.events_keep_seconds,
             )
 
     def save(self, claim: Claim, epoch: int | None, state: TrainingState) -> StoredFile:
@@ -231,6 +239,26 @@ class JobRunner:
         except LeaseLost:
             log.warning("job %s: lease lost before it could be marked %s", claim.job_id, outcome.value)
             return Outcome.lease_lost
+
+
+def log_transition(claim: Claim, worker_id: str, transition: str, reason: str | None = None, **fields: object) -> None:
+    """One line per job transition (claimed, or how it ended): job id, attempt, worker, and why it
+    failed; the same as structured fields for JSON lines (service/logs.py)."""
+    extra = {"job_id": claim.job_id, "attempt": claim.attempt, "worker_id": worker_id, "transition": transition}
+    because = ""
+    if reason is not None:
+        extra["reason"], because = reason, f": {reason}"
+    level = logging.WARNING if transition in (Outcome.failed, Outcome.lease_lost) else logging.INFO
+    log.log(
+        level,
+        "job %s attempt %d on worker %s: %s%s",
+        claim.job_id,
+        claim.attempt,
+        worker_id,
+        transition,
+        because,
+        extra=extra | fields,
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -83,10 +83,8 @@ def confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID
             f"job {job.id} ({job.status.value}) has no confusion matrix: it has not succeeded", field="status"
         )
     matrix = job.result.confusion
-    accuracy = 100 * job.result.test_accuracy
-    title = (
-        f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)}): {accuracy:.2f} % correct"
-    )
+    # The accuracy is drawn under the title (confusion_png's subtitle), not in it.
+    title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)})"
     key = {"picture": "confusion", "title": title, "matrix": matrix}
     return png(request, settings, key, lambda: pictures.confusion_png(matrix, title))
 

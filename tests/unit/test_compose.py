@@ -1,35 +1,99 @@
-"""docker-compose.yml and the Dockerfile can't run here (no Docker engine): their structure is checked."""
+"""docker-compose.yml (+ docker-compose.gpu.yml) and the Dockerfile can't run here (no Docker
+engine): their structure is checked; the worker's health check runs in tests/unit/test_devices.py."""
 
 import tomllib
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tests.support.processes import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
+GPU_OVERLAY = REPO / "docker-compose.gpu.yml"
 DOCKERFILE = REPO / "Dockerfile"
+MOUNTS = {
+    "state": "/var/lib/mnist-jobs",
+    "data": "/var/lib/mnist-jobs/data",
+    "artifacts": "/var/lib/mnist-jobs/artifacts",
+}
 
 
-def test_api_and_worker_share_one_volume_and_settings():
-    compose = yaml.safe_load(COMPOSE.read_text())
-    services = compose["services"]
-    assert set(services) >= {"api", "worker"}
-    api, worker = services["api"], services["worker"]
-    assert "mnist-jobs" in api["command"] and "serve" in api["command"]
-    assert api["command"][api["command"].index("--workers") + 1] == "0", "the api container must not train"
-    assert worker["command"][:2] == ["mnist-jobs", "worker"]
-    api_volumes, worker_volumes = set(api["volumes"]), set(worker["volumes"])
-    shared = api_volumes & worker_volumes
-    assert shared, "api and worker must share a volume"
-    volume_name = next(iter(shared)).split(":")[0]
-    assert volume_name in compose["volumes"]
-    mount = next(iter(shared)).split(":")[1]
-    for service in (api, worker):
+def load(*files: Path) -> dict[str, Any]:
+    """The files merged as `docker compose -f a -f b` merges them: mappings key by key, a later
+    scalar or sequence (command, ports) replacing the earlier one."""
+
+    def merge(base, override):
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {**base, **{key: merge(base.get(key), value) for key, value in override.items()}}
+        return override
+
+    merged: dict[str, Any] = {}
+    for file in files:
+        merged = merge(merged, yaml.safe_load(file.read_text()))
+    return merged
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_migrate_runs_once_and_the_api_and_worker_wait_for_it():
+    services = load(COMPOSE)["services"]
+    assert set(services) == {"migrate", "api", "worker"}
+    migrate = services["migrate"]
+    assert migrate["command"] == ["mnist-jobs", "db", "upgrade"]
+    assert migrate["restart"] == "no", "a one-shot must not be restarted once it has succeeded"
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}, name
+    api, worker = services["api"]["command"], services["worker"]["command"]
+    assert api[:2] == ["mnist-jobs", "serve"] and option(api, "--host") == "0.0.0.0"
+    assert option(api, "--workers") == "0", "the api container trains nothing"
+    assert f"{option(api, '--port')}:{option(api, '--port')}" in services["api"]["ports"]
+    assert worker == ["mnist-jobs", "worker", "--device", "auto"]
+
+
+def test_every_service_mounts_the_state_data_and_artifacts_volumes_its_settings_point_into():
+    compose = load(COMPOSE)
+    assert set(compose["volumes"]) == set(MOUNTS)
+    for name, service in compose["services"].items():
+        assert set(service["volumes"]) == {f"{volume}:{mount}" for volume, mount in MOUNTS.items()}, name
         env = service["environment"]
-        for key in ("MNIST_JOBS_DATABASE_URL", "MNIST_JOBS_DATA_DIR", "MNIST_JOBS_ARTIFACTS_DIR"):
-            assert mount in env[key], f"{key} must point into the shared volume"
-    assert "8000:8000" in api["ports"]
-    assert worker["depends_on"]["api"]["condition"] == "service_healthy"
+        assert env["MNIST_JOBS_DATABASE_URL"] == f"sqlite:///{MOUNTS['state']}/mnist-jobs.db"
+        assert env["MNIST_JOBS_DATA_DIR"] == MOUNTS["data"]
+        assert env["MNIST_JOBS_ARTIFACTS_DIR"] == MOUNTS["artifacts"]
+        assert env["MNIST_JOBS_API_TOKENS_FILE"].startswith(MOUNTS["state"] + "/")
+        assert env["MNIST_JOBS_LOG_FORMAT"] in ("text", "json")
+
+
+def test_the_health_checks_ask_the_real_api_and_the_real_worker_registry():
+    from api.app import create_app
+
+    services = load(COMPOSE)["services"]
+    api_check = services["api"]["healthcheck"]["test"]
+    assert api_check[:3] == ["CMD", "python", "-c"], "python, not curl: the slim image has no curl"
+    code = api_check[3]
+    compile(code, "healthcheck", "exec")  # a syntax error would keep the api unhealthy forever
+    assert "urllib.request" in code and "curl" not in code
+    port = option(services["api"]["command"], "--port")
+    assert f"http://127.0.0.1:{port}/healthz/ready" in code, "the readiness route, on the port serve listens on"
+    assert "/healthz/ready" in {getattr(route, "path", None) for route in create_app().routes}
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "mnist-jobs", "worker", "--check"]
+    for name in ("api", "worker"):
+        assert {"interval", "timeout", "retries", "start_period"} <= set(services[name]["healthcheck"]), name
+
+
+def test_the_gpu_file_reserves_every_gpu_for_the_worker_alone_and_runs_one_process_per_gpu():
+    cpu = load(COMPOSE)["services"]
+    assert all("deploy" not in service for service in cpu.values()), "the CPU-only path needs no NVIDIA runtime"
+    assert set(yaml.safe_load(GPU_OVERLAY.read_text())["services"]) == {"worker"}
+    gpu = load(COMPOSE, GPU_OVERLAY)["services"]
+    devices = gpu["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert gpu["worker"]["command"] == ["mnist-jobs", "worker", "--all-gpus"], "one worker process per GPU"
+    for key in ("volumes", "environment", "depends_on", "healthcheck"):
+        assert gpu["worker"][key] == cpu["worker"][key], f"the overlay keeps the worker's {key}"
+    assert gpu["api"] == cpu["api"] and gpu["migrate"] == cpu["migrate"]
 
 
 def test_the_image_installs_dependencies_in_a_layer_before_the_source_is_copied():

@@ -26,6 +26,7 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 # 422 the document lists: a spec over the cost budget, 3.0 for an integer (JSON Schema's integer
 # admits it; the strict spec does not), a cursor this API did not give out.
 ADMIN = {"Authorization": "Bearer schemathesis-admin-token"}
+STREAM_READ_SECONDS = 1  # an event stream that never ends (/v1/events) is read this long, then checked
 
 
 def run_operation(operation, mode: GenerationMode, calls: Counter[str]) -> None:
@@ -40,7 +41,8 @@ def run_operation(operation, mode: GenerationMode, calls: Counter[str]) -> None:
     )
     def check(case) -> None:
         calls[operation.label] += 1
-        case.call_and_validate(headers=ADMIN, excluded_checks=[positive_data_acceptance])
+        stream = {"timeout": STREAM_READ_SECONDS} if operation.path.endswith("/events") else {}
+        case.call_and_validate(headers=ADMIN, excluded_checks=[positive_data_acceptance], **stream)
 
     check()
 

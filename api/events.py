@@ -1,0 +1,336 @@
+"""Live events: one reader of the events table per API process, fanned out to every open stream.
+
+The `Broadcaster` (app.state.events; started by the first stream, stopped with the app) reads the
+events above the last id it read every MNIST_JOBS_EVENTS_POLL_SECONDS, in a worker thread, and
+offers each to the queue of every stream that wants it (every stream of all jobs, and those of its
+job): one query per interval however many clients watch. A stream's queue is bounded
+(MNIST_JOBS_EVENTS_QUEUE_MAX): a client too slow to keep up is ended, with a last comment, rather
+than hold up the others or grow the queue without end; it resumes from the table with Last-Event-ID.
+
+A stream subscribes before it reads its starting point (a snapshot of the job, or the stored events
+after Last-Event-ID), so nothing committed in between is lost; what both deliver is sent once (ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from sse_starlette import ServerSentEvent
+
+from service import events, jobs
+from service.db import Database
+from service.errors import NotFound
+from service.events import StoredEvent
+from service.models import Job
+from service.schemas import JobRead
+from service.states import JobStatus
+
+log = logging.getLogger(__name__)
+PAGE = 500  # events read per query, by the broadcaster and by a replay
+GAP_WAIT_SECONDS = 2.0  # how long a missing id holds back the ones after it (see Broadcaster._deliver)
+SHUTTING_DOWN = "the server is shutting down; reconnect with Last-Event-ID to resume"
+SEP = "\n"  # line ends of the stream (sse-starlette's default is CRLF; both are valid)
+
+
+def frame(event: StoredEvent) -> bytes:
+    """The event as the stream sends it: `id:`, `event:` (its kind) and `data:` (its payload's JSON)."""
+    data = event.payload.model_dump_json()
+    return ServerSentEvent(data, event=event.kind.value, id=str(event.id), sep=SEP).encode()
+
+
+def comment(text: str, last_id: int | None = None) -> bytes:
+    """A comment (EventSource ignores it); with `last_id`, an `id:` too, which sets the client's
+    Last-Event-ID without firing an event."""
+    return ServerSentEvent(comment=text, id=None if last_id is None else str(last_id), sep=SEP).encode()
+
+
+def keep_alive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive", sep=SEP)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An event on its way to the streams, encoded once for all of them."""
+
+    id: int
+    ends_job: bool
+    data: bytes
+
+
+class Subscription:
+    """One stream's queue, on the stream's event loop. Ends (next() returns None) when the stream
+    falls `size` events behind or the broadcaster closes; `reason` then says which."""
+
+    def __init__(self, job_id: str | None, size: int) -> None:
+        self.job_id, self.size = job_id, size
+        self.reason: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(size + 1)  # + 1: room for the end
+
+    def offer(self, items: list[Frame]) -> None:
+        """From the reader thread: hand `items` to the stream's loop (callbacks keep their order)."""
+        self._call(self._put, items)
+
+    def end(self, reason: str) -> None:
+        """From any thread."""
+        self._call(self._end, reason)
+
+    def _call(self, callback: Callable[[Any], None], argument: object) -> None:
+        with suppress(RuntimeError):  # the stream's loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(callback, argument)
+
+    def _put(self, items: list[Frame]) -> None:
+        for item in items:
+            if self.reason is not None:
+                return
+            if self._queue.qsize() >= self.size:
+                self._end(f"dropped: more than {self.size} events behind; reconnect with Last-Event-ID to resume")
+                return
+            self._queue.put_nowait(item)
+
+    def _end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._queue.put_nowait(None)
+
+    async def next(self) -> Frame | None:
+        return await self._queue.get()
+
+
+class Broadcaster:
+    """The one reader: a thread, so that streams served by any event loop of the process (uvicorn
+    has one; a test client may run its own beside the app's) are fed alike."""
+
+    def __init__(self, db: Database, *, poll_seconds: float, queue_max: int, hold_gaps: bool | None = None) -> None:
+        self.db, self.poll_seconds, self.queue_max = db, poll_seconds, queue_max
+        # SQLite commits in id order (one writer at a time), so a missing id is gone for good (its
+        # job was deleted). On PostgreSQL a lower id may still be committing: wait for it a little.
+        self.hold_gaps = db.engine.dialect.name != "sqlite" if hold_gaps is None else hold_gaps
+        self.last_id = 0
+        self._every: set[Subscription] = set()  # streams of all jobs
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()  # the two above, and starting the thread
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._gap_since: float | None = None
+
+    @asynccontextmanager
+    async def subscribe(self, job_id: str | None, *, until: anyio.Event | None = None) -> AsyncIterator[Subscription]:
+        """A queue of the events read from now on: `job_id`'s, or every job's for None; ended
+        when `until` is set (the server's shutdown, as sse-starlette signals it)."""
+        subscription = Subscription(job_id, self.queue_max)
+        await anyio.to_thread.run_sync(self._add, subscription)
+        watch = None if until is None else asyncio.create_task(self._end_on(until, subscription))
+        try:
+            yield subscription
+        finally:
+            if watch is not None:
+                watch.cancel()
+            with self._lock:
+                self._every.discard(subscription)
+                if job_id is not None and (found := self._by_job.get(job_id)) is not None:
+                    found.discard(subscription)
+                    if not found:
+                        del self._by_job[job_id]
+
+    @staticmethod
+    async def _end_on(until: anyio.Event, subscription: Subscription) -> None:
+        await until.wait()
+        subscription.end(SHUTTING_DOWN)
+
+    def _add(self, subscription: Subscription) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                subscription.end(SHUTTING_DOWN)
+                return
+            if self._thread is None:
+                # Read before the first stream is added, which then reads its own starting point:
+                # the events committed in between reach it (and are sent once, by id).
+                self.last_id = self._latest()
+                self._thread = threading.Thread(target=self._run, name="events-broadcaster", daemon=True)
+                self._thread.start()
+            if subscription.job_id is None:
+                self._every.add(subscription)
+            else:
+                self._by_job.setdefault(subscription.job_id, set()).add(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._every) + sum(len(found) for found in self._by_job.values())
+
+    def _latest(self) -> int:
+        with self.db.read() as session:
+            return events.latest_id(session)
+
+    def _run(self) -> None:
+        full = False
+        while not self._stop.wait(0 if full else self.poll_seconds):
+            ready = self._ready(self._read(), time.monotonic())
+            full = len(ready) == PAGE  # more may be waiting: read again at once
+            self._fan_out(ready)
+
+    def _read(self) -> list[StoredEvent]:
+        try:
+            with self.db.read() as session:
+                return events.after(session, self.last_id, limit=PAGE)
+        except Exception:  # a busy or briefly unreachable database: the next poll reads the same ids
+            log.exception("reading events failed; retrying")
+            return []
+
+    def _fan_out(self, ready: list[StoredEvent]) -> None:
+        """Each event to the streams that want it, one hand-over per stream for the lot. The streams
+        added after this copy read their starting point later, so they have these events already."""
+        if not ready:
+            return
+        with self._lock:
+            every, by_job = tuple(self._every), {job: tuple(found) for job, found in self._by_job.items()}
+        batches: dict[Subscription, list[Frame]] = {}
+        for event in ready:
+            item = Frame(event.id, event.ends_job, frame(event))
+            for subscription in (*every, *by_job.get(event.job_id, ())):
+                batches.setdefault(subscription, []).append(item)
+        for subscription, items in batches.items():
+            subscription.offer(items)
+
+    def _ready(self, read: list[StoredEvent], now: float) -> list[StoredEvent]:
+        """The events of `read` to send now, in order; last_id moves past them."""
+        ready = []
+        for event in read:
+            if self.hold_gaps and event.id != self.last_id + 1:
+                self._gap_since = self._gap_since if self._gap_since is not None else now
+                if now - self._gap_since < GAP_WAIT_SECONDS:
+                    break  # read again from last_id next time; past the wait the id counts as rolled back
+            self._gap_since = None
+            self.last_id = event.id
+            ready.append(event)
+        return ready
+
+    async def close(self) -> None:
+        """End every stream and stop reading (the app's shutdown)."""
+        with self._lock:
+            self._stop.set()
+            subscriptions = (*self._every, *(s for found in self._by_job.values() for s in found))
+            thread = self._thread
+        for subscription in subscriptions:
+            subscription.end(SHUTTING_DOWN)
+        if thread is not None:
+            await anyio.to_thread.run_sync(thread.join)
+
+
+# The streams: async generators of encoded events, for sse_starlette.EventSourceResponse.
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """Where a job's stream starts: a snapshot (`view`, the newest event id), or a replay (`replay`:
+    the stored events after the client's Last-Event-ID, first page; `status` read with it)."""
+
+    last_id: int
+    view: JobRead | None = None
+    replay: list[StoredEvent] | None = None
+    status: JobStatus | None = None
+
+
+def job_start(db: Database, job_id: str, last_event_id: int | None) -> JobStart | None:
+    """None when the job is gone (deleted since the route found it)."""
+    with db.read() as session:
+        if last_event_id is not None and events.resumable(session, last_event_id):
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            first = events.after(session, last_event_id, limit=PAGE, job_id=job_id)
+            return JobStart(last_event_id, replay=first, status=JobStatus(job.status))
+        # The newest id first: a change that commits between the two reads is then sent twice at
+        # worst (in the snapshot and as an event), never lost (on PostgreSQL each read is its own
+        # snapshot; on SQLite the transaction's first read fixes one for both).
+        latest = events.latest_id(session)
+        try:
+            return JobStart(latest, view=jobs.view(jobs.get(session, job_id)))
+        except NotFound:
+            return None
+
+
+def stored(db: Database, last_id: int, job_id: str | None) -> list[StoredEvent]:
+    with db.read() as session:
+        return events.after(session, last_id, limit=PAGE, job_id=job_id)
+
+
+def latest(db: Database) -> int:
+    with db.read() as session:
+        return events.latest_id(session)
+
+
+async def replay(db: Database, first: list[StoredEvent], job_id: str | None) -> AsyncIterator[StoredEvent]:
+    """`first`, then the stored events after it, a page at a time."""
+    page = first
+    while page:
+        for event in page:
+            yield event
+        page = [] if len(page) < PAGE else await anyio.to_thread.run_sync(stored, db, page[-1].id, job_id)
+
+
+async def live(subscription: Subscription, last_id: int, job_id: str | None) -> AsyncIterator[bytes]:
+    """The subscription's events after `last_id`; a job's stream ends after the job's last one."""
+    while (item := await subscription.next()) is not None:
+        if item.id > last_id:
+            yield item.data
+            if job_id is not None and item.ends_job:
+                return
+    yield comment(subscription.reason or "ended")
+
+
+async def job_stream(
+    hub: Broadcaster, db: Database, job_id: str, last_event_id: int | None, shutdown: anyio.Event
+) -> AsyncIterator[bytes]:
+    """`event: job` (the job as GET /v1/jobs/{id} shows it, `id:` the newest event id), or with
+    Last-Event-ID the job's stored events after it; then its events live, to its final status."""
+    async with hub.subscribe(job_id, until=shutdown) as subscription:
+        start = await anyio.to_thread.run_sync(job_start, db, job_id, last_event_id)
+        if start is None:
+            return
+        last_id = start.last_id
+        if start.view is not None:
+            view = start.view.model_dump_json()
+            yield ServerSentEvent(view, event="job", id=str(last_id), sep=SEP).encode()
+            if start.view.status.is_final:
+                return
+        else:
+            async for event in replay(db, start.replay or [], job_id):
+                yield frame(event)
+                last_id = event.id
+                if event.ends_job:
+                    return
+            if start.status is not None and start.status.is_final:  # its end was sent before the reconnect
+                return
+        async for data in live(subscription, last_id, job_id):
+            yield data
+
+
+async def all_stream(
+    hub: Broadcaster, db: Database, last_event_id: int | None, shutdown: anyio.Event
+) -> AsyncIterator[bytes]:
+    """Every job's events: the stored ones after Last-Event-ID (those still kept), then live. Without
+    one (or with one this database never gave out), first an `id:` of the newest event, so that a
+    reconnect resumes from there."""
+    async with hub.subscribe(None, until=shutdown) as subscription:
+        newest = await anyio.to_thread.run_sync(latest, db)
+        if last_event_id is None or last_event_id > newest:
+            last_id = newest
+            yield comment(f"live events after id {last_id}", last_id)
+        else:
+            last_id = last_event_id
+            first = await anyio.to_thread.run_sync(stored, db, last_id, None)
+            async for event in replay(db, first, None):
+                yield frame(event)
+                last_id = event.id
+        async for data in live(subscription, last_id, None):
+            yield data

@@ -1,0 +1,391 @@
+"""The Python client: `from service.client import Client`, typed with the server's own models.
+
+Sync, on httpx; every call returns the pydantic model the API answers with (JobRead, ComparisonRead,
+...), and every failure is an ApiError carrying the problem details. Importing it never imports
+torch, FastAPI or SQLAlchemy: load_model() imports torch when it is called.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from service.client_events import ComparisonWatch, Deadline, JobWatch, follow
+from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonProgress, ComparisonRead
+from service.inference import PredictResponse
+from service.schemas import AnySpec, JobPage, JobRead, Progress, WorkerRead, job_spec_adapter
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+POLL_SECONDS = 0.5
+_SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
+_workers = TypeAdapter(list[WorkerRead])
+T = TypeVar("T")
+Page = tuple[list[T], str | None]  # a page's items and the cursor of the next one
+
+
+def job_page(raw: bytes) -> Page[JobRead]:
+    page = JobPage.model_validate_json(raw)
+    return page.items, page.next_cursor
+
+
+def comparison_page(raw: bytes) -> Page[ComparisonRead]:
+    page = ComparisonPage.model_validate_json(raw)
+    return page.items, page.next_cursor
+
+
+class ApiError(Exception):
+    """Every failure of a call: the server's problem (RFC 9457: status, title, detail, field, errors)
+    with its X-Request-ID, or, with status None, a failure found on this side (see the subclasses)."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        title: str = "",
+        field: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        request_id: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.detail, self.status, self.title, self.field = detail, status, title, field
+        self.errors, self.request_id, self.url = errors or [], request_id, url
+        head = f"{status} {title}: " if status is not None else ""
+        super().__init__(head + detail + (f" [X-Request-ID {request_id}]" if request_id else ""))
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        try:
+            body = response.json()
+        except ValueError:  # not JSON: a proxy's page, say
+            body = None
+        problem: dict[str, Any] = body if isinstance(body, dict) else {}
+        return cls(
+            str(problem.get("detail") or response.text[:500] or response.reason_phrase),
+            status=response.status_code,
+            title=str(problem.get("title") or response.reason_phrase),
+            field=problem.get("field"),
+            errors=problem.get("errors"),
+            request_id=response.headers.get("X-Request-ID"),
+            url=str(response.request.url),
+        )
+
+
+class ServerUnreachable(ApiError):
+    """No answer: the connection failed or timed out (httpx's TransportError is its __cause__)."""
+
+
+class WaitTimeout(ApiError, TimeoutError):
+    """wait(timeout=...) or wait_comparison(timeout=...) ran out; `last` is the latest view seen."""
+
+    def __init__(self, detail: str, last: JobRead | ComparisonRead) -> None:
+        super().__init__(detail)
+        self.last = last
+
+
+class ChecksumMismatch(ApiError):
+    """A checkpoint's bytes do not hash to the sha256 the server sent with them (nothing was kept)."""
+
+
+def invalid_spec(exc: ValidationError, what: str) -> ApiError:
+    """The 422 the server would answer, raised before sending: the same model checked the input.
+    The discriminator's tag ("fc"/"cnn") is dropped from locations, as the server drops it."""
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        loc = loc[1:] if loc and loc[0] in ("fc", "cnn") else loc
+        field = "architecture" if error["type"].startswith("union_tag") else ".".join(loc) or "body"
+        errors.append({"field": field, "message": f"{field}: {error['msg']}", "type": error["type"]})
+    detail = f"invalid {what} (not sent): " + "; ".join(e["message"] for e in errors)
+    return ApiError(detail, status=422, title="Invalid request", field=errors[0]["field"], errors=errors)
+
+
+def spec_body(spec: AnySpec) -> dict[str, Any]:
+    """The JSON of what the caller set: model_dump leaves out the submission options (name,
+    labels, max_attempts, reuse are `exclude=True` so they stay out of the spec's hash)."""
+    options = {name: getattr(spec, name) for name in ("max_attempts", "name", "labels", "reuse")}
+    body = spec.model_dump(mode="json", exclude_unset=True)
+    return body | {name: value for name, value in options.items() if name in spec.model_fields_set}
+
+
+def expected_sha256(response: httpx.Response) -> str:
+    """The sha256 the server sent with a checkpoint: Repr-Digest (RFC 9530), else the ETag."""
+    digest = response.headers.get("Repr-Digest", "")
+    if digest.startswith("sha-256=:") and digest.endswith(":"):
+        try:
+            return base64.b64decode(digest[9:-1], validate=True).hex()
+        except binascii.Error:
+            pass
+    if match := _SHA256.match(response.headers.get("ETag", "")):
+        return match.group(1)
+    raise ChecksumMismatch("the server sent no sha256 (Repr-Digest or ETag) with the checkpoint: refused unverified")
+
+
+class Client:
+    """The mnist-jobs API. `Client()` reads MNIST_JOBS_URL and MNIST_JOBS_TOKEN; `transport` is
+    httpx's (tests pass the app's in-process transport). Use it as a context manager, or close()."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("MNIST_JOBS_URL") or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("MNIST_JOBS_TOKEN") or None
+        headers = {"User-Agent": "mnist-jobs-client"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        self.timeout = timeout
+        # Public on purpose: raw calls (pictures, metrics) and httpx's event hooks.
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- plumbing: every request goes through _stream, which turns every failure into an ApiError
+    @contextmanager
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        url = f"{self.base_url}{path}"
+        try:
+            with self.http.stream(method, path, **kwargs) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+            raise ServerUnreachable(
+                f"{method} {url} {what} ({type(exc).__name__}: {exc}): is `mnist-jobs serve` running at "
+                f"{self.base_url}? Set MNIST_JOBS_URL (or Client(base_url=...)) to the server's address",
+                url=url,
+            ) from exc
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self._stream(method, path, **kwargs) as response:
+            response.read()
+            return response
+
+    def _paged(self, path: str, params: list[tuple[str, Any]], parse: Callable[[bytes], Page[T]]) -> Iterator[T]:
+        cursor: list[tuple[str, Any]] = []
+        while True:
+            items, next_cursor = parse(self._call("GET", path, params=params + cursor).content)
+            yield from items
+            if next_cursor is None:
+                return
+            cursor = [("cursor", next_cursor)]
+
+    # -- jobs
+    def submit(self, spec: AnySpec | dict[str, Any], *, idempotency_key: str | None = None) -> JobRead:
+        """Validated here with the server's own model, so a bad spec fails before it is sent."""
+        if isinstance(spec, dict):
+            try:
+                spec = job_spec_adapter.validate_python(spec)
+            except ValidationError as exc:
+                raise invalid_spec(exc, "job spec") from exc
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        answer = self._call("POST", "/v1/jobs", json=spec_body(spec), headers=headers)
+        return JobRead.model_validate_json(answer.content)
+
+    def get(self, job_id: str) -> JobRead:
+        return JobRead.model_validate_json(self._call("GET", f"/v1/jobs/{job_id}").content)
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        architecture: Literal["fc", "cnn"] | None = None,
+        dataset: str | None = None,
+        name: str | None = None,
+        label: str | Sequence[str] = (),
+        comparison: str | None = None,
+        permutation_seed: int | Literal["none"] | None = None,
+        seed: int | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        sort: Literal["created_at", "test_accuracy"] = "created_at",
+        limit: int = 50,
+    ) -> Iterator[JobRead]:
+        """Every job matching the filters, page after page (`limit` per request); `label` is
+        "key:value" or a list of them, all required; permutation_seed="none" = natural pixels."""
+        filters: dict[str, object] = {"status": status, "architecture": architecture, "dataset": dataset}
+        filters |= {"name": name, "comparison": comparison, "permutation_seed": permutation_seed, "seed": seed}
+        filters |= {"created_after": created_after, "created_before": created_before}
+        text = {k: v.isoformat() if isinstance(v, datetime) else str(v) for k, v in filters.items() if v is not None}
+        params = list(text.items())
+        params += [("label", text) for text in ([label] if isinstance(label, str) else label)]
+        return self._paged("/v1/jobs", [*params, ("sort", sort), ("limit", limit)], job_page)
+
+    def cancel(self, job_id: str) -> JobRead:
+        return JobRead.model_validate_json(self._call("POST", f"/v1/jobs/{job_id}/cancel").content)
+
+    def delete(self, job_id: str) -> None:
+        self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def wait(
+        self, job_id: str, *, progress: bool | Callable[[Progress], None] = False, timeout: float | None = None
+    ) -> JobRead:
+        """The job once it has ended (succeeded, failed or cancelled), followed live through its
+        events stream, or polled every 0.5 s where the server has none or the stream broke twice.
+        progress=True draws a bar on a terminal (stderr; plain lines otherwise); a callable gets each
+        Progress. Raises WaitTimeout past `timeout` seconds."""
+        deadline = Deadline(timeout)
+        watch = JobWatch(self.get(job_id), progress)  # a 404 here is the job's, so one from /events is the route's
+        try:
+            if not watch.ended:
+                follow(self.http, watch, deadline, self.timeout)
+            while not watch.ended:
+                self._check(deadline, watch.job)
+                time.sleep(deadline.cap(POLL_SECONDS))
+                watch.seen(self.get(job_id))
+            if not watch.job.status.is_final:  # the stream's `status` said so: its final view, result included
+                watch.seen(self.get(job_id))
+            return watch.job
+        finally:
+            watch.close()
+
+    @staticmethod
+    def _check(deadline: Deadline, last: JobRead | ComparisonRead) -> None:
+        if deadline.past:
+            what = "job" if isinstance(last, JobRead) else "comparison"
+            raise WaitTimeout(f"{what} {last.id} has not ended in time (still {last.status.value})", last)
+
+    # -- checkpoints, models, predictions
+    def _checkpoint(self, job_id: str, epoch: int | None, write: Callable[[bytes], object]) -> httpx.Response:
+        """Stream a checkpoint into `write`, hashing as it comes; ChecksumMismatch if it differs."""
+        params = {} if epoch is None else {"epoch": epoch}
+        with self._stream("GET", f"/v1/jobs/{job_id}/checkpoint", params=params) as response:
+            expected, digest = expected_sha256(response), hashlib.sha256()
+            for chunk in response.iter_bytes():
+                digest.update(chunk)
+                write(chunk)
+        if digest.hexdigest() != expected:
+            raise ChecksumMismatch(
+                f"checkpoint of job {job_id} arrived with sha256 {digest.hexdigest()}, the server sent {expected}",
+                url=str(response.request.url),
+            )
+        return response
+
+    def download_checkpoint(self, job_id: str, path: str | os.PathLike[str], *, epoch: int | None = None) -> Path:
+        """The checkpoint (latest kept epoch, or `epoch`) saved at `path` (a folder: under the
+        server's file name). Written to a temp file beside it and renamed only once its sha256
+        matched: a failed download leaves no file, and never a partial one at `path`."""
+        target = Path(path)
+        folder = target if target.is_dir() else target.parent
+        handle, temp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                response = self._checkpoint(job_id, epoch, out.write)
+                out.flush()
+                os.fsync(out.fileno())
+            if target.is_dir():
+                sent = re.search(r'filename="([^"/\\]+)"', response.headers.get("Content-Disposition", ""))
+                target = target / (sent.group(1) if sent else f"{job_id}.pt")
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def load_model(self, job_id: str, *, epoch: int | None = None) -> tuple[torch.nn.Module, torch.Tensor | None]:
+        """The job's trained net (the tutorial's class, in eval mode, on the CPU) and its pixel
+        permutation (None for natural pixels). The net expects what training fed it: images
+        (N, 1, 28, 28) scaled to pixels / 255, normalised with mean 0.1307 and std 0.3081, then
+        permuted as x.view(N, -1)[:, permutation].view_as(x). Verified by sha256, read with
+        torch.load(weights_only=True): nothing is unpickled."""
+        import torch
+
+        from service.training.checkpoints import TrainingState
+        from service.training.nets import build_model
+        from service.training.tensors import permutation
+
+        buffer = io.BytesIO()
+        self._checkpoint(job_id, epoch, buffer.write)
+        buffer.seek(0)
+        state = TrainingState.decode(torch.load(buffer, map_location="cpu", weights_only=True))
+        with torch.random.fork_rng(devices=[]):  # building a net draws weights: leave the caller's generator alone
+            model = build_model(state.spec)
+        model.load_state_dict(state.state_dict)
+        model.eval()
+        perm = state.permutation if state.permutation is not None else permutation(state.spec.permutation_seed)
+        return model, perm
+
+    def predict(self, job_id: str, image: bytes | Sequence[int]) -> PredictResponse:
+        """The digit the job's latest checkpoint sees: a 28x28 PNG's bytes, or 784 ints 0..255 row
+        by row (a list; numpy's `array.flatten().tolist()`). Its permutation is applied server-side."""
+        path = f"/v1/jobs/{job_id}/predict"
+        if isinstance(image, bytes | bytearray):
+            response = self._call("POST", path, content=bytes(image), headers={"Content-Type": "image/png"})
+        else:
+            response = self._call("POST", path, json={"pixels": list(image)})
+        return PredictResponse.model_validate_json(response.content)
+
+    # -- comparisons and workers
+    def compare(self, request: ComparisonCreate | dict[str, Any]) -> ComparisonRead:
+        if isinstance(request, dict):
+            try:
+                request = ComparisonCreate.model_validate(request)
+            except ValidationError as exc:
+                raise invalid_spec(exc, "comparison") from exc
+        body = request.model_dump(mode="json", exclude_unset=True)
+        return ComparisonRead.model_validate_json(self._call("POST", "/v1/comparisons", json=body).content)
+
+    def comparison(self, comparison_id: str) -> ComparisonRead:
+        return ComparisonRead.model_validate_json(self._call("GET", f"/v1/comparisons/{comparison_id}").content)
+
+    def comparisons(self, *, limit: int = 20) -> Iterator[ComparisonRead]:
+        """Every comparison, newest first, page after page (`limit` per request)."""
+        return self._paged("/v1/comparisons", [("limit", limit)], comparison_page)
+
+    def wait_comparison(
+        self,
+        comparison_id: str,
+        *,
+        progress: bool | Callable[[ComparisonProgress], None] = False,
+        timeout: float | None = None,
+    ) -> ComparisonRead:
+        """The comparison once every job has ended (a failed one included: the other cells go on),
+        polled every 0.5 s; progress as wait()'s, a callable getting each new ComparisonProgress."""
+        deadline, watch = Deadline(timeout), ComparisonWatch(comparison_id, progress)
+        try:
+            while True:
+                comparison = self.comparison(comparison_id)
+                watch.seen(comparison)
+                if comparison.progress.queued + comparison.progress.running == 0:
+                    return comparison
+                self._check(deadline, comparison)
+                time.sleep(deadline.cap(POLL_SECONDS))
+        finally:
+            watch.close()
+
+    def cancel_comparison(self, comparison_id: str) -> ComparisonRead:
+        return ComparisonRead.model_validate_json(self._call("POST", f"/v1/comparisons/{comparison_id}/cancel").content)
+
+    def delete_comparison(self, comparison_id: str) -> None:
+        self._call("DELETE", f"/v1/comparisons/{comparison_id}")
+
+    def workers(self) -> list[WorkerRead]:
+        return _workers.validate_json(self._call("GET", "/v1/workers").content)
