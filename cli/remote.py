@@ -124,10 +124,12 @@ def parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
     epilog="""\b
 examples:
   mnist-jobs submit cnn --permutation-seed 42 --wait
+  mnist-jobs submit --architecture cnn --wait
   mnist-jobs submit fc --n-hidden 16 --epochs 3 --label team=vision --json
   mnist-jobs submit --spec job.json --seed 7""",
 )
 @click.argument("architecture", type=click.Choice(["fc", "cnn"]), required=False)
+@click.option("--architecture", "architecture_option", type=click.Choice(["fc", "cnn"]), help="or as the argument")
 @spec_options
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="a label; repeat for several")
 @click.option("--spec", "spec_file", type=click.File(), help="a JSON job spec; flags override its fields")
@@ -137,7 +139,13 @@ examples:
 @click.pass_obj
 @handled
 def submit(
-    remote: Remote, /, architecture: str | None, labels: tuple[str, ...], spec_file: Any, **options: Any
+    remote: Remote,
+    /,
+    architecture: str | None,
+    architecture_option: str | None,
+    labels: tuple[str, ...],
+    spec_file: Any,
+    **options: Any,
 ) -> None:
     """Submit a training job; exit 0 once submitted (with --wait: 0 succeeded, 1 failed, 3 cancelled)."""
     idempotency_key, wait, as_json = options.pop("idempotency_key"), options.pop("wait"), options.pop("as_json")
@@ -145,8 +153,10 @@ def submit(
     if not isinstance(spec, dict):
         raise click.BadParameter("the file must hold a JSON object", param_hint="--spec")
     spec |= {name: value for name, value in options.items() if value is not None}
-    if architecture:
-        spec["architecture"] = architecture
+    if architecture and architecture_option and architecture != architecture_option:
+        raise click.UsageError(f"two architectures given: {architecture} and --architecture {architecture_option}")
+    if architecture or architecture_option:
+        spec["architecture"] = architecture or architecture_option
     if labels:
         spec["labels"] = spec.get("labels", {}) | parse_labels(labels)
     if "architecture" not in spec:

@@ -27,7 +27,19 @@ def served(settings, live_server):
 
 def test_submit_wait_list_show_download_and_workers(served, tmp_path):
     server, env = served
-    run = cli(env, "submit", "cnn", "--permutation-seed", "42", "--epochs", "2", "--label", "team=vision", "--wait")
+    run = cli(
+        env,
+        "submit",
+        "--architecture",
+        "cnn",
+        "--permutation-seed",
+        "42",
+        "--epochs",
+        "2",
+        "--label",
+        "team=vision",
+        "--wait",
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("job ") and " succeeded: test accuracy " in run.stdout and "6,422 params" in run.stdout
     assert ": running" in run.stderr and ": succeeded" in run.stderr, "plain progress lines when piped"

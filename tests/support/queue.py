@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from service import queue
+from service import queue, storage
+from service.config import Settings
 from service.db import Database
-from service.schemas import TrainResult
+from service.schemas import EpochRecord, TrainResult
 
 
 def result(accuracy: float) -> TrainResult:
@@ -38,3 +39,16 @@ def end_jobs(db: Database, outcomes: dict[str, float | str]) -> list[str]:
             else:
                 queue.hand_back(session, claim, None)
     return [claim.job_id for claim in claims]
+
+
+def finish_with_checkpoint(settings: Settings, db: Database, job_id: str, payload: bytes) -> str:
+    """End the (only) queued job as a worker would: one epoch with `payload` as its checkpoint file,
+    then finish. Returns the file's path relative to the artifacts dir."""
+    with db.write() as session:
+        (claim,) = queue.claim(session, "worker-1", 60)
+        assert claim.job_id == job_id
+        file = storage.store(settings.artifacts_dir, f"jobs/{job_id}/epoch-001-{claim.token[:8]}.pt", payload)
+        record = EpochRecord(epoch=1, train_loss=0.5, test_loss=0.4, test_accuracy=0.9, correct=9000)
+        queue.record_epoch(session, claim, record, file)
+        queue.finish(session, claim, result(0.9), None)
+    return file.path

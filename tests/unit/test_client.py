@@ -30,18 +30,18 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.synthetic import make_digits
-from service import queue, registry, storage
+from service import queue, registry
 from service.client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout
 from service.client_events import Display, EventParser
 from service.comparison_schemas import ComparisonCreate, ComparisonProgress
 from service.config import Settings
 from service.db import Database
-from service.schemas import CNNSpec, EpochRecord, FCSpec, JobRead, Progress
+from service.schemas import CNNSpec, FCSpec, JobRead, Progress
 from service.states import JobStatus
 from service.training.nets import build_model
 from service.training.tensors import normalise
 from tests.support.processes import REPO, free_port
-from tests.support.queue import end_jobs, result
+from tests.support.queue import end_jobs, finish_with_checkpoint, result
 from tests.support.settings import migrate
 from tests.support.training import CPU
 
@@ -67,18 +67,6 @@ def sent(api: Client) -> list[httpx.Request]:
     requests: list[httpx.Request] = []
     api.http.event_hooks = {"request": [requests.append]}
     return requests
-
-
-def finish_with_checkpoint(settings: Settings, db: Database, job_id: str, payload: bytes) -> Path:
-    """End the (only) queued job as a worker would: one epoch with its checkpoint file, then finish."""
-    with db.write() as session:
-        (claim,) = queue.claim(session, "worker-1", 60)
-        assert claim.job_id == job_id
-        file = storage.store(settings.artifacts_dir, f"jobs/{job_id}/epoch-001-{claim.token[:8]}.pt", payload)
-        record = EpochRecord(epoch=1, train_loss=0.5, test_loss=0.4, test_accuracy=0.9, correct=9000)
-        queue.record_epoch(session, claim, record, file)
-        queue.finish(session, claim, result(0.9), None)
-    return settings.artifacts_dir / file.path
 
 
 def test_importing_the_client_imports_neither_torch_fastapi_nor_sqlalchemy():
@@ -318,7 +306,7 @@ def test_wait_times_out_with_the_last_view_and_returns_an_ended_job_at_once(api,
 def test_download_checkpoint_verifies_the_sha256_and_leaves_no_file_when_it_fails(api, client, settings, db, tmp_path):
     payload = os.urandom(100_000)
     job = api.submit({"architecture": "fc"})
-    stored = finish_with_checkpoint(settings, db, job.id, payload)
+    stored = settings.artifacts_dir / finish_with_checkpoint(settings, db, job.id, payload)
     out = tmp_path / "out"
     out.mkdir()
 

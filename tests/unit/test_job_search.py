@@ -8,9 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service import queue, storage
-from service.schemas import EpochRecord
-from tests.support.queue import end_jobs, result
+from tests.support.queue import end_jobs, finish_with_checkpoint
 
 PROBLEM = "application/problem+json"
 
@@ -96,18 +94,6 @@ def test_sort_by_test_accuracy_pages_best_first_and_leaves_out_unfinished_jobs(c
     assert [job_id for _, job_id in by_accuracy][:1] == seen[:1] and len(seen) == 5 and unfinished not in seen
     got = [client.get(f"/v1/jobs/{job_id}").json()["result"]["test_accuracy"] for job_id in seen]
     assert got == sorted(accuracies, reverse=True)
-
-
-def finish_with_checkpoint(settings, db, job_id: str, payload: bytes) -> str:
-    """End the (only) queued job as a worker would: one epoch with its checkpoint file, then finish."""
-    with db.write() as session:
-        (claim,) = queue.claim(session, "worker-1", 60)
-        assert claim.job_id == job_id
-        file = storage.store(settings.artifacts_dir, f"jobs/{job_id}/epoch-001-{claim.token[:8]}.pt", payload)
-        record = EpochRecord(epoch=1, train_loss=0.5, test_loss=0.4, test_accuracy=0.9, correct=9000)
-        queue.record_epoch(session, claim, record, file)
-        queue.finish(session, claim, result(0.9), None)
-    return file.path
 
 
 def test_reuse_takes_a_finished_jobs_result_and_outlives_its_deletion(client, settings, db):
