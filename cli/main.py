@@ -205,13 +205,27 @@ def data(action: str, dataset: str | None, source_dir: str | None) -> None:
     print(f"{name}: ready in {prepared.raw}; served by {prepared.served_by} in {prepared.seconds:.1f} s")
 
 
-@cli.command(epilog="example: mnist-jobs db upgrade")
-@click.argument("action", type=click.Choice(["upgrade", "current"]))
-def db(action: str) -> None:
-    """The database schema: upgrade to the head, or show the current revision."""
+@cli.command(epilog="examples: mnist-jobs db upgrade; mnist-jobs db backup backups/jobs-2026-11-29.db")
+@click.argument("action", type=click.Choice(["upgrade", "current", "backup"]))
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def db(action: str, file: Path | None) -> None:
+    """The database: upgrade to the head, show the current revision, or back it up to FILE (a
+    consistent copy of a live SQLite database, taken while jobs run)."""
     from service.db import current_revision, head_revision, upgrade
 
     settings = Settings()
+    if action == "backup":
+        from service import backup
+        from service.errors import InvalidInput
+
+        if file is None:
+            raise click.UsageError("db backup needs the FILE to write")
+        try:
+            size = backup.backup(settings.database_url, file)
+        except InvalidInput as exc:
+            sys.exit(f"mnist-jobs db backup: {exc.detail}")
+        print(f"backed up to {file} ({size / 1e6:.1f} MB)")
+        return
     if action == "upgrade":
         upgrade(settings.database_url)
     current, head = current_revision(settings.database_url), head_revision()
