@@ -1,11 +1,12 @@
 # make setup: build .venv from nothing; make serve: API + workers on SQLite; make test: lint, then
-# the whole suite; make test-fast: the unit half (no processes, no sockets); make lint: ruff + mypy.
+# the whole suite (SQLite and PostgreSQL); make test-fast: the unit half (no processes, no sockets);
+# make test-postgres: the database tests on PostgreSQL only; make lint: ruff + mypy.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-fast test-browser lint format bench gpu-check clean
+.PHONY: setup serve test test-fast test-postgres test-browser lint format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -30,8 +31,14 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+# test-fast leaves out the PostgreSQL half (it would add ~17 s on two cores, past a minute).
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/python -m pytest -q -n 2 tests/unit -k "not postgresql"
+
+# The PostgreSQL half alone: the tests marked `databases`, on a throwaway cluster the tests start
+# (tests/support/postgres.py) or on MNIST_JOBS_TEST_POSTGRES_URL. `make test` runs them too.
+test-postgres: setup
+	$(BIN)/python -m pytest -q -m databases -k postgresql
 
 # The dashboard in headless Chromium (installed with apt-get when missing; skipped, saying why, when
 # that is not possible). `make test` runs these too.

@@ -3,6 +3,10 @@
 Write transactions start with BEGIN IMMEDIATE so that two processes never both read a row and then
 race to update it (SQLite would answer the loser "database is locked" instead of waiting). Reads use
 a plain deferred BEGIN, so status reads never queue behind writers in WAL mode.
+
+PostgreSQL (postgresql+psycopg://...) uses plain READ COMMITTED transactions: the claim locks its
+rows with FOR UPDATE SKIP LOCKED and every later write is fenced (service.queue), so nothing there
+needs a wider lock. Its leases run on the server's clock (db_now).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -54,6 +59,18 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def db_now(session: Session) -> datetime:
+    """Now, on the database's clock (aware UTC): what leases, their expiry and run_after are
+    measured by, so workers on hosts whose clocks disagree never steal or lose a lease. On a server
+    it is the server's clock_timestamp() (the moment of the statement; now() would be the same
+    for a whole transaction); SQLite's file is local, so its clock is this host's."""
+    if session.get_bind().dialect.name == "sqlite":
+        return datetime.now(UTC)
+    value = session.scalar(select(func.timezone("UTC", func.clock_timestamp())))
+    assert isinstance(value, datetime), value
+    return value.replace(tzinfo=UTC)
 
 
 class Database:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from service import events, storage
 from service.cost import estimate
+from service.db import db_now
 from service.errors import Conflict, NotFound
 from service.models import Job, JobLabel, Step, utcnow
 from service.reuse import ReusePolicy, adopt, find_original, spec_sha256
@@ -92,7 +93,7 @@ def enqueue(
         return _same_request(existing, fingerprint), False
     if spec.seed is None:
         spec = spec.model_copy(update={"seed": secrets.randbelow(SEED_CHOICE_MAX + 1)})
-    now = utcnow() if cell is None else cell.created_at
+    now = db_now(session) if cell is None else cell.created_at  # run_after: the claim's clock
     stored_spec = spec.model_dump(mode="json")
     job = Job(
         id=str(uuid.uuid4()),

@@ -6,7 +6,8 @@ BEGIN IMMEDIATE, on PostgreSQL the subquery locks with SKIP LOCKED, so two worke
 same job. After a claim every write of the worker is fenced: an UPDATE guarded by id AND
 lease_token AND status = 'running'. When it touches no row the worker has lost the job, and the
 rows it would have added (an epoch, step losses, the end of its attempt) are not written either,
-nor the events (service.events) that each change appends in the same transaction.
+nor the events (service.events) that each change appends in the same transaction. Leases and
+run_after are measured on the database's clock (service.db.db_now).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from service import events
+from service.db import db_now
 from service.errors import LeaseLost
 from service.models import Attempt, Epoch, Job, Step, utcnow
 from service.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
@@ -53,7 +55,7 @@ def claim(
 ) -> list[Claim]:
     """Take up to `limit` of the oldest runnable queued jobs, oldest first. With `pack_key`: only
     fresh jobs (nothing to resume) of that key, the ones that can join a pack."""
-    now = utcnow()
+    now = db_now(session)
     oldest = (
         select(Job.id)
         .where(Job.status == JobStatus.queued.value, Job.run_after <= now)
@@ -110,7 +112,7 @@ def claim(
 
 def has_runnable(session: Session) -> bool:
     """A cheap read that lets idle workers skip the write transaction of a claim."""
-    query = select(Job.id).where(Job.status == JobStatus.queued.value, Job.run_after <= utcnow()).limit(1)
+    query = select(Job.id).where(Job.status == JobStatus.queued.value, Job.run_after <= db_now(session)).limit(1)
     return session.scalar(query) is not None
 
 
@@ -143,7 +145,8 @@ def _end(session: Session, lease: Lease, outcome: Outcome, steps: Sequence[StepM
 
 def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Progress | None) -> bool:
     """Renew the lease and store progress; returns whether a cancel was requested."""
-    values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds), "updated_at": utcnow()}
+    now = db_now(session)
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
     if progress is not None:
         values["progress"] = progress.model_dump(mode="json")
     cancel_requested = session.scalar(
@@ -278,7 +281,7 @@ def hand_back(session: Session, lease: Lease, resume: StoredFile | None) -> Outc
     if resume is not None:
         values = {"resume_path": resume.path, "resume_sha256": resume.sha256}
     cancelled = Job.cancel_requested.is_(True)
-    now = utcnow()
+    now = db_now(session)
     status = session.scalar(
         update(Job)
         .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == RUNNING)
@@ -320,7 +323,7 @@ def reap(
     """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
     Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds."""
     events.prune(session, events_keep_seconds)
-    now = utcnow()
+    now = db_now(session)
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
         .where(Job.status == RUNNING, Job.lease_expires_at < now)

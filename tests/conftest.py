@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,8 +13,39 @@ from fastapi.testclient import TestClient
 from bench.synthetic import write_mnist
 from service.config import Settings
 from service.db import Database
+from tests.support import postgres
 from tests.support.processes import LiveServer, Workers
 from tests.support.settings import make_settings, migrate
+
+DATABASE_KINDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `databases` that use `settings` run once on SQLite and once on PostgreSQL;
+    `@pytest.mark.databases("sqlite")` on one test of such a module keeps it to the kinds named."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "settings" in metafunc.fixturenames:
+        metafunc.parametrize("database_kind", marker.args or DATABASE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """ "sqlite" unless the test is marked `databases` (then each of DATABASE_KINDS in turn)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.Server]:
+    """The session's PostgreSQL (tests.support.postgres); the tests that need it skip, saying why, without."""
+    try:
+        server = postgres.start()
+    except RuntimeError as error:
+        print(f"\nPostgreSQL tests skipped: {error}", file=sys.__stderr__, flush=True)
+        pytest.skip(f"PostgreSQL tests skipped: {error}")
+    postgres.ACTIVE.append(server)
+    yield server
+    postgres.ACTIVE.remove(server)
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +56,15 @@ def mnist_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 
 @pytest.fixture
-def settings(tmp_path: Path, mnist_data: tuple[Path, dict[str, str]]) -> Settings:
-    return make_settings(tmp_path, *mnist_data)
+def settings(
+    tmp_path: Path, mnist_data: tuple[Path, dict[str, str]], database_kind: str, request: pytest.FixtureRequest
+) -> Settings:
+    """SQLite file under tmp_path; for `databases` tests on PostgreSQL, a fresh empty database."""
+    settings = make_settings(tmp_path, *mnist_data)
+    if database_kind == "postgresql":
+        server: postgres.Server = request.getfixturevalue("postgres_server")
+        settings = settings.model_copy(update={"database_url": server.new_database()})
+    return settings
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Faults with real processes on a real SQLite file: kill, pause, stop and hammer workers.
+"""Faults with real processes on a real SQLite file and a PostgreSQL database: kill, pause, stop and
+hammer workers.
 
 Workers run as `mnist-jobs worker` subprocesses with a 2 s lease and 0.1 s heartbeats, so a lost
 worker is noticed in about two seconds; every wait polls (wait_until), nothing sleeps a fixed time.
@@ -34,6 +35,8 @@ from tests.support.files import immutable
 from tests.support.processes import REPO, wait_until
 from tests.support.settings import settings_env
 from tests.support.training import Recorded, trainer_for
+
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 
 LEASE_SECONDS = 2.0
 FAULT_SETTINGS = {

@@ -1,4 +1,5 @@
-"""Settings for tests: a migrated SQLite file and small IDX files under the test's tmp_path."""
+"""Settings for tests: a migrated SQLite file (or PostgreSQL database: tests.support.postgres) and small
+IDX files under the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from service.config import Settings
 from service.db import upgrade
 from service.storage import private_dirs
+from tests.support import postgres
 
 
 def make_settings(tmp_path: Path, data_root: Path, checksums: dict[str, str]) -> Settings:
@@ -66,6 +68,9 @@ def migrate(database_url: str) -> None:
     """What `upgrade(database_url)` gives a new SQLite file, by copying a file this process migrated
     once (running every migration costs about half a second per test). Tests of the migrations
     themselves call upgrade."""
+    if database_url.startswith("postgresql") and postgres.ACTIVE:
+        postgres.ACTIVE[0].migrated(database_url)
+        return
     target = Path(database_url.removeprefix("sqlite:///"))
     if not database_url.startswith("sqlite:///") or target.exists():
         upgrade(database_url)

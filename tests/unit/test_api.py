@@ -120,6 +120,7 @@ def test_unfinished_jobs_cannot_be_deleted_and_have_no_checkpoint_yet(client):
     assert response.status_code == 409 and "no checkpoint" in response.json()["detail"]
 
 
+@pytest.mark.databases
 def test_idempotency_key_returns_the_same_job_or_409(client):
     headers = {"Idempotency-Key": "abc-123"}
     first = client.post("/v1/jobs", json={"architecture": "fc"}, headers=headers)

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.queue import end_jobs
 
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
+
 PROBLEM = "application/problem+json"
 T_975_DF4 = 2.7764451051977987  # Student's t quantile for a 95 % interval with 5 values
 

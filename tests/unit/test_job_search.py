@@ -10,6 +10,8 @@ import pytest
 
 from tests.support.queue import end_jobs, finish_with_checkpoint
 
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
+
 PROBLEM = "application/problem+json"
 
 

@@ -13,7 +13,7 @@ from service.models import Epoch
 from service.states import Outcome
 from tests.support.training import CPU
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.databases]  # on SQLite and PostgreSQL
 PROBLEM = "application/problem+json"
 
 

@@ -17,7 +17,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, select, text
+from sqlalchemy import MetaData, inspect, select, text
 
 from service import jobs, queue
 from service.cost import estimate
@@ -28,11 +28,13 @@ from service.queue import Lease
 from service.reuse import spec_sha256
 from service.schemas import job_spec_adapter
 
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
+
 FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data"
 
 
-def test_models_and_migrations_agree(tmp_path):
-    url = f"sqlite:///{tmp_path / 'schema.db'}"
+def test_models_and_migrations_agree(settings):
+    url = settings.database_url
     upgrade(url)
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -41,7 +43,7 @@ def test_models_and_migrations_agree(tmp_path):
     assert diff == [], f"models and migrations differ: {diff}"
 
 
-def test_upgrade_creates_tables_in_wal_mode_and_is_idempotent(tmp_path):
+def test_upgrade_creates_tables_in_wal_mode_and_is_idempotent(tmp_path):  # PRAGMAs: SQLite's alone
     url = f"sqlite:///{tmp_path / 'schema.db'}"
     upgrade(url)
     upgrade(url)
@@ -68,16 +70,35 @@ def test_the_api_refuses_a_database_that_is_not_at_head_and_says_what_to_run(set
             pass
 
 
-def load_fixture(path: Path) -> str:
-    """A SQLite file holding revision 0001's rows, exactly as that code wrote them."""
+def load_fixture(settings, tmp_path: Path) -> str:
+    """The settings' database holding revision 0001's rows, exactly as that code wrote them: the
+    SQLite file the fixture's SQL makes, or on PostgreSQL those rows copied (SQLAlchemy Core) into
+    a database that `upgrade` brought to 0001, as 0001's code would have written them there."""
+    path = tmp_path / "jobs_0001.db"
     connection = sqlite3.connect(path)
     connection.executescript((FIXTURE / "jobs_0001.sql").read_text())
     connection.close()
-    return f"sqlite:///{path}"
+    if settings.database_url.startswith("sqlite"):
+        return f"sqlite:///{path}"
+    url = settings.database_url
+    upgrade(url, "0001")
+    source, target = make_engine(f"sqlite:///{path}"), make_engine(url)
+    old, new = MetaData(), MetaData()
+    old.reflect(source)
+    new.reflect(target)
+    with source.connect() as reading, target.begin() as writing:
+        for table in new.sorted_tables:
+            if table.name != "alembic_version" and (rows := reading.execute(select(old.tables[table.name])).all()):
+                writing.execute(table.insert(), [row._asdict() for row in rows])
+    source.dispose()
+    target.dispose()
+    return url
 
 
 def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
     """Every row of every table, JSON columns parsed, for comparing two databases."""
+    if not url.startswith("sqlite"):
+        return _rows_through_core(url)
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
     connection.row_factory = sqlite3.Row
     tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -91,6 +112,22 @@ def raw_rows(url: str) -> dict[str, list[dict[str, Any]]]:
         rows[table] = sorted(found, key=lambda row: json.dumps(row, sort_keys=True, default=str))
     connection.close()
     return rows
+
+
+def _rows_through_core(url: str) -> dict[str, list[dict[str, Any]]]:
+    """raw_rows on a server database: every table reflected, its JSON columns read as JSON."""
+    engine, metadata = make_engine(url), MetaData()
+    metadata.reflect(engine)
+    with engine.connect() as connection:
+        rows = {
+            name: [row._asdict() for row in connection.execute(select(table))]
+            for name, table in metadata.tables.items()
+        }
+    engine.dispose()
+    return {
+        name: sorted(found, key=lambda row: json.dumps(row, sort_keys=True, default=str))
+        for name, found in rows.items()
+    }
 
 
 # Fields added to a job's JSON after revision 0001, and what a job migrated from it shows in each.
@@ -127,7 +164,7 @@ def served(settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def test_upgrade_moves_every_job_metric_checkpoint_and_attempt_and_downgrade_moves_them_back(settings, tmp_path):
-    url = load_fixture(tmp_path / "jobs.db")
+    url = load_fixture(settings, tmp_path)
     settings = settings.model_copy(update={"database_url": url})
     original = raw_rows(url)
     expected = json.loads((FIXTURE / "jobs_0001.json").read_text())
@@ -175,10 +212,13 @@ def test_a_worker_refuses_a_database_that_is_not_at_head(settings):
         run_worker(settings)
 
 
+# SQLite only: 0001's code wrote the NaN token into a JSON text column, which only SQLite accepts
+# (PostgreSQL's json type rejects it), so no PostgreSQL database can hold what this migrates.
+@pytest.mark.databases("sqlite")
 def test_a_job_whose_losses_went_nan_under_revision_0001_upgrades_with_null_losses(settings, tmp_path):
     """0001's code stored NaN for a diverged job (its API showed null); SQLite cannot keep NaN in a
     REAL column, so the upgrade keeps null there, as the old API showed, instead of failing."""
-    url = load_fixture(tmp_path / "jobs.db")
+    url = load_fixture(settings, tmp_path)
     settings = settings.model_copy(update={"database_url": url})
     job_id = "132c177e-fa96-47a9-a1c9-b592037151c3"  # a succeeded FC job of the fixture
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))

@@ -1,5 +1,5 @@
-"""The queue on a real migrated SQLite file: fencing, reaper edges, backoff, hand-back, idempotency,
-and the epochs and attempts rows each fenced write leaves.
+"""The queue on a real migrated SQLite file and PostgreSQL database: fencing, reaper edges, backoff,
+hand-back, idempotency, and the epochs and attempts rows each fenced write leaves.
 
 The clock is controlled by writing `lease_expires_at` / `run_after` straight into the row (the
 reaper and claim compare them with the database's idea of now), so nothing here sleeps.
@@ -20,6 +20,8 @@ from service.queue import Claim
 from service.schemas import EpochRecord, Progress, TrainResult, job_spec_adapter
 from service.states import JobStatus, Outcome
 from service.storage import StoredFile
+
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 
 WORKER_A, WORKER_B = "worker-a", "worker-b"
 BACKOFF = {"base_seconds": 10.0, "max_seconds": 10_000.0}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from service import registry
 from service.models import Worker, utcnow
+
+pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 
 
 def listed(db, include_stopped: bool = False) -> dict[str, Worker]:

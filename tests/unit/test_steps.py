@@ -258,6 +258,7 @@ def lose_lease(db, claim) -> queue.Claim:
         return queue.claim(session, "worker-b", 60)[0]
 
 
+@pytest.mark.databases
 def test_record_steps_is_fenced_and_a_retry_replaces_the_steps_it_trains_again(db):
     stale = submit_and_claim(db)
     with db.write() as session:
@@ -274,6 +275,7 @@ def test_record_steps_is_fenced_and_a_retry_replaces_the_steps_it_trains_again(d
     assert stored_steps(db, stale.job_id) == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
 
 
+@pytest.mark.databases
 def test_finish_sets_test_accuracy_and_writes_the_last_steps_in_its_transaction(db):
     claim = submit_and_claim(db)
     with db.write() as session:
@@ -305,6 +307,7 @@ def settled(*steps: int, every: int = 1) -> Live:
     return live
 
 
+@pytest.mark.databases
 def test_the_heartbeat_writes_the_settled_steps_once_and_a_lost_lease_writes_none(db):
     claim = submit_and_claim(db)
     live = settled(1, 2)
@@ -336,6 +339,7 @@ def claim_spec(db, **fields) -> queue.Claim:
         return queue.claim(session, "worker-a", 3600)[0]
 
 
+@pytest.mark.databases
 def test_the_runner_writes_the_steps_with_the_finish(settings, db):
     claim = claim_spec(db, epochs=2)
     assert quiet_runner(settings, db, 4).run([claim]) == {claim.job_id: Outcome.succeeded}
@@ -347,6 +351,7 @@ def test_the_runner_writes_the_steps_with_the_finish(settings, db):
         assert sum(map(sum, job.result["confusion"])) == N_TEST
 
 
+@pytest.mark.databases
 def test_the_runner_writes_the_steps_with_a_hand_back_up_to_the_stop(settings, db):
     claim = claim_spec(db, epochs=100, batch_size=1)  # 60,000 steps: only the stop ends it
     runner = quiet_runner(settings, db, 1)
@@ -370,6 +375,7 @@ def test_the_runner_writes_the_steps_with_a_hand_back_up_to_the_stop(settings, d
     assert [n for n, _ in stored_steps(db, claim.job_id)] == list(range(1, stopped_at + 1))
 
 
+@pytest.mark.databases
 def test_the_runner_writes_the_finite_steps_with_a_divergence_failure(settings, db):
     claim = claim_spec(db, seed=3, n_hidden=1024, lr=10, momentum=0.999)
     assert quiet_runner(settings, db, 1).run([claim]) == {claim.job_id: Outcome.failed}

@@ -1,0 +1,107 @@
+"""What only PostgreSQL can show: two transactions racing to submit the same Idempotency-Key (SQLite's
+BEGIN IMMEDIATE serialises them), and leases measured on the server's clock, not the host's."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from service import jobs, queue
+from service.db import Database, db_now
+from service.models import Job, utcnow
+from service.schemas import job_spec_adapter
+from service.states import JobStatus
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.databases("postgresql")
+
+SPEC = job_spec_adapter.validate_python({"architecture": "cnn", "seed": 1})
+KEY = "race-1"
+
+
+def test_two_transactions_racing_one_idempotency_key_get_the_same_job_and_one_row(db, monkeypatch):
+    """A inserts the key and holds its transaction open; B's SELECT finds nothing (A has not
+    committed), B's INSERT waits on the unique index; A commits; B's INSERT fails, its savepoint
+    is rolled back and B answers with A's job."""
+    searched: dict[str, list[Any]] = {}
+    by_key = jobs._by_key
+
+    def recording(session, key):
+        found = by_key(session, key)
+        searched.setdefault(threading.current_thread().name, []).append(found)
+        return found
+
+    monkeypatch.setattr(jobs, "_by_key", recording)
+    first, second = Database(db.url), Database(db.url)
+    results: dict[str, tuple[str, bool]] = {}
+    a_inserted, a_may_commit = threading.Event(), threading.Event()
+    b_pid: list[int] = []
+
+    def a() -> None:
+        with first.write() as session:
+            job, created = jobs.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
+            results["a"] = (job.id, created)
+            a_inserted.set()
+            assert a_may_commit.wait(60)
+
+    def b() -> None:
+        assert a_inserted.wait(60)
+        with second.write() as session:
+            b_pid.append(session.scalar(text("SELECT pg_backend_pid()")))
+            job, created = jobs.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
+            results["b"] = (job.id, created)
+
+    threads = [threading.Thread(target=a, name="a"), threading.Thread(target=b, name="b")]
+    for thread in threads:
+        thread.start()
+
+    def b_waits_on_a_lock() -> bool:
+        with db.read() as session:
+            query = text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+            return bool(b_pid) and session.scalar(query, {"pid": b_pid[0]}) == "Lock"
+
+    wait_until(b_waits_on_a_lock, timeout=30)  # B did its SELECT and blocks in its INSERT
+    assert searched["b"][0] is None, "B's SELECT ran before A committed, and found nothing"
+    a_may_commit.set()
+    for thread in threads:
+        thread.join(60)
+    first.dispose()
+    second.dispose()
+
+    assert results["a"][1] is True and results["b"] == (results["a"][0], False)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_leases_run_on_the_servers_clock_not_on_a_skewed_hosts(db, monkeypatch):
+    """A host whose clock is an hour ahead neither reaps a live lease nor hands out a lease
+    that expires an hour late; its run_after waits on the server's time."""
+    with db.write() as session:
+        job_id = jobs.enqueue(session, SPEC, default_max_attempts=3)[0].id
+        server_now = db_now(session)
+    assert abs(server_now - utcnow()) < timedelta(seconds=5), "one machine: the clocks agree here"
+
+    skewed = utcnow() + timedelta(hours=1)
+    for module in ("service.queue", "service.jobs", "service.models"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: skewed, raising=False)
+    with db.write() as session:
+        claim = queue.claim(session, "worker-a", lease_seconds=60)[0]
+    with db.read() as session:
+        expires = session.scalar(select(Job.lease_expires_at).where(Job.id == job_id))
+    assert expires is not None and expires < utcnow() + timedelta(minutes=5), "a 60 s lease on the server's clock"
+
+    with db.write() as session:  # the skewed host's reaper: the lease has 60 s left on the server
+        assert queue.reap(session, base_seconds=1, max_seconds=1) == []
+    with db.write() as session:
+        assert queue.heartbeat(session, claim, 60, None) is False
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    with db.write() as session:
+        assert queue.reap(session, base_seconds=30, max_seconds=30) == [job_id]
+    with db.read() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.queued.value
+        assert job.run_after < utcnow() + timedelta(minutes=5), "the backoff counts from the server's now"
