@@ -31,11 +31,18 @@ from service.errors import SchemaOutOfDate
 from service.storage import private_file
 
 BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL ends a session that sits inside a transaction doing nothing for this long, which frees
+# its row locks: a worker paused (SIGSTOP) or hung mid-transaction must not block the reaper, and so
+# its job, for as long as its connection stays open. Every transaction of ours takes milliseconds.
+IDLE_IN_TRANSACTION_MS = 10_000
 READ_ONLY = "mnist_jobs_read_only"  # execution option: begin a deferred (read) transaction
 
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":

@@ -327,7 +327,7 @@ def reap(
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
         .where(Job.status == RUNNING, Job.lease_expires_at < now)
-        .with_for_update()
+        .with_for_update(skip_locked=True)  # a row its worker is writing now is reaped next time
     ).all()
     reaped: list[str] = []
     for job in expired:
