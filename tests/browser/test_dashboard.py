@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -30,6 +31,20 @@ PAGES = ["/", "/submit", "/comparisons", f"/jobs/{uuid.uuid4()}", f"/comparisons
 
 def wait(browser: Chrome, condition: Any, timeout: float = HANG_GUARD_SECONDS) -> Any:
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda _: condition())
+
+
+def click(browser: Chrome, selector: str) -> None:
+    """Click the element, found again if the page re-rendered it between finding and clicking (a
+    late event redraws the tables)."""
+
+    def attempt() -> bool:
+        try:
+            browser.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(browser, attempt)
 
 
 def by_id(browser: Chrome, element_id: str) -> WebElement:
@@ -122,7 +137,7 @@ def test_submit_a_job_watch_it_train_and_download_its_checkpoint(live_server, br
     job = server.client.get(f"/v1/jobs/{job_id}").json()
     latest = max(job["result"]["checkpoints"], key=lambda c: c["epoch"])
     filename = f"{job_id}-epoch{latest['epoch']:03d}.pt"
-    browser.find_element(By.CSS_SELECTOR, f'a.download[download="{filename}"]').click()
+    click(browser, f'a.download[download="{filename}"]')
     saved = downloads / filename
     wait(browser, lambda: saved.exists() and not list(downloads.glob("*.crdownload")))
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == latest["sha256"]
