@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ import httpx
 import torch
 
 from bench import textbook
-from bench.run import REPO, TUTORIAL_JOBS, data_dir
+from bench.run import TUTORIAL_JOBS, data_dir, start_serve
 from cli.compare import render
 from service.comparison_schemas import ComparisonRead
 
@@ -42,23 +40,6 @@ def textbook_runs(root: Path) -> dict[str, float]:
             f"textbook {architecture} permutation={permutation_seed}: {time.perf_counter() - started:.1f} s", flush=True
         )
     return times
-
-
-def start_server(root: Path, tmp: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MNIST_JOBS_DATA_DIR": str(root),
-        "MNIST_JOBS_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-        "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "artifacts"),
-        "MNIST_JOBS_DEVICE": "cpu",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def wait_workers(api: httpx.Client, workers: int) -> None:
@@ -110,7 +91,7 @@ def main() -> None:
         root = data_dir(tmp)
         book = textbook_runs(root)
         four_book = sum(book.values())
-        server = start_server(root, tmp, args.workers, args.port)
+        server = start_serve(root, tmp, args.workers, args.port)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=30) as api:
                 wait_workers(api, args.workers)

@@ -132,9 +132,8 @@ def packed_epochs(root: Path, sizes: list[int]) -> None:
         print(f"| {size} | {trainer.train_seconds:.2f} | {trainer.train_seconds / size:.3f} |", flush=True)
 
 
-def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
-    """Seconds from submitting the tutorial's four jobs to all succeeded, and the largest idle gap
-    between one job's end and the next one's start on the same worker."""
+def start_serve(root: Path, tmp: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
+    """`mnist-jobs serve` on the real data in `root`, a fresh SQLite file and artifacts dir under `tmp`."""
     env = {
         **os.environ,
         "MNIST_JOBS_DATA_DIR": str(root),
@@ -142,14 +141,20 @@ def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
         "MNIST_JOBS_ARTIFACTS_DIR": str(tmp / "artifacts"),
         "MNIST_JOBS_DEVICE": "cpu",
     }
-    port = 8765
-    server = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def serve_four_jobs(root: Path, tmp: Path, workers: int) -> tuple[float, float]:
+    """Seconds from submitting the tutorial's four jobs to all succeeded, and the largest idle gap
+    between one job's end and the next one's start on the same worker."""
+    port = 8765
+    server = start_serve(root, tmp, workers, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
             deadline = time.monotonic() + 120

@@ -17,7 +17,7 @@ from pydantic_core import to_jsonable_python
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings
 from api.routes.predict import get_inference
 from service import comparisons, jobs, pictures
-from service.datasets.samples import read_test_samples
+from service.datasets.samples import read_test_samples, test_pins
 from service.errors import Conflict
 from service.schemas import DATASETS, SEED_MAX, EpochMetrics, StepMetrics
 
@@ -52,11 +52,15 @@ def samples(
 ) -> Response:
     """The tutorial's figures: the first `count` test digits; with `permutation_seed`, each beside
     its permuted version (the permutation every job with that seed trains on)."""
-    images, labels = read_test_samples(settings, name, count)
-    order = None if permutation_seed is None else get_inference(request).permutation(permutation_seed)
-    content = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-    key = {"picture": "samples", "dataset": name, "content": content, "permutation_seed": permutation_seed}
-    return png(request, settings, key, lambda: pictures.samples_png(images, labels, order, permutation_seed))
+
+    def render() -> bytes:  # only on a cache miss: the data files and the inference helper are not touched on a hit
+        images, labels = read_test_samples(settings, name, count)
+        order = None if permutation_seed is None else get_inference(request).permutation(permutation_seed)
+        return pictures.samples_png(images, labels, order, permutation_seed)
+
+    pins = test_pins(settings, name)  # the content drawn, without reading it
+    key = {"picture": "samples", "dataset": name, "pins": pins, "count": count, "permutation_seed": permutation_seed}
+    return png(request, settings, key, render)
 
 
 @router.get("/v1/jobs/{job_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)
