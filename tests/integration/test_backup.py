@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 
-from tests.support.processes import REPO, mnist_jobs, wait_until
+from tests.support.processes import run_cli, wait_until
 from tests.support.settings import settings_env
 
 
@@ -17,15 +16,7 @@ def test_a_backup_taken_while_jobs_run_restores_and_serves_its_jobs(settings, li
     server.wait_for_status(running["id"], {"running"})
 
     target = tmp_path / "backups" / "jobs.db"
-    run = subprocess.run(
-        mnist_jobs("db", "backup", str(target)),
-        env=settings_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = run_cli(settings_env(settings), "db", "backup", str(target), timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"backed up to {target}" in run.stdout and (target.stat().st_mode & 0o777) == 0o600
     with sqlite3.connect(target) as copy:
@@ -46,23 +37,7 @@ def test_a_backup_taken_while_jobs_run_restores_and_serves_its_jobs(settings, li
 
 def test_backup_refuses_what_it_cannot_copy(settings, tmp_path):
     env = settings_env(settings, database_url="postgresql+psycopg://127.0.0.1:1/none")
-    run = subprocess.run(
-        mnist_jobs("db", "backup", str(tmp_path / "x.db")),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_cli(env, "db", "backup", str(tmp_path / "x.db"), timeout=60)
     assert run.returncode == 1 and "pg_dump" in run.stderr and not (tmp_path / "x.db").exists()
-    missing = subprocess.run(
-        mnist_jobs("db", "backup"),
-        env=settings_env(settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    missing = run_cli(settings_env(settings), "db", "backup", timeout=60)
     assert missing.returncode == 2 and "FILE" in missing.stderr

@@ -3,9 +3,7 @@ real worker, on the small IDX files; then the same comparison again, answered by
 
 from __future__ import annotations
 
-import subprocess
-
-from tests.support.processes import REPO, mnist_jobs
+from tests.support.processes import run_cli
 from tests.support.settings import settings_env
 
 COMPARE = ("compare", "--seeds", "2", "--no-reuse", "--wait")
@@ -14,9 +12,7 @@ COMPARE = ("compare", "--seeds", "2", "--no-reuse", "--wait")
 def test_compare_wait_trains_the_grid_and_prints_the_table(settings, live_server):
     server = live_server(workers=1, step_metrics_every=4)  # the small training set has 10 steps an epoch
     env = {**settings_env(settings), "MNIST_JOBS_URL": server.url}
-    run = subprocess.run(
-        mnist_jobs(*COMPARE), env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
-    )
+    run = run_cli(env, *COMPARE, timeout=600)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("comparison ") and ": succeeded, seeds [1, 2]" in lines[0]
@@ -40,14 +36,6 @@ def test_compare_wait_trains_the_grid_and_prints_the_table(settings, live_server
     steps = server.client.get(f"/v1/jobs/{fc[0]['id']}/metrics").json()["items"]
     assert [step["step"] for step in steps] == [4, 8], "the training loss every 4 steps"
 
-    again = subprocess.run(
-        mnist_jobs("compare", "--seeds", "2", "--json", "--wait"),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = run_cli(env, "compare", "--seeds", "2", "--json", "--wait", timeout=120)
     assert again.returncode == 0, again.stderr
     assert '"succeeded": 8' in again.stdout and '"reuse": true' in again.stdout, "every job reused"

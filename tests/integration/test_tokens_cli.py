@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.support.processes import REPO, LiveServer, mnist_jobs
+from tests.support.processes import LiveServer, run_cli
 from tests.support.settings import settings_env
 
 
 def cli(settings, *args: str, **overrides: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        mnist_jobs(*args),
-        env=settings_env(settings, **overrides),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(settings_env(settings, **overrides), *args, timeout=120)
 
 
 def test_tokens_create_list_revoke(settings, tmp_path):

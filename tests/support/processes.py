@@ -29,6 +29,13 @@ def mnist_jobs(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 
 
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`mnist-jobs ARGS` run to its end with its output captured; the caller checks the exit code."""
+    return subprocess.run(
+        mnist_jobs(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
