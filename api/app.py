@@ -19,7 +19,7 @@ from api import dashboard, docs, errors, metrics, openapi
 from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
 from api.routes import comparisons, datasets, events, jobs, pictures, predict, workers
-from service import auth
+from service import __version__, auth
 from service.config import Settings
 from service.db import Database, require_head
 from service.inference import InferenceClient
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="mnist-jobs",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.",
         docs_url=None,  # docs.install serves them from installed files, not from a CDN

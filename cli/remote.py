@@ -328,7 +328,15 @@ def workers(remote: Remote, /, as_json: bool) -> None:
         emit_json(found)
         return
     rows = (
-        [w.id[:8], w.host, str(w.pid), w.device, "gone" if w.stopped_at else "alive", (w.current_job_id or "")[:8]]
+        [
+            w.id[:8],
+            w.host,
+            str(w.pid),
+            w.device,
+            w.version or "?",
+            "gone" if w.stopped_at else "alive",
+            (w.current_job_id or "")[:8],
+        ]
         for w in found
     )
-    table(rows, ["ID", "HOST", "PID", "DEVICE", "STATE", "JOB"])
+    table(rows, ["ID", "HOST", "PID", "DEVICE", "VERSION", "STATE", "JOB"])

@@ -235,6 +235,8 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str | None] = mapped_column(String(64))  # mnist-jobs; None: registered before 0007
+    torch_version: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]

@@ -2,7 +2,11 @@
 
 A worker that dies without saying so (SIGKILL, a lost host) is marked gone by the others once it
 has been silent longer than a lease: its `stopped_at` becomes the last time it was seen. A worker
-that was only paused and comes back clears the mark with its next sign of life.
+that was only paused and comes back clears the mark with its next sign of life. Times are the
+database's (db_now), as leases are: workers on hosts whose clocks disagree never mark each other gone.
+
+Each worker records the host, device and versions (mnist-jobs, torch) it runs: with workers on
+many hosts, a job's numbers depend on the code and the torch build of the worker that trained it.
 """
 
 from __future__ import annotations
@@ -13,17 +17,31 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.models import Worker, utcnow
+from service import __version__
+from service.db import db_now
+from service.models import Worker
 
 
-def register(session: Session, worker_id: str, *, host: str, pid: int, device: str) -> None:
-    now = utcnow()
-    session.add(Worker(id=worker_id, host=host, pid=pid, device=device, started_at=now, last_seen_at=now))
+def register(session: Session, worker_id: str, *, host: str, pid: int, device: str, torch_version: str) -> None:
+    """Register this process; `torch_version` is torch.__version__ (with its build, e.g. "+cu130")."""
+    now = db_now(session)
+    session.add(
+        Worker(
+            id=worker_id,
+            host=host,
+            pid=pid,
+            device=device,
+            version=__version__,
+            torch_version=torch_version,
+            started_at=now,
+            last_seen_at=now,
+        )
+    )
     session.flush()
 
 
 def seen(session: Session, worker_id: str, *, current_job_id: str | None, stopped: bool = False) -> None:
-    now = utcnow()
+    now = db_now(session)
     values: dict[str, Any] = {"last_seen_at": now, "current_job_id": current_job_id, "stopped_at": None}
     if stopped:
         values["stopped_at"] = now
@@ -32,7 +50,7 @@ def seen(session: Session, worker_id: str, *, current_job_id: str | None, stoppe
 
 def mark_gone(session: Session, *, silent_seconds: float) -> list[str]:
     """Mark workers silent for longer than `silent_seconds` as stopped when last seen; their ids."""
-    silent = (Worker.stopped_at.is_(None), Worker.last_seen_at < utcnow() - timedelta(seconds=silent_seconds))
+    silent = (Worker.stopped_at.is_(None), Worker.last_seen_at < db_now(session) - timedelta(seconds=silent_seconds))
     gone = list(session.scalars(select(Worker.id).where(*silent)))
     if gone:
         session.execute(

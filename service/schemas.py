@@ -240,6 +240,8 @@ class WorkerRead(BaseModel):
     host: str
     pid: int
     device: str
+    version: str | None = Field(description="the worker's mnist-jobs version (null: registered by an older one)")
+    torch_version: str | None
     started_at: datetime
     last_seen_at: datetime
     stopped_at: datetime | None

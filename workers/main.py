@@ -17,6 +17,8 @@ import time
 import uuid
 from types import FrameType
 
+import torch
+
 from service import logs, queue, registry
 from service.config import Settings
 from service.db import Database, require_head
@@ -57,7 +59,14 @@ class Worker:
     def run(self, max_jobs: int | None = None) -> None:
         configure_torch(self.settings.torch_threads)
         with self.db.write() as session:
-            registry.register(session, self.id, host=socket.gethostname(), pid=os.getpid(), device=str(self.device))
+            registry.register(
+                session,
+                self.id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                device=str(self.device),
+                torch_version=torch.__version__,
+            )
         log.info(
             "worker %s on %s, pid %d",
             self.id,

@@ -451,7 +451,7 @@ while time.monotonic() < end:
         elif i % 3 == 1:
             tx(lambda s: queue.finish(s, claim, RESULT, None))
     tx(lambda s: queue.reap(s, base_seconds=0.01, max_seconds=0.1))
-    tx(lambda s: registry.register(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu"))
+    tx(lambda s: registry.register(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu", torch_version="2.14.1"))
 json.dump({"counts": counts, "errors": errors}, open(out, "w"))
 """
 

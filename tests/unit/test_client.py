@@ -460,7 +460,7 @@ def test_comparisons_submit_page_wait_cancel_and_delete(api, sent, db):
 
 def test_workers_lists_the_registry(api, db):
     with db.write() as session:
-        registry.register(session, "worker-a", host="h", pid=12, device="cpu")
+        registry.register(session, "worker-a", host="h", pid=12, device="cpu", torch_version="2.14.1")
     [worker] = api.workers()
     assert (worker.id, worker.pid, worker.device, worker.stopped_at) == ("worker-a", 12, "cpu", None)
 

@@ -58,7 +58,7 @@ def test_a_device_that_is_not_there_is_refused_before_any_worker_starts(requeste
 
 def register(db, worker_id: str, host: str) -> None:
     with db.write() as session:
-        registry.register(session, worker_id, host=host, pid=os.getpid(), device="cpu")
+        registry.register(session, worker_id, host=host, pid=os.getpid(), device="cpu", torch_version="2.14.1")
 
 
 def test_the_health_check_wants_this_hosts_workers_registered_and_beating(db, settings):

@@ -127,7 +127,7 @@ def test_training_samples_count_how_far_the_recorded_steps_moved_between_scrapes
 def test_workers_alive_and_the_age_of_each_ones_heartbeat(db, client):
     with db.write() as session:
         for worker_id in ("w-1", "w-2"):
-            registry.register(session, worker_id, host="h", pid=os.getpid(), device="cpu")
+            registry.register(session, worker_id, host="h", pid=os.getpid(), device="cpu", torch_version="2.14.1")
         registry.seen(session, "w-2", current_job_id=None, stopped=True)
     samples = scrape(client)
     assert value(samples, "mnist_jobs_workers") == 1

@@ -51,7 +51,7 @@ def test_no_answer_holds_a_server_path(settings, tmp_path, tmp_path_factory):
     upgrade(local.database_url)
     db = Database(local.database_url)
     with db.write() as session:
-        registry.register(session, "worker-1", host="lab-1", pid=1234, device="cpu")
+        registry.register(session, "worker-1", host="lab-1", pid=1234, device="cpu", torch_version="2.14.1")
     answers = []
     with TestClient(create_app(local)) as client:
 
