@@ -32,6 +32,7 @@ from service.config import Settings
 from service.models import Event, Job, utcnow
 from service.schemas import EpochMetrics, Progress, StepMetrics
 from service.states import JobStatus
+from service.wakeup import notify_queued
 
 KEEP_SECONDS_DEFAULT: float = Settings.model_fields["events_keep_seconds"].default
 
@@ -136,6 +137,8 @@ def status(session: Session, *job_ids: str) -> None:
             if (row := rows.get(job_id)) is not None
         ],
     )
+    if any(row.status == JobStatus.queued.value for row in rows.values()):
+        notify_queued(session)  # idle workers wake on the commit (PostgreSQL; SQLite's poll)
 
 
 def progress(session: Session, job_id: str, value: Progress | None) -> None:

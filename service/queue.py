@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service import events
@@ -110,10 +110,14 @@ def claim(
     ]
 
 
-def has_runnable(session: Session) -> bool:
-    """A cheap read that lets idle workers skip the write transaction of a claim."""
-    query = select(Job.id).where(Job.status == JobStatus.queued.value, Job.run_after <= db_now(session)).limit(1)
-    return session.scalar(query) is not None
+def seconds_until_runnable(session: Session) -> float | None:
+    """How long until a queued job may be claimed: 0 when one may now, None when none is queued. A
+    cheap read (the claim index) that lets idle workers skip a claim's write transaction, and
+    tells them when a retry's backoff ends (no notification marks that moment)."""
+    soonest = session.scalar(select(func.min(Job.run_after)).where(Job.status == JobStatus.queued.value))
+    if soonest is None:
+        return None
+    return max((soonest - db_now(session)).total_seconds(), 0.0)
 
 
 def _fenced(session: Session, lease: Lease, **values: Any) -> None:

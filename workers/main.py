@@ -26,6 +26,7 @@ from service.queue import Claim
 from service.schemas import FCSpec
 from service.states import Outcome
 from service.training.engine import configure_torch, resolve_device
+from service.wakeup import Wakeup
 from workers.runner import DataCache, JobRunner, log_transition
 
 log = logging.getLogger("mnist_jobs.worker")
@@ -39,6 +40,8 @@ class Worker:
         self.db = Database(settings.database_url)
         self.runner = JobRunner(settings, self.db, self.id, self.device, DataCache(settings, self.device))
         self.stopping = threading.Event()
+        self.wakeup = Wakeup(settings.database_url)
+        self.next_runnable: float | None = None  # seconds until a queued job may be claimed, as last read
         self._signals = 0
         self._next_disk_warning = 0.0
 
@@ -51,6 +54,7 @@ class Worker:
             "signal %s: finishing up (grace %.0f s)", signal.Signals(signum).name, self.settings.shutdown_grace_seconds
         )
         self.stopping.set()
+        self.wakeup.wake()
         self.runner.stop_all(Outcome.handed_back)
         timer = threading.Timer(self.settings.shutdown_grace_seconds, os._exit, args=(128 + signum,))
         timer.daemon = True
@@ -83,7 +87,7 @@ class Worker:
                     next_reap = time.monotonic() + self.settings.reap_seconds
                 claims = self.claim()
                 if not claims:
-                    self.stopping.wait(self.settings.poll_seconds)
+                    self.idle(until_reap=next_reap - time.monotonic())
                     continue
                 for claim in claims:  # queued -> running; the runner logs how each ends
                     log_transition(claim, self.id, "claimed", pack=len(claims))
@@ -94,13 +98,15 @@ class Worker:
         finally:
             with self.db.write() as session:
                 registry.seen(session, self.id, current_job_id=None, stopped=True)
+            self.wakeup.close()
             self.db.dispose()
 
     def claim(self) -> list[Claim]:
         """The oldest runnable job, plus (if it can pack) more queued jobs of its exact shape."""
-        with self.db.read() as session:
-            if not queue.has_runnable(session):  # a read: idle workers take no write lock
-                return []
+        with self.db.read() as session:  # a read: idle workers take no write lock
+            self.next_runnable = queue.seconds_until_runnable(session)
+        if self.next_runnable != 0:
+            return []
         if not self.room_on_disk():
             return []
         lease = self.settings.lease_seconds
@@ -115,6 +121,14 @@ class Worker:
                 )
             registry.seen(session, self.id, current_job_id=first.job_id if first else None)
         return claims
+
+    def idle(self, until_reap: float) -> None:
+        """Wait for work. While notifications reach this worker (PostgreSQL's LISTEN), until one
+        comes, the next reap, or the soonest retry's backoff ends; without them, poll_seconds."""
+        wait = until_reap if self.wakeup.listening else self.settings.poll_seconds
+        if self.next_runnable:
+            wait = min(wait, self.next_runnable)
+        self.wakeup.wait(wait)
 
     def room_on_disk(self) -> bool:
         """Whether the artifacts dir has MNIST_JOBS_MIN_FREE_BYTES free: a job started without room
