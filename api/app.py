@@ -23,6 +23,7 @@ from service import __version__, auth
 from service.config import Settings
 from service.db import Database, require_head
 from service.inference import InferenceClient
+from service.storage import open_store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.store = open_store(settings)
     app.state.tokens = auth.TokenStore(settings) if auth.configured(settings) else None  # None: open mode
     errors.install(app)
     # Outermost last: the request id (so every answer, the guards' own included, carries it), the

@@ -16,6 +16,7 @@ from service.auth import OPEN, Caller, Role, TokenStore, authenticate
 from service.config import Settings
 from service.db import Database
 from service.errors import Unauthorized
+from service.storage import ArtifactStore
 
 
 def get_db(request: Request) -> Database:
@@ -28,8 +29,14 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
 DB = Annotated[Database, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+Artifacts = Annotated[ArtifactStore, Depends(get_store)]
 
 # auto_error=False: a missing or malformed header is our 401 problem (with WWW-Authenticate), not
 # FastAPI's 403; the scheme still appears in the OpenAPI document (Swagger's "Authorize").

@@ -8,13 +8,12 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from service import events, storage
+from service import events
 from service.cost import estimate
 from service.db import db_now
 from service.errors import Conflict, NotFound
@@ -32,7 +31,7 @@ from service.schemas import (
     request_fingerprint,
 )
 from service.states import JobStatus, Outcome
-from service.storage import StoredFile
+from service.storage import ArtifactStore, StoredFile
 
 SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
 
@@ -187,14 +186,14 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete(session: Session, job_id: str, artifacts_dir: Path) -> None:
+def delete(session: Session, job_id: str, store: ArtifactStore) -> None:
     """Remove an ended job's files first, then its row (in the caller's transaction). Files that
     cannot be removed raise FilesNotRemoved before the row is touched, so the row stays and
     still points at them: nothing is left on disk that no row knows of."""
     job = get(session, job_id)
     if not JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first", field="status")
-    storage.remove_job_files(artifacts_dir, job_id)
+    store.delete_job(job_id)
     session.delete(job)
     session.flush()
 

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from service.schemas import CellRead, EpochMetrics, StepMetrics
-from service.storage import store
+from service.storage import private_dirs, write_bytes_atomic
 
 RENDER_VERSION = 2  # part of every cache key: bump it whenever a picture's drawing changes
 DPI = 100
@@ -316,7 +316,8 @@ class PictureCache:
             return data
         data = render()
         try:
-            store(self.folder, path.name, data)
+            private_dirs(self.folder)  # a cache of this host's, not an artifact: no ArtifactStore
+            write_bytes_atomic(path, data)
             self.prune()
         except OSError as exc:  # a full or read-only disk costs a re-render, never the picture
             log.warning("picture cache: not stored (%s)", exc.strerror or type(exc).__name__)

@@ -9,16 +9,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from service import storage
 from service.config import Settings
 from service.models import Epoch, Job, Step, utcnow
 from service.states import JobStatus
+from service.storage import ArtifactStore, job_key, open_store
 
 
 def spec_sha256(spec: dict[str, Any]) -> str:
@@ -36,7 +36,7 @@ class ReusePolicy:
     """Which finished jobs may stand in for a new one: same torch version as installed here, and
     the device type the workers are set to use (any type when they choose it themselves, "auto")."""
 
-    artifacts_dir: Path
+    store: ArtifactStore
     torch_version: str
     device_type: str | None
 
@@ -44,7 +44,7 @@ class ReusePolicy:
     def from_settings(cls, settings: Settings) -> ReusePolicy:
         device = settings.device.split(":", 1)[0]
         installed = base_version(metadata.version("torch"))
-        return cls(settings.artifacts_dir, installed, None if device == "auto" else device)
+        return cls(open_store(settings), installed, None if device == "auto" else device)
 
     def accepts(self, result: dict[str, Any]) -> bool:
         device_type = str(result.get("device", "")).split(":", 1)[0]
@@ -73,8 +73,7 @@ def adopt(session: Session, job: Job, original: Job, policy: ReusePolicy) -> Non
         source = row.checkpoint_file()
         linked = None
         if source is not None:
-            relative = str(storage.job_dir(Path("."), job.id) / Path(source.path).name)
-            linked = storage.link(policy.artifacts_dir, source, relative)
+            linked = policy.store.link(source, job_key(job.id, PurePosixPath(source.path).name))
         job.epochs.append(
             Epoch(
                 epoch=row.epoch,

@@ -1,4 +1,13 @@
-"""Artifacts: paths under the artifacts dir, atomic writes, and sha256 (the local filesystem)."""
+"""Artifacts: one small interface (ArtifactStore) with the local filesystem behind it (LocalStore);
+atomic writes and sha256.
+
+An artifact is addressed by its key, a relative path such as `jobs/<job id>/epoch-001-<token>.pt`,
+which the database records with its sha256; no row holds an absolute path. So the artifacts root
+may be a shared filesystem mounted at a different path on each host (NFS, CephFS, a bind mount):
+a checkpoint a worker on one host wrote is served by the API on another. An object store fits the
+same interface (see the README): keys become object names, `link` a server-side copy,
+`local_path` a download into a local cache checked against the recorded sha256.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from service.config import Settings
 from service.errors import FilesNotRemoved
 
 CHUNK = 1 << 20
@@ -86,57 +97,123 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store(artifacts_dir: Path, relative: str, data: bytes) -> StoredFile:
-    """Write an artifact atomically under the artifacts dir (0600, in 0700 folders) and describe it
-    for the database."""
-    private_dirs((artifacts_dir / relative).parent)
-    return StoredFile(relative, write_bytes_atomic(artifacts_dir / relative, data), len(data))
+class ArtifactStore(Protocol):
+    """Where artifacts live. Keys are relative paths; nothing outside service/storage.py knows more."""
+
+    def put(self, key: str, data: bytes) -> StoredFile:
+        """Store `data` atomically under `key` (replacing what was there) and describe it."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under `key`, unchecked (callers check them against the recorded sha256);
+        FileNotFoundError when there are none."""
+        ...
+
+    def local_path(self, key: str) -> Path:
+        """A local file holding the bytes under `key`, for a reader that needs a path."""
+        ...
+
+    def link(self, source: StoredFile, key: str) -> StoredFile:
+        """The artifact `source` also under `key`, without sending its bytes again."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; one already gone is fine."""
+        ...
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove every artifact of a job; raises FilesNotRemoved when any stays."""
+        ...
+
+    def free_bytes(self) -> int:
+        """Room left for new artifacts."""
+        ...
 
 
-def link(artifacts_dir: Path, source: StoredFile, relative: str) -> StoredFile:
-    """The artifact `source` also at `relative`: a hard link (no copy, and the bytes outlive either
-    name's removal), or a copy where the filesystem has no hard links."""
-    target = artifacts_dir / relative
-    private_dirs(target.parent)
-    try:
-        os.link(artifacts_dir / source.path, target)
-    except FileExistsError:
-        pass  # an earlier try of the same link
-    except OSError:
-        with atomic_path(target) as tmp:
-            shutil.copyfile(artifacts_dir / source.path, tmp)
-    return StoredFile(relative, source.sha256, source.size_bytes)
+def job_prefix(job_id: str) -> str:
+    """What the keys of all of a job's artifacts start with (then "/")."""
+    return f"jobs/{job_id}"
 
 
-def job_dir(artifacts_dir: Path, job_id: str) -> Path:
-    return artifacts_dir / "jobs" / job_id
+def job_key(job_id: str, name: str) -> str:
+    """The key of one of a job's artifacts."""
+    return f"{job_prefix(job_id)}/{name}"
 
 
-def remove_job_files(artifacts_dir: Path, job_id: str) -> None:
-    """Remove a job's folder and everything in it; a folder already gone is fine. Raises
-    FilesNotRemoved, naming the cause but not the server's path, when anything stays behind."""
-    folder = job_dir(artifacts_dir, job_id)
-    failures: list[str] = []
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store the settings name: today the folder MNIST_JOBS_ARTIFACTS_DIR (local or shared)."""
+    return LocalStore(settings.artifacts_dir)
 
-    def note(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
-        exc = exc_info[1]
-        if not isinstance(exc, FileNotFoundError):  # removed meanwhile (another delete): fine
-            failures.append(f"{Path(path).name}: {exc.strerror if isinstance(exc, OSError) else exc}")
 
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+class LocalStore:
+    """ArtifactStore on a folder of this host's filesystem (or a shared one mounted here): files
+    0600 in 0700 folders, written atomically (a temp file, fsynced, renamed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        if Path(key).is_absolute() or ".." in Path(key).parts:  # keys come from our rows: a bug, not input
+            raise ValueError(f"artifact key {key!r} leaves the artifacts dir")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> StoredFile:
+        path = self._path(key)
+        private_dirs(path.parent)
+        return StoredFile(key, write_bytes_atomic(path, data), len(data))
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def link(self, source: StoredFile, key: str) -> StoredFile:
+        """A hard link (no copy, and the bytes outlive either name's removal), or a copy where the
+        filesystem has no hard links."""
+        target = self._path(key)
+        private_dirs(target.parent)
         try:
-            folder.unlink()
-        except OSError as exc:
-            failures.append(f"{folder.name}: {exc.strerror}")
-    elif folder.exists():
-        shutil.rmtree(folder, onerror=note)  # onexc from Python 3.12
-    if failures or os.path.lexists(folder):
-        cause = failures[0] if failures else "the folder is still there"
-        raise FilesNotRemoved(
-            f"the files of job {job_id} could not be removed from the artifacts dir ({cause}); "
-            "the job is kept: fix the artifacts dir's permissions and delete it again",
-            field="id",
-        )
+            os.link(self._path(source.path), target)
+        except FileExistsError:
+            pass  # an earlier try of the same link
+        except OSError:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(self._path(source.path), tmp)
+        return StoredFile(key, source.sha256, source.size_bytes)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove the job's folder and everything in it; a folder already gone is fine. Raises
+        FilesNotRemoved, naming the cause but not the server's path, when anything stays behind."""
+        folder = self._path(job_prefix(job_id))
+        failures: list[str] = []
+
+        def note(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+            exc = exc_info[1]
+            if not isinstance(exc, FileNotFoundError):  # removed meanwhile (another delete): fine
+                failures.append(f"{Path(path).name}: {exc.strerror if isinstance(exc, OSError) else exc}")
+
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            try:
+                folder.unlink()
+            except OSError as exc:
+                failures.append(f"{folder.name}: {exc.strerror}")
+        elif folder.exists():
+            shutil.rmtree(folder, onerror=note)  # onexc from Python 3.12
+        if failures or os.path.lexists(folder):
+            cause = failures[0] if failures else "the folder is still there"
+            raise FilesNotRemoved(
+                f"the files of job {job_id} could not be removed from the artifacts dir ({cause}); "
+                "the job is kept: fix the artifacts dir's permissions and delete it again",
+                field="id",
+            )
+
+    def free_bytes(self) -> int:
+        private_dirs(self.root)
+        return shutil.disk_usage(self.root).free
 
 
 def name_folders(text: str, folders: list[tuple[Path | None, str]]) -> str:

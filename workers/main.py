@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -133,8 +132,7 @@ class Worker:
     def room_on_disk(self) -> bool:
         """Whether the artifacts dir has MNIST_JOBS_MIN_FREE_BYTES free: a job started without room
         for its checkpoints would only fail. Says so in the log, once a minute at most."""
-        self.settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.settings.artifacts_dir).free
+        free = self.runner.store.free_bytes()
         if free >= self.settings.min_free_bytes:
             return True
         if time.monotonic() >= self._next_disk_warning:

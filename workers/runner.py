@@ -25,7 +25,7 @@ from service.models import Epoch
 from service.queue import Claim
 from service.schemas import EpochRecord, FCSpec, StepMetrics
 from service.states import Outcome
-from service.storage import StoredFile, name_folders
+from service.storage import StoredFile, name_folders, open_store
 from service.training import checkpoints
 from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
@@ -73,6 +73,7 @@ class JobRunner:
         self, settings: Settings, db: Database, worker_id: str, device: torch.device, cache: DataCache
     ) -> None:
         self.settings, self.db, self.worker_id, self.device, self.cache = settings, db, worker_id, device, cache
+        self.store = open_store(settings)
         self.held: list[Held] = []  # the running jobs, so a signal handler can stop them
         self.stop_reason: Outcome | None = None  # once set (shutdown), every job held from then on stops too
 
@@ -182,7 +183,7 @@ class JobRunner:
                 continue
             tried.add(file.path)
             try:
-                state = checkpoints.load(self.settings.artifacts_dir, file)
+                state = checkpoints.load(self.store, file)
             except (CheckpointCorrupt, OSError) as exc:
                 cause = "corrupt" if isinstance(exc, CheckpointCorrupt) else f"unreadable ({type(exc).__name__})"
                 log.warning("job %s: checkpoint %s is %s; not resuming from it", claim.job_id, file.path, cause)
@@ -212,8 +213,7 @@ class JobRunner:
             )
 
     def save(self, claim: Claim, epoch: int | None, state: TrainingState) -> StoredFile:
-        relative = checkpoints.relative_path(claim.job_id, claim.token, epoch)
-        return checkpoints.save(self.settings.artifacts_dir, relative, state)
+        return checkpoints.save(self.store, checkpoints.checkpoint_key(claim.job_id, claim.token, epoch), state)
 
     def remove_files(self, claim: Claim, paths: list[str]) -> None:
         """Remove checkpoints no row points at: pruned ones (keep_checkpoints), or one a fenced-out
@@ -221,7 +221,7 @@ class JobRunner:
         behind. One that cannot be removed is logged, not fatal; the job's delete removes it."""
         for path in paths:
             try:
-                (self.settings.artifacts_dir / path).unlink(missing_ok=True)
+                self.store.delete(path)
             except OSError as exc:
                 log.warning("job %s: pruned checkpoint %s not removed (%s)", claim.job_id, path, exc)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Submitter
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Submitter
 from api.routes.jobs import ensure_queue_room
 from service import comparisons, jobs
 from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonRead
@@ -78,7 +78,7 @@ def cancel(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> ComparisonRea
 
 
 @router.delete("/{comparison_id}", status_code=204)
-def delete(comparison_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Admin) -> Response:
+def delete(comparison_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
     """Deletes the comparison and all its jobs with their files (409 while any job has not ended).
     One transaction per job, files first: a failure leaves the rest, each with its files."""
     with db.read() as session:
@@ -86,7 +86,7 @@ def delete(comparison_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Adm
     for job_id in job_ids:
         try:
             with db.write() as session:
-                jobs.delete(session, job_id, settings.artifacts_dir)
+                jobs.delete(session, job_id, store)
         except NotFound:
             pass  # deleted meanwhile, by itself or by another request for this comparison
     with db.write() as session:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Submitter
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Submitter
 from service import jobs, search
 from service.auth import Caller
 from service.cost import check_budget
@@ -182,9 +182,9 @@ def cancel(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> 
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete(job_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Admin) -> Response:
+def delete(job_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
     with db.write() as session:  # files first: if they stay, so does the row (a 500 naming the cause)
-        jobs.delete(session, str(job_id), settings.artifacts_dir)
+        jobs.delete(session, str(job_id), store)
     return Response(status_code=204)
 
 
@@ -194,18 +194,18 @@ def delete(job_id: uuid.UUID, db: DB, settings: AppSettings, _caller: Admin) -> 
     responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}},
 )
 def download_checkpoint(
-    job_id: uuid.UUID, request: Request, db: DB, settings: AppSettings, epoch: Annotated[int | None, Query(ge=1)] = None
+    job_id: uuid.UUID, request: Request, db: DB, store: Artifacts, epoch: Annotated[int | None, Query(ge=1)] = None
 ) -> Response:
     with db.read() as session:
         saved_epoch, file = jobs.checkpoint(session, str(job_id), epoch)
-    path, sha256 = settings.artifacts_dir / file.path, file.sha256
+    sha256 = file.sha256
     etag = f'"{sha256}"'
     digest = base64.b64encode(bytes.fromhex(sha256)).decode()
     headers = {"ETag": etag, "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": "private, immutable"}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     try:
-        data = path.read_bytes()  # checkpoints are small: verified whole, then sent from memory, never re-read
+        data = store.get(file.path)  # checkpoints are small: verified whole, then sent from memory, never re-read
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFound(
             f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch"

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts
 from service import jobs
 from service.inference import IMAGE_SIDE, InferenceClient, PredictRequest, PredictResponse
 from service.schemas import INPUT_SIZE
@@ -91,11 +91,11 @@ def predict(
     job_id: uuid.UUID,
     pixels: Annotated[list[int], Depends(sent_pixels)],
     db: DB,
-    settings: AppSettings,
+    store: Artifacts,
     inference: Annotated[InferenceClient, Depends(get_inference)],
 ) -> PredictResponse:
     """The digit the job's latest kept checkpoint predicts, and the probability of each digit."""
     with db.read() as session:
         epoch, file = jobs.checkpoint(session, str(job_id), None)
-    [prediction] = inference.predict(settings.artifacts_dir / file.path, file.sha256, [pixels])
+    [prediction] = inference.predict(store.local_path(file.path), file.sha256, [pixels])
     return PredictResponse(job_id=str(job_id), epoch=epoch, **prediction.model_dump())

@@ -7,16 +7,16 @@ database; load() checks it before the file is opened.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from service.errors import CheckpointCorrupt
 from service.schemas import AnySpec, EpochRecord, job_spec_adapter
-from service.storage import StoredFile, job_dir, sha256_file, store
+from service.storage import ArtifactStore, StoredFile, job_key
 
 FORMAT_VERSION = 1
 
@@ -112,23 +112,23 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def relative_path(job_id: str, token: str, epoch: int | None) -> str:
-    """Path under the artifacts dir. The lease token in the name keeps a fenced-out worker that is
-    still writing from ever replacing the file a later attempt recorded."""
+def checkpoint_key(job_id: str, token: str, epoch: int | None) -> str:
+    """The checkpoint's key in the artifact store. The lease token in the name keeps a fenced-out
+    worker that is still writing from ever replacing the file a later attempt recorded."""
     name = f"epoch-{epoch:03d}" if epoch is not None else "resume"
-    return str(job_dir(Path("."), job_id) / f"{name}-{token[:8]}.pt")
+    return job_key(job_id, f"{name}-{token[:8]}.pt")
 
 
-def save(artifacts_dir: Path, relative: str, state: TrainingState) -> StoredFile:
+def save(store: ArtifactStore, key: str, state: TrainingState) -> StoredFile:
     buffer = io.BytesIO()
     torch.save(state.encode(), buffer)
-    return store(artifacts_dir, relative, buffer.getvalue())
+    return store.put(key, buffer.getvalue())
 
 
-def load(artifacts_dir: Path, file: StoredFile) -> TrainingState:
+def load(store: ArtifactStore, file: StoredFile) -> TrainingState:
     """Open a checkpoint without unpickling arbitrary objects, after checking its sha256."""
-    path = artifacts_dir / file.path
-    actual = sha256_file(path)
+    data = store.get(file.path)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != file.sha256:
         raise CheckpointCorrupt(f"checkpoint {file.path} has sha256 {actual}, expected {file.sha256}")
-    return TrainingState.decode(torch.load(path, map_location="cpu", weights_only=True))
+    return TrainingState.decode(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))

@@ -43,7 +43,7 @@ from service.inference import (
     PredictReply,
 )
 from service.schemas import INPUT_SIZE
-from service.storage import StoredFile
+from service.storage import LocalStore, StoredFile
 from service.training import checkpoints
 from service.training.nets import build_model
 from service.training.tensors import normalise, permutation
@@ -106,7 +106,7 @@ def load(path: Path, sha256: str) -> Loaded:
     """The job's model and permutation from its checkpoint, through the service's one loader (sha256
     checked first, then torch.load(weights_only=True)). Messages name the file, never its folder."""
     try:
-        state = checkpoints.load(path.parent, StoredFile(path.name, sha256))
+        state = checkpoints.load(LocalStore(path.parent), StoredFile(path.name, sha256))
         model = build_model(state.spec)
         model.load_state_dict(state.state_dict)
         perm = state.permutation if state.permutation is not None else permutation(state.spec.permutation_seed)

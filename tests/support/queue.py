@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from service import queue, storage
+from service import queue
 from service.config import Settings
 from service.db import Database
 from service.schemas import EpochRecord, TrainResult
+from service.storage import open_store
 
 
 def result(accuracy: float) -> TrainResult:
@@ -47,7 +48,7 @@ def finish_with_checkpoint(settings: Settings, db: Database, job_id: str, payloa
     with db.write() as session:
         (claim,) = queue.claim(session, "worker-1", 60)
         assert claim.job_id == job_id
-        file = storage.store(settings.artifacts_dir, f"jobs/{job_id}/epoch-001-{claim.token[:8]}.pt", payload)
+        file = open_store(settings).put(f"jobs/{job_id}/epoch-001-{claim.token[:8]}.pt", payload)
         record = EpochRecord(epoch=1, train_loss=0.5, test_loss=0.4, test_accuracy=0.9, correct=9000)
         queue.record_epoch(session, claim, record, file)
         queue.finish(session, claim, result(0.9), None)

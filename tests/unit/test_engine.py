@@ -8,7 +8,7 @@ import torch
 from bench import textbook
 from service.errors import CheckpointCorrupt
 from service.states import Outcome
-from service.storage import StoredFile
+from service.storage import LocalStore, StoredFile
 from service.training import checkpoints
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
@@ -115,10 +115,10 @@ def test_checkpoint_loads_weights_only_into_a_fresh_model_and_reproduces_accurac
 def test_a_checkpoint_whose_sha256_differs_is_never_opened(settings, tmp_path):
     recorded = Recorded()
     trainer_for(settings, make_spec("fc")).run(recorded)
-    file = checkpoints.save(tmp_path, "jobs/x/epoch-001.pt", recorded.last())
-    assert checkpoints.load(tmp_path, file).epoch == 1
+    file = checkpoints.save(LocalStore(tmp_path), "jobs/x/epoch-001.pt", recorded.last())
+    assert checkpoints.load(LocalStore(tmp_path), file).epoch == 1
     damaged = bytearray((tmp_path / file.path).read_bytes())
     damaged[len(damaged) // 2] ^= 1  # one flipped bit
     (tmp_path / file.path).write_bytes(bytes(damaged))
     with pytest.raises(CheckpointCorrupt, match="sha256"):
-        checkpoints.load(tmp_path, StoredFile(file.path, file.sha256))
+        checkpoints.load(LocalStore(tmp_path), StoredFile(file.path, file.sha256))

@@ -20,7 +20,7 @@ from service.errors import LeaseLost
 from service.models import Job, Step, utcnow
 from service.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
 from service.states import JobStatus, Outcome
-from service.storage import StoredFile
+from service.storage import LocalStore, StoredFile
 from service.training import checkpoints
 from service.training.engine import Live
 from service.training.evaluation import evaluate
@@ -369,7 +369,7 @@ def test_the_runner_writes_the_steps_with_a_hand_back_up_to_the_stop(settings, d
     with db.read() as session:
         job = session.get(Job, claim.job_id)
         assert job is not None and job.resume_path is not None and job.resume_sha256 is not None
-        resume = checkpoints.load(settings.artifacts_dir, StoredFile(job.resume_path, job.resume_sha256))
+        resume = checkpoints.load(LocalStore(settings.artifacts_dir), StoredFile(job.resume_path, job.resume_sha256))
     assert resume.partial is not None
     stopped_at = resume.epoch * N_TRAIN + resume.partial.step
     assert [n for n, _ in stored_steps(db, claim.job_id)] == list(range(1, stopped_at + 1))

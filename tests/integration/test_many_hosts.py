@@ -1,0 +1,89 @@
+"""Workers on other hosts, on PostgreSQL: an idle worker picks up a new job on its notification, long
+before its next poll or reap would have found it; and the API serves a checkpoint that a worker
+wrote to a shared artifacts folder mounted at another path on its host."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+import service
+from api.app import create_app
+from service import jobs
+from service.models import Job
+from service.schemas import job_spec_adapter
+from service.states import JobStatus
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.databases("postgresql")
+
+NEVER = 600  # seconds: poll_seconds and reap_seconds, far past the test's bounds
+
+
+def finished(db, job_id: str) -> str | None:
+    with db.read() as session:
+        value = session.scalar(select(Job.status).where(Job.id == job_id))
+    return value if value is not None and JobStatus(value).is_final else None
+
+
+def test_an_idle_worker_wakes_on_a_new_job_instead_of_polling(db, workers):
+    worker = workers.start(poll_seconds=NEVER, reap_seconds=NEVER)
+
+    def listening() -> bool:
+        with db.read() as session:
+            return bool(session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'")))
+
+    wait_until(listening, timeout=60)
+    time.sleep(1.0)  # let it take the wake-up its connection gives, find nothing, and go idle
+    with db.write() as session:
+        job, _ = jobs.enqueue(
+            session,
+            job_spec_adapter.validate_python({"architecture": "fc", "epochs": 1, "seed": 3}),
+            default_max_attempts=3,
+        )
+
+    assert wait_until(lambda: finished(db, job.id), timeout=60) == JobStatus.succeeded.value, workers.log(worker)
+
+
+def test_the_api_serves_a_checkpoint_a_worker_on_another_host_wrote_to_the_shared_folder(
+    db, settings, workers, tmp_path
+):
+    """One shared folder (an NFS export, say), mounted at /host-a/mnt by the worker's host and at
+    /host-b/mnt by the API's: the database records keys relative to the root, never a path."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    mounts = {}
+    for host in ("host-a", "host-b"):
+        (tmp_path / host).mkdir()
+        mounts[host] = tmp_path / host / "mnt"
+        mounts[host].symlink_to(shared, target_is_directory=True)
+    worker = workers.start(artifacts_dir=str(mounts["host-a"]))
+    with db.write() as session:
+        job, _ = jobs.enqueue(
+            session,
+            job_spec_adapter.validate_python({"architecture": "cnn", "epochs": 1, "seed": 4}),
+            default_max_attempts=3,
+        )
+    assert wait_until(lambda: finished(db, job.id), timeout=120) == JobStatus.succeeded.value, workers.log(worker)
+
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": mounts["host-b"]}))) as api:
+        view = api.get(f"/v1/jobs/{job.id}").json()
+        download = api.get(f"/v1/jobs/{job.id}/checkpoint")
+        [registered] = api.get("/v1/workers", params={"include_stopped": True}).json()
+    assert download.status_code == 200
+    digest = hashlib.sha256(download.content).hexdigest()
+    assert download.headers["etag"] == f'"{digest}"', "the bytes the worker recorded"
+    [written] = (shared / "jobs" / job.id).glob("epoch-001-*.pt")
+    assert written.read_bytes() == download.content
+    state = torch.load(io.BytesIO(download.content), weights_only=True)
+    assert state["spec"]["architecture"] == "cnn" and state["epoch"] == 1
+    assert view["history"][0]["worker_id"] == registered["id"]
+    assert registered["host"] == socket.gethostname() and registered["device"] == "cpu"
+    assert registered["version"] == service.__version__ and registered["torch_version"] == torch.__version__
