@@ -1,16 +1,21 @@
-"""docker-compose.yml (+ docker-compose.gpu.yml) and the Dockerfile can't run here (no Docker
-engine): their structure is checked; the worker's health check runs in tests/unit/test_devices.py."""
+"""docker-compose.yml (+ docker-compose.gpu.yml, + the `postgres` profile with compose.postgres.env)
+and the Dockerfile can't run here (no Docker engine): their structure is checked, variables resolved
+as compose resolves them; the worker's health check runs in tests/unit/test_devices.py."""
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.engine import make_url
 
 from tests.support.processes import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERLAY = REPO / "docker-compose.gpu.yml"
+POSTGRES_ENV = REPO / "compose.postgres.env"
+APP_SERVICES = {"migrate", "api", "worker"}
 DOCKERFILE = REPO / "Dockerfile"
 MOUNTS = {
     "state": "/var/lib/mnist-jobs",
@@ -34,13 +39,36 @@ def load(*files: Path) -> dict[str, Any]:
     return merged
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}` and `${VAR:-default}` (unset or empty: the default); `$$` is a `$`."""
+    pattern = r"\$\{(\w+)(?::-([^}]*))?\}"
+    resolved = re.sub(pattern, lambda m: env.get(m[1]) or (m[2] or ""), value.replace("$$", "\0"))
+    return resolved.replace("\0", "$")
+
+
+def env_file(path: Path, environment: dict[str, str]) -> dict[str, str]:
+    """A compose env file's variables, each line interpolated with those before it; the shell's
+    environment wins over the file, as with `docker compose --env-file`."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key] = environment.get(key) or interpolate(value, values | environment)
+    return values | environment
+
+
+def resolved_environment(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    return {key: interpolate(str(value), env) for key, value in service["environment"].items()}
+
+
 def option(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
 def test_migrate_runs_once_and_the_api_and_worker_wait_for_it():
     services = load(COMPOSE)["services"]
-    assert set(services) == {"migrate", "api", "worker"}
+    assert set(services) == APP_SERVICES | {"postgres"}
+    assert all("profiles" not in services[name] for name in APP_SERVICES), "started by a plain `up`"
     migrate = services["migrate"]
     assert migrate["command"] == ["mnist-jobs", "db", "upgrade"]
     assert migrate["restart"] == "no", "a one-shot must not be restarted once it has succeeded"
@@ -55,10 +83,11 @@ def test_migrate_runs_once_and_the_api_and_worker_wait_for_it():
 
 def test_every_service_mounts_the_state_data_and_artifacts_volumes_its_settings_point_into():
     compose = load(COMPOSE)
-    assert set(compose["volumes"]) == set(MOUNTS)
-    for name, service in compose["services"].items():
+    assert set(compose["volumes"]) == set(MOUNTS) | {"pgdata"}
+    for name in APP_SERVICES:
+        service = compose["services"][name]
         assert set(service["volumes"]) == {f"{volume}:{mount}" for volume, mount in MOUNTS.items()}, name
-        env = service["environment"]
+        env = resolved_environment(service, {})  # a plain `docker compose up`: SQLite
         assert env["MNIST_JOBS_DATABASE_URL"] == f"sqlite:///{MOUNTS['state']}/mnist-jobs.db"
         assert env["MNIST_JOBS_DATA_DIR"] == MOUNTS["data"]
         assert env["MNIST_JOBS_ARTIFACTS_DIR"] == MOUNTS["artifacts"]
@@ -108,3 +137,31 @@ def test_the_image_installs_dependencies_in_a_layer_before_the_source_is_copied(
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     copied = {args.split()[0] for op, args in steps if op == "COPY"}
     assert {name.rstrip("*") for name in packages["include"]} <= copied, "every package reaches the image"
+
+
+def test_the_postgres_profile_runs_postgresql_with_a_health_check_and_a_volume_and_the_app_uses_it():
+    services = load(COMPOSE)["services"]
+    postgres = services["postgres"]
+    assert postgres["profiles"] == ["postgres"], "off unless asked for"
+    assert postgres["volumes"] == ["pgdata:/var/lib/postgresql/data"]
+    assert "ports" not in postgres, "reached on the compose network only"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert {"interval", "timeout", "retries", "start_period"} <= set(postgres["healthcheck"])
+    assert services["migrate"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+
+    env = env_file(POSTGRES_ENV, {"MNIST_JOBS_POSTGRES_PASSWORD": "s3cret"})
+    server = resolved_environment(postgres, env)
+    for name in APP_SERVICES:
+        url = make_url(resolved_environment(services[name], env)["MNIST_JOBS_DATABASE_URL"])
+        assert url.drivername == "postgresql+psycopg" and url.host == "postgres" and url.port == 5432, name
+        assert (url.username, url.password, url.database) == (
+            server["POSTGRES_USER"],
+            server["POSTGRES_PASSWORD"],
+            server["POSTGRES_DB"],
+        )
+    assert server["POSTGRES_PASSWORD"] == "s3cret"
+
+
+def test_without_a_password_the_postgres_profile_sets_none_and_the_image_refuses_to_start():
+    env = env_file(POSTGRES_ENV, {})
+    assert resolved_environment(load(COMPOSE)["services"]["postgres"], env)["POSTGRES_PASSWORD"] == ""
