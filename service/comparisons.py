@@ -27,8 +27,9 @@ from service.comparison_schemas import (
     GridFields,
 )
 from service.cost import estimate
+from service.db import db_now
 from service.errors import Conflict, InvalidInput, NotFound
-from service.models import Comparison, ComparisonCell, Job, utcnow
+from service.models import Comparison, ComparisonCell, Job
 from service.reuse import ReusePolicy
 from service.schemas import AnySpec, CellRead, Progress, job_spec_adapter
 from service.states import JobStatus
@@ -64,7 +65,7 @@ def create(
             f"the grid has {request.job_count} jobs (cells x seeds); one comparison may have {MAX_COMPARISON_JOBS}",
             field="seeds",
         )
-    now = utcnow()
+    now = db_now(session)  # its jobs' run_after: on the clock the claims read, as a lone submit's
     comparison = Comparison(
         id=str(uuid.uuid4()),
         name=request.name,
