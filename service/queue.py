@@ -1,4 +1,5 @@
-"""The worker's side of the queue: claim, heartbeat, fenced endings, hand back, reap.
+"""The worker's side of the queue: claim, heartbeat, fenced endings, hand back (service/reaper.py
+requeues the jobs whose lease expired).
 
 Every function takes a session inside a transaction its caller opened (one per worker step). A
 claim is one UPDATE ... WHERE id IN (oldest queued) RETURNING; on SQLite the write transaction is
@@ -12,7 +13,6 @@ run_after are measured on the database's clock (service.db.db_now).
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,7 +132,7 @@ def _fenced(session: Session, lease: Lease, **values: Any) -> None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
 
 
-def _update_attempt(session: Session, lease: Lease, **values: Any) -> None:
+def update_attempt(session: Session, lease: Lease, **values: Any) -> None:
     session.execute(
         update(Attempt).where(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token).values(**values)
     )
@@ -143,7 +143,7 @@ def _end(session: Session, lease: Lease, outcome: Outcome, steps: Sequence[StepM
     closed with `outcome`, and the job's final status event (after its last `step` event)."""
     _fenced(session, lease, lease_expires_at=None, **values)
     _replace_steps(session, lease.job_id, steps)
-    _update_attempt(session, lease, ended_at=utcnow(), outcome=outcome.value)
+    update_attempt(session, lease, ended_at=utcnow(), outcome=outcome.value)
     events.status(session, lease.job_id)
 
 
@@ -169,7 +169,7 @@ def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Pr
 def note_resume(session: Session, lease: Lease, epoch: int, step: int) -> None:
     """Record on the attempt where its training resumed from."""
     _fenced(session, lease)
-    _update_attempt(session, lease, resumed_from_epoch=epoch, resumed_from_step=step)
+    update_attempt(session, lease, resumed_from_epoch=epoch, resumed_from_step=step)
 
 
 def record_epoch(
@@ -307,59 +307,6 @@ def hand_back(session: Session, lease: Lease, resume: StoredFile | None) -> Outc
     if status is None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
     outcome = Outcome.cancelled if status == JobStatus.cancelled.value else Outcome.handed_back
-    _update_attempt(session, lease, ended_at=now, outcome=outcome.value)
+    update_attempt(session, lease, ended_at=now, outcome=outcome.value)
     events.status(session, lease.job_id)
     return outcome
-
-
-def retry_delay(attempts: int, base_seconds: float, max_seconds: float) -> float:
-    """Exponential backoff with jitter in [1, 1.5): delays grow strictly from one attempt to the next."""
-    return float(min(max_seconds, base_seconds * 2 ** (attempts - 1) * (1 + random.random() / 2)))
-
-
-def reap(
-    session: Session,
-    *,
-    base_seconds: float,
-    max_seconds: float,
-    events_keep_seconds: float = events.KEEP_SECONDS_DEFAULT,
-) -> list[str]:
-    """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
-    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds."""
-    events.prune(session, events_keep_seconds)
-    now = db_now(session)
-    expired = session.execute(
-        select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
-        .where(Job.status == RUNNING, Job.lease_expires_at < now)
-        .with_for_update(skip_locked=True)  # a row its worker is writing now is reaped next time
-    ).all()
-    reaped: list[str] = []
-    for job in expired:
-        values: dict[str, Any]
-        if job.cancel_requested:
-            values = {"status": JobStatus.cancelled.value, "finished_at": now}
-        elif job.attempts >= job.max_attempts:
-            values = {
-                "status": JobStatus.failed.value,
-                "finished_at": now,
-                "error": f"worker lost {job.attempts} times (max_attempts {job.max_attempts})",
-            }
-        else:
-            delay = retry_delay(job.attempts, base_seconds, max_seconds)
-            values = {"status": JobStatus.queued.value, "run_after": now + timedelta(seconds=delay), "progress": None}
-        # Guarded again by the expiry: a row whose lease was renewed since the SELECT (possible on
-        # PostgreSQL under READ COMMITTED) is skipped, never requeued under its live worker, and
-        # one such row does not roll back the others' requeues.
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id, Job.lease_token == job.lease_token, Job.status == RUNNING, Job.lease_expires_at < now
-            )
-            .values(updated_at=now, lease_token=None, lease_expires_at=None, **values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
-            _update_attempt(session, Lease(job.id, job.lease_token), ended_at=now, outcome=Outcome.lease_expired.value)
-            events.status(session, job.id)
-            reaped.append(job.id)
-    return reaped

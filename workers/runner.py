@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from sqlalchemy import select
 
-from service import queue
+from service import queue, reaper
 from service.config import Settings, heartbeat_period
 from service.db import Database
 from service.errors import CheckpointCorrupt, DataUnavailable, LeaseLost
@@ -205,7 +205,7 @@ class JobRunner:
     def reap(self) -> list[str]:
         """Requeue (or end) jobs whose lease expired; the heartbeat calls it too, so busy workers reap."""
         with self.db.write() as session:
-            return queue.reap(
+            return reaper.reap(
                 session,
                 base_seconds=self.settings.retry_base_seconds,
                 max_seconds=self.settings.retry_max_seconds,

@@ -412,7 +412,7 @@ def test_concurrent_submits_with_one_idempotency_key_make_one_job(live_server):
 HAMMER = """
 import json, os, sys, time
 from sqlalchemy.exc import OperationalError
-from service import jobs, queue, registry
+from service import jobs, queue, reaper, registry
 from service.config import Settings
 from service.db import Database
 from service.errors import LeaseLost
@@ -450,7 +450,7 @@ while time.monotonic() < end:
             tx(lambda s: queue.hand_back(s, claim, None))
         elif i % 3 == 1:
             tx(lambda s: queue.finish(s, claim, RESULT, None))
-    tx(lambda s: queue.reap(s, base_seconds=0.01, max_seconds=0.1))
+    tx(lambda s: reaper.reap(s, base_seconds=0.01, max_seconds=0.1))
     tx(lambda s: registry.register(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu", torch_version="2.14.1"))
 json.dump({"counts": counts, "errors": errors}, open(out, "w"))
 """

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, update
 
 from api.events import GAP_WAIT_SECONDS, Broadcaster
-from service import events, jobs, queue
+from service import events, jobs, queue, reaper
 from service.db import Database, alembic_config, make_engine, upgrade
 from service.errors import LeaseLost
 from service.events import StatusEvent, StoredEvent
@@ -242,7 +242,7 @@ def test_every_status_change_has_its_event(db, fast):
     lease = claim(db)
     with db.write() as session:  # the worker died: its lease expires, the reaper requeues the job
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-        assert queue.reap(session, **BACKOFF) == [job_id]
+        assert reaper.reap(session, **BACKOFF) == [job_id]
         session.execute(update(Job).where(Job.id == job_id).values(run_after=utcnow()))
     lease = claim(db)
     with db.write() as session:
@@ -278,7 +278,7 @@ def test_reap_prunes_old_events_and_ids_never_restart(db):
     with db.write() as session:
         session.execute(update(Event).where(Event.job_id == old).values(created_at=utcnow() - timedelta(hours=2)))
     with db.write() as session:
-        queue.reap(session, **BACKOFF, events_keep_seconds=3600)
+        reaper.reap(session, **BACKOFF, events_keep_seconds=3600)
     assert [e.job_id for e in stored(db)] == [recent]
     with db.write() as session:
         newest = events.latest_id(session)

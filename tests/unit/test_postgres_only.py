@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from service import jobs, queue
+from service import jobs, queue, reaper
 from service.db import Database, db_now
 from service.models import Job, utcnow
 from service.schemas import job_spec_adapter
@@ -95,12 +95,12 @@ def test_leases_run_on_the_servers_clock_not_on_a_skewed_hosts(db, monkeypatch):
     assert expires is not None and expires < utcnow() + timedelta(minutes=5), "a 60 s lease on the server's clock"
 
     with db.write() as session:  # the skewed host's reaper: the lease has 60 s left on the server
-        assert queue.reap(session, base_seconds=1, max_seconds=1) == []
+        assert reaper.reap(session, base_seconds=1, max_seconds=1) == []
     with db.write() as session:
         assert queue.heartbeat(session, claim, 60, None) is False
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     with db.write() as session:
-        assert queue.reap(session, base_seconds=30, max_seconds=30) == [job_id]
+        assert reaper.reap(session, base_seconds=30, max_seconds=30) == [job_id]
     with db.read() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.status == JobStatus.queued.value

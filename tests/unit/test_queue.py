@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from service import jobs, queue
+from service import jobs, queue, reaper
 from service.errors import Conflict, LeaseLost
 from service.models import Epoch, Job, utcnow
 from service.queue import Claim
@@ -62,7 +62,7 @@ def row(db, job_id: str) -> dict[str, Any]:
 
 def reap(db) -> list[str]:
     with db.write() as session:
-        return queue.reap(session, **BACKOFF)
+        return reaper.reap(session, **BACKOFF)
 
 
 def expire(db, job_id: str, by: timedelta = timedelta(milliseconds=1)) -> None:
@@ -245,7 +245,7 @@ def test_backoff_is_capped(db):
         expire(db, job_id)
         reaped_at = utcnow()
         with db.write() as session:
-            assert queue.reap(session, base_seconds=10, max_seconds=30) == [job_id]
+            assert reaper.reap(session, base_seconds=10, max_seconds=30) == [job_id]
     assert (row(db, job_id)["run_after"] - reaped_at).total_seconds() <= 30 + 1
 
 

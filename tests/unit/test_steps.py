@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from sqlalchemy import select, update
 
-from service import jobs, queue
+from service import jobs, queue, reaper
 from service.errors import LeaseLost
 from service.models import Job, Step, utcnow
 from service.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
@@ -252,7 +252,7 @@ def lose_lease(db, claim) -> queue.Claim:
             update(Job).where(Job.id == claim.job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     with db.write() as session:
-        assert queue.reap(session, base_seconds=0.0, max_seconds=0.0) == [claim.job_id]
+        assert reaper.reap(session, base_seconds=0.0, max_seconds=0.0) == [claim.job_id]
     with db.write() as session:
         session.execute(update(Job).where(Job.id == claim.job_id).values(run_after=utcnow()))
         return queue.claim(session, "worker-b", 60)[0]

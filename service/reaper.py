@@ -1,0 +1,74 @@
+"""The reaper: running jobs whose lease expired (a worker killed, paused, or cut off) are requeued
+with a growing, jittered delay, or end (failed past max_attempts; cancelled when asked). Every
+worker reaps every MNIST_JOBS_REAP_SECONDS, busy ones from their heartbeat thread. Expiry is read
+on the database's clock, and each requeue is guarded by the lease it ends, so a lease renewed
+meanwhile is never reaped.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service import events
+from service.db import db_now
+from service.models import Job
+from service.queue import RUNNING, Lease, update_attempt
+from service.states import JobStatus, Outcome
+
+
+def retry_delay(attempts: int, base_seconds: float, max_seconds: float) -> float:
+    """Exponential backoff with jitter in [1, 1.5): delays grow strictly from one attempt to the next."""
+    return float(min(max_seconds, base_seconds * 2 ** (attempts - 1) * (1 + random.random() / 2)))
+
+
+def reap(
+    session: Session,
+    *,
+    base_seconds: float,
+    max_seconds: float,
+    events_keep_seconds: float = events.KEEP_SECONDS_DEFAULT,
+) -> list[str]:
+    """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
+    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds."""
+    events.prune(session, events_keep_seconds)
+    now = db_now(session)
+    expired = session.execute(
+        select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
+        .where(Job.status == RUNNING, Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)  # a row its worker is writing now is reaped next time
+    ).all()
+    reaped: list[str] = []
+    for job in expired:
+        values: dict[str, Any]
+        if job.cancel_requested:
+            values = {"status": JobStatus.cancelled.value, "finished_at": now}
+        elif job.attempts >= job.max_attempts:
+            values = {
+                "status": JobStatus.failed.value,
+                "finished_at": now,
+                "error": f"worker lost {job.attempts} times (max_attempts {job.max_attempts})",
+            }
+        else:
+            delay = retry_delay(job.attempts, base_seconds, max_seconds)
+            values = {"status": JobStatus.queued.value, "run_after": now + timedelta(seconds=delay), "progress": None}
+        # Guarded again by the expiry: a row whose lease was renewed since the SELECT (possible on
+        # PostgreSQL under READ COMMITTED) is skipped, never requeued under its live worker, and
+        # one such row does not roll back the others' requeues.
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id, Job.lease_token == job.lease_token, Job.status == RUNNING, Job.lease_expires_at < now
+            )
+            .values(updated_at=now, lease_token=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
+            update_attempt(session, Lease(job.id, job.lease_token), ended_at=now, outcome=Outcome.lease_expired.value)
+            events.status(session, job.id)
+            reaped.append(job.id)
+    return reaped
