@@ -27,10 +27,20 @@ pytestmark = pytest.mark.databases("postgresql")
 NEVER = 600  # seconds: poll_seconds and reap_seconds, far past the test's bounds
 
 
-def finished(db, job_id: str) -> str | None:
-    with db.read() as session:
-        value = session.scalar(select(Job.status).where(Job.id == job_id))
-    return value if value is not None and JobStatus(value).is_final else None
+def run_one(db, worker, workers, spec: dict[str, object], timeout: float) -> str:
+    """Submit `spec` and wait until it ends: its id (the test fails, with the worker's log, unless
+    it succeeded within `timeout`)."""
+    with db.write() as session:
+        job, _ = jobs.enqueue(session, job_spec_adapter.validate_python(spec), default_max_attempts=3)
+    job_id = job.id
+
+    def finished() -> str | None:
+        with db.read() as session:
+            value = session.scalar(select(Job.status).where(Job.id == job_id))
+        return value if value is not None and JobStatus(value).is_final else None
+
+    assert wait_until(finished, timeout=timeout) == JobStatus.succeeded.value, workers.log(worker)
+    return job_id
 
 
 def test_an_idle_worker_wakes_on_a_new_job_instead_of_polling(db, workers):
@@ -42,14 +52,7 @@ def test_an_idle_worker_wakes_on_a_new_job_instead_of_polling(db, workers):
 
     wait_until(listening, timeout=60)
     time.sleep(1.0)  # let it take the wake-up its connection gives, find nothing, and go idle
-    with db.write() as session:
-        job, _ = jobs.enqueue(
-            session,
-            job_spec_adapter.validate_python({"architecture": "fc", "epochs": 1, "seed": 3}),
-            default_max_attempts=3,
-        )
-
-    assert wait_until(lambda: finished(db, job.id), timeout=60) == JobStatus.succeeded.value, workers.log(worker)
+    run_one(db, worker, workers, {"architecture": "fc", "epochs": 1, "seed": 3}, timeout=60)
 
 
 def test_the_api_serves_a_checkpoint_a_worker_on_another_host_wrote_to_the_shared_folder(
@@ -65,22 +68,16 @@ def test_the_api_serves_a_checkpoint_a_worker_on_another_host_wrote_to_the_share
         mounts[host] = tmp_path / host / "mnt"
         mounts[host].symlink_to(shared, target_is_directory=True)
     worker = workers.start(artifacts_dir=str(mounts["host-a"]))
-    with db.write() as session:
-        job, _ = jobs.enqueue(
-            session,
-            job_spec_adapter.validate_python({"architecture": "cnn", "epochs": 1, "seed": 4}),
-            default_max_attempts=3,
-        )
-    assert wait_until(lambda: finished(db, job.id), timeout=120) == JobStatus.succeeded.value, workers.log(worker)
+    job_id = run_one(db, worker, workers, {"architecture": "cnn", "epochs": 1, "seed": 4}, timeout=120)
 
     with TestClient(create_app(settings.model_copy(update={"artifacts_dir": mounts["host-b"]}))) as api:
-        view = api.get(f"/v1/jobs/{job.id}").json()
-        download = api.get(f"/v1/jobs/{job.id}/checkpoint")
+        view = api.get(f"/v1/jobs/{job_id}").json()
+        download = api.get(f"/v1/jobs/{job_id}/checkpoint")
         [registered] = api.get("/v1/workers", params={"include_stopped": True}).json()
     assert download.status_code == 200
     digest = hashlib.sha256(download.content).hexdigest()
     assert download.headers["etag"] == f'"{digest}"', "the bytes the worker recorded"
-    [written] = (shared / "jobs" / job.id).glob("epoch-001-*.pt")
+    [written] = (shared / "jobs" / job_id).glob("epoch-001-*.pt")
     assert written.read_bytes() == download.content
     state = torch.load(io.BytesIO(download.content), weights_only=True)
     assert state["spec"]["architecture"] == "cnn" and state["epoch"] == 1
