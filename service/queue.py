@@ -13,6 +13,7 @@ run_after are measured on the database's clock (service.db.db_now).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class Claim(Lease):
     spec: AnySpec
     attempt: int
     resume: StoredFile | None  # the latest checkpoint (an epoch's, or a mid-epoch hand-back's)
+    # time.monotonic() just before the claim read the database's clock: the lease holds at least
+    # until lease_from + lease_seconds on this process's clock (Live.lease_until starts there).
+    lease_from: float
 
 
 def claim(
@@ -55,6 +59,7 @@ def claim(
 ) -> list[Claim]:
     """Take up to `limit` of the oldest runnable queued jobs, oldest first. With `pack_key`: only
     fresh jobs (nothing to resume) of that key, the ones that can join a pack."""
+    lease_from = time.monotonic()
     now = db_now(session)
     oldest = (
         select(Job.id)
@@ -105,6 +110,7 @@ def claim(
             spec=job_spec_adapter.validate_python(row.spec),
             attempt=row.attempts,
             resume=StoredFile.existing(row.resume_path, row.resume_sha256),
+            lease_from=lease_from,
         )
         for row in rows
     ]

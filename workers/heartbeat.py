@@ -56,6 +56,7 @@ class Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
+        started = time.monotonic()  # before the database's clock is read: the renewed lease holds past it
         cancelled, lost = [], []
         taken: list[tuple[Held, list[StepMetrics]]] = []
         try:
@@ -79,6 +80,9 @@ class Heartbeat(threading.Thread):
             for held, steps in taken:
                 held.live.step_losses.restore(steps)
             raise
+        for held in self.held:
+            if held not in lost:
+                held.live.lease_until = started + self.lease_seconds
         for held in cancelled:
             if held.live.stop_reason is None:
                 held.live.stop_reason = Outcome.cancelled

@@ -86,7 +86,9 @@ class JobRunner:
     def run(self, claims: list[Claim]) -> dict[str, Outcome]:
         """Train `claims` (one, or a pack of the same shape) to their ends; returns how each ended."""
         every = self.settings.step_metrics_every
-        run = Run([Held(claim, Live(step_losses=StepLosses(every))) for claim in claims], {})
+        lease = self.settings.lease_seconds
+        lives = [Live(step_losses=StepLosses(every), lease_until=claim.lease_from + lease) for claim in claims]
+        run = Run([Held(claim, live) for claim, live in zip(claims, lives, strict=True)], {})
         self.held = run.held
         if self.stop_reason is not None:
             # A signal that came while these jobs were being claimed found nothing held to stop:

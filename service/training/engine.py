@@ -47,6 +47,7 @@ from service.training.steps import StepLosses, samples_seen, sync_figures
 from service.training.tensors import MnistTensors, permutation
 
 LOSS_REFRESH_SECONDS = 0.25  # how often the loop turns its loss into a float (a device sync on GPUs)
+LEASE_WAIT_SECONDS = 0.05  # how often a loop whose lease is in doubt looks for the heartbeat's verdict
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,8 +101,18 @@ class Live:
     epochs: int = 1
     loss: float | None = None  # finite or None, never NaN/inf
     stop_reason: Outcome | None = None  # set by the watcher: the loop stops at the next step boundary
+    lease_until: float = math.inf  # time.monotonic() until which the job's lease is known to hold
     failure: str | None = None  # why, when the trainer itself set stop_reason to `failed` (fail())
     step_losses: StepLosses = field(default_factory=StepLosses)  # every N steps' loss, for the heartbeat
+
+    def hold_lease(self) -> None:
+        """Return once the lease is known to hold, or the loop must stop. The heartbeat moves
+        `lease_until` on with every renewal, so in step with it this never waits; after a pause
+        longer than the lease (SIGSTOP, a frozen VM, a suspended laptop) it waits for the heartbeat's
+        verdict: renewed, or lost (a stop), so a worker whose job was reaped meanwhile trains not
+        one more step of it."""
+        while self.stop_reason is None and time.monotonic() >= self.lease_until:
+            time.sleep(LEASE_WAIT_SECONDS)
 
     def fail(self, failure: str) -> None:
         """The trainer's own stop: the job fails with `failure` at the next step boundary. A cancel
@@ -275,6 +286,7 @@ class Trainer:
         model.train()
         refresh_at = time.monotonic()
         for step in range(first_step, steps):
+            live.hold_lease()
             if live.stop_reason is not None:
                 return step
             idx = order[step * batch_size : (step + 1) * batch_size]
@@ -294,4 +306,5 @@ class Trainer:
                 if not math.isfinite(total):
                     live.fail(train_diverged(total, self.spec, epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
-        return None
+        live.hold_lease()  # and before the evaluation that ends the epoch
+        return None if live.stop_reason is None else steps

@@ -185,6 +185,9 @@ class PackedFCTrainer:
             for j in self._diverged(train_loss_sums):
                 self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
                 self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
+            for j in self.active:  # as after every step: no evaluation on a lease in doubt
+                self.lives[j].hold_lease()
+            self._drop_stopped(epoch - 1, steps, orders, loss_sum, callbacks)
             if not self.active:
                 return {}
 
@@ -228,6 +231,8 @@ class PackedFCTrainer:
         loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
         refresh_at = time.monotonic()
         for step in range(steps):
+            for j in self.active:
+                self.lives[j].hold_lease()
             self._drop_stopped(epoch - 1, step, orders, loss_sum, callbacks)
             if not self.active:
                 break
