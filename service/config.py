@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(0.5, gt=0)  # progress + lease renewal period (capped at lease/3)
     poll_seconds: float = Field(0.25, gt=0)  # how often an idle worker looks for work
     reap_seconds: float = Field(5.0, gt=0)  # how often a worker requeues jobs whose lease expired
+    # How long a worker waits for an unreachable PostgreSQL server (a restart, a failover) when it
+    # connects, before the write fails; its running job goes on training meanwhile.
+    db_reconnect_seconds: float = Field(120.0, ge=0)
     retry_base_seconds: float = Field(2.0, ge=0)  # backoff after a lost worker: base * 2**(attempt-1)
     retry_max_seconds: float = Field(300.0, ge=0)
     max_attempts: int = Field(3, ge=1)  # default per job

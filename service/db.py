@@ -6,13 +6,16 @@ a plain deferred BEGIN, so status reads never queue behind writers in WAL mode.
 
 PostgreSQL (postgresql+psycopg://...) uses plain READ COMMITTED transactions: the claim locks its
 rows with FOR UPDATE SKIP LOCKED and every later write is fenced (service.queue), so nothing there
-needs a wider lock. Its leases run on the server's clock (db_now).
+needs a wider lock. Its leases run on the server's clock (db_now). A worker's engine waits out a
+server that is briefly unreachable (`reconnect_seconds`): a restart costs it no job.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -23,7 +26,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -36,13 +40,21 @@ BUSY_TIMEOUT_MS = 30_000
 # its job, for as long as its connection stays open. Every transaction of ours takes milliseconds.
 IDLE_IN_TRANSACTION_MS = 10_000
 READ_ONLY = "mnist_jobs_read_only"  # execution option: begin a deferred (read) transaction
+RECONNECT_MAX_DELAY_S = 2.0  # the longest pause between two tries to reach the server
+
+log = logging.getLogger("mnist_jobs.db")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, reconnect_seconds: float = 0.0) -> Engine:
+    """The engine for `url`. On PostgreSQL, with `reconnect_seconds`, opening a connection waits
+    out a server that refuses connections (restarting, failing over) for up to that long."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-        return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+        if reconnect_seconds > 0:
+            _wait_for_server(engine, reconnect_seconds)
+        return engine
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
@@ -68,6 +80,36 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _wait_for_server(engine: Engine, seconds: float) -> None:
+    """Every new connection (pool_pre_ping replaces the ones a restart broke) retries while the
+    server is unreachable, with growing pauses, for up to `seconds`; then the error is raised."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Dialect, _record: object, cargs: list[object], cparams: dict[str, object]) -> object:
+        deadline, delay, failures = time.monotonic() + seconds, 0.1, 0
+        while True:
+            try:
+                connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not failures:
+                    log.warning("database unreachable (%s); retrying for up to %.0f s", str(error).strip(), seconds)
+                failures += 1
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+                continue
+            if failures:
+                log.warning("database reachable again after %d failed tries", failures)
+            return connection
+
+
+def lost_connection(error: DBAPIError) -> bool:
+    """Whether `error` means the database could not be reached or the connection broke (a restart,
+    a network cut; on SQLite, a lock held past the busy timeout): not the job's fault."""
+    return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+
+
 def db_now(session: Session) -> datetime:
     """Now, on the database's clock (aware UTC): what leases, their expiry and run_after are
     measured by, so workers on hosts whose clocks disagree never steal or lose a lease. On a server
@@ -83,9 +125,9 @@ def db_now(session: Session) -> datetime:
 class Database:
     """One engine and the two kinds of session made from it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, reconnect_seconds: float = 0.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, reconnect_seconds)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         # SQLite has one writer at a time, and a connection that finds the lock taken sleeps in

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DBAPIError
+
 from service import queue, registry
-from service.db import Database
+from service.db import Database, lost_connection
 from service.errors import LeaseLost
 from service.queue import Claim
 from service.schemas import StepMetrics
@@ -99,7 +101,12 @@ class Heartbeat(threading.Thread):
                     self._next_reap = time.monotonic() + self.reap_seconds
                     for job_id in self.reap():
                         log.warning("job %s: lease expired; requeued or ended", job_id)
-            except Exception:  # a busy or briefly unreachable database: the lease covers a few misses
+            except DBAPIError as error:  # the lease covers a few misses
+                if not lost_connection(error):
+                    log.exception("heartbeat failed; retrying")
+                else:  # a restart or a network cut: expected, and said in one line
+                    log.warning("heartbeat: database unreachable (%s); retrying", type(error.orig).__name__)
+            except Exception:
                 log.exception("heartbeat failed; retrying")
 
     def stop(self) -> None:

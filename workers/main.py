@@ -7,6 +7,7 @@ job's lease then covers it). Started by `mnist-jobs worker` (cli/), which parses
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,10 +18,11 @@ import uuid
 from types import FrameType
 
 import torch
+from sqlalchemy.exc import DBAPIError
 
 from service import logs, queue, registry
 from service.config import Settings
-from service.db import Database, require_head
+from service.db import Database, lost_connection, require_head
 from service.queue import Claim
 from service.schemas import FCSpec
 from service.states import Outcome
@@ -36,10 +38,11 @@ class Worker:
         self.settings = settings
         self.id = str(uuid.uuid4())
         self.device = resolve_device(device or settings.device)
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, reconnect_seconds=settings.db_reconnect_seconds)
         self.runner = JobRunner(settings, self.db, self.id, self.device, DataCache(settings, self.device))
         self.stopping = threading.Event()
         self.wakeup = Wakeup(settings.database_url)
+        self.next_reap = 0.0  # time.monotonic() of the next reap
         self.next_runnable: float | None = None  # seconds until a queued job may be claimed, as last read
         self._signals = 0
         self._next_disk_warning = 0.0
@@ -78,27 +81,38 @@ class Worker:
             extra={"worker_id": self.id, "device": str(self.device)},
         )
         done = 0
-        next_reap = 0.0
         try:
             while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
-                if time.monotonic() >= next_reap:
-                    self.reap()
-                    next_reap = time.monotonic() + self.settings.reap_seconds
-                claims = self.claim()
-                if not claims:
-                    self.idle(until_reap=next_reap - time.monotonic())
-                    continue
-                for claim in claims:  # queued -> running; the runner logs how each ends
-                    log_transition(claim, self.id, "claimed", pack=len(claims))
-                self.runner.run(claims)
-                with self.db.write() as session:  # the registry must not show an ended job as current
-                    registry.seen(session, self.id, current_job_id=None)
-                done += len(claims)
+                try:
+                    done += self.cycle()
+                except DBAPIError as error:
+                    if not lost_connection(error):
+                        raise
+                    # Past db_reconnect_seconds, or a connection broken mid-write: a job it held
+                    # is retried from its last checkpoint once its lease runs out.
+                    log.warning("database unreachable (%s); trying again", type(error.orig).__name__)
+                    self.stopping.wait(self.settings.poll_seconds)
         finally:
-            with self.db.write() as session:
+            with contextlib.suppress(DBAPIError), self.db.write() as session:
                 registry.seen(session, self.id, current_job_id=None, stopped=True)
             self.wakeup.close()
             self.db.dispose()
+
+    def cycle(self) -> int:
+        """Reap when due, claim, and train what was claimed (or wait for work); the jobs it ran."""
+        if time.monotonic() >= self.next_reap:
+            self.reap()
+            self.next_reap = time.monotonic() + self.settings.reap_seconds
+        claims = self.claim()
+        if not claims:
+            self.idle(until_reap=self.next_reap - time.monotonic())
+            return 0
+        for claim in claims:  # queued -> running; the runner logs how each ends
+            log_transition(claim, self.id, "claimed", pack=len(claims))
+        self.runner.run(claims)
+        with self.db.write() as session:  # the registry must not show an ended job as current
+            registry.seen(session, self.id, current_job_id=None)
+        return len(claims)
 
     def claim(self) -> list[Claim]:
         """The oldest runnable job, plus (if it can pack) more queued jobs of its exact shape."""

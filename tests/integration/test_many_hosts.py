@@ -27,6 +27,13 @@ pytestmark = pytest.mark.databases("postgresql")
 NEVER = 600  # seconds: poll_seconds and reap_seconds, far past the test's bounds
 
 
+def finished(db, job_id: str) -> str | None:
+    """The job's status once it has ended, else None."""
+    with db.read() as session:
+        value = session.scalar(select(Job.status).where(Job.id == job_id))
+    return value if value is not None and JobStatus(value).is_final else None
+
+
 def run_one(db, worker, workers, spec: dict[str, object], timeout: float) -> str:
     """Submit `spec` and wait until it ends: its id (the test fails, with the worker's log, unless
     it succeeded within `timeout`)."""
@@ -34,12 +41,7 @@ def run_one(db, worker, workers, spec: dict[str, object], timeout: float) -> str
         job, _ = jobs.enqueue(session, job_spec_adapter.validate_python(spec), default_max_attempts=3)
     job_id = job.id
 
-    def finished() -> str | None:
-        with db.read() as session:
-            value = session.scalar(select(Job.status).where(Job.id == job_id))
-        return value if value is not None and JobStatus(value).is_final else None
-
-    assert wait_until(finished, timeout=timeout) == JobStatus.succeeded.value, workers.log(worker)
+    assert wait_until(lambda: finished(db, job_id), timeout=timeout) == JobStatus.succeeded.value, workers.log(worker)
     return job_id
 
 
@@ -84,3 +86,32 @@ def test_the_api_serves_a_checkpoint_a_worker_on_another_host_wrote_to_the_share
     assert view["history"][0]["worker_id"] == registered["id"]
     assert registered["host"] == socket.gethostname() and registered["device"] == "cpu"
     assert registered["version"] == service.__version__ and registered["torch_version"] == torch.__version__
+
+
+def test_workers_busy_and_idle_ride_out_a_database_restart(db, workers, postgres_server):
+    """PostgreSQL restarted (every session ended, 2 s down) while one worker trains and one idles:
+    both keep running, the job succeeds, and the idle one is woken by a job submitted afterwards."""
+    if postgres_server.ctl is None:
+        pytest.skip("the server was given by URL (MNIST_JOBS_TEST_POSTGRES_URL): not ours to restart")
+    busy = workers.start()
+    with db.write() as session:
+        job, _ = jobs.enqueue(
+            session,
+            job_spec_adapter.validate_python({"architecture": "cnn", "epochs": 4, "batch_size": 8, "seed": 5}),
+            default_max_attempts=1,  # a restart must not cost the job an attempt
+        )
+
+    def progressed() -> bool:
+        with db.read() as session:
+            return session.scalar(select(Job.progress).where(Job.id == job.id)) is not None
+
+    wait_until(progressed, timeout=60)
+    idle = workers.start()
+    postgres_server.restart(down_seconds=2)
+
+    assert wait_until(lambda: finished(db, job.id), timeout=120) == JobStatus.succeeded.value, workers.log(busy)
+    later = run_one(db, idle, workers, {"architecture": "fc", "epochs": 1, "seed": 6}, timeout=60)
+    assert later
+    for proc in (busy, idle):
+        assert proc.poll() is None, workers.log(proc)
+        assert "Traceback" not in workers.log(proc)

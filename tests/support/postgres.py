@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ class Server:
     template: str | None = None
     stop: list[str] | None = None  # the command that stops a cluster we started
     folder: Path | None = None
+    ctl: list[str] | None = None  # a cluster we started: `pg_ctl -D <data>` as its user
+    start_args: list[str] = field(default_factory=list)  # pg_ctl's arguments that start it (same port)
 
     def url(self, database: str) -> str:
         return self.admin.set(database=database).render_as_string(hide_password=False)
@@ -115,6 +118,18 @@ class Server:
         name = make_url(url).database
         self._execute(f'DROP DATABASE "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
 
+    def restart(self, down_seconds: float = 0.0) -> float:
+        """Stop a cluster we started (`pg_ctl stop -m fast`: every session is ended), keep it down
+        `down_seconds`, start it again on the same port and socket; returns the seconds from the
+        stop to the restarted server accepting connections (`pg_ctl start -w`)."""
+        if self.ctl is None:
+            raise RuntimeError("only a cluster started here can be restarted, not a server given by URL")
+        began = time.monotonic()
+        subprocess.run([*self.ctl, "stop", "-m", "fast", "-w"], check=True, capture_output=True, timeout=120)
+        time.sleep(down_seconds)
+        subprocess.run([*self.ctl, *self.start_args], check=True, capture_output=True, timeout=120)
+        return time.monotonic() - began
+
     def close(self) -> None:
         if self.stop is not None:
             subprocess.run(self.stop, capture_output=True, timeout=60)
@@ -131,6 +146,7 @@ def _start_cluster(binaries: Path) -> Server:
     shutil.chown(folder, user)
     data, port = folder / "data", free_port()
     as_user = ["runuser", "-u", user, "--"]
+    ctl = [*as_user, str(binaries / "pg_ctl"), "-D", str(data)]
     try:
         subprocess.run(
             [*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
@@ -140,21 +156,15 @@ def _start_cluster(binaries: Path) -> Server:
         )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c synchronous_commit=off"
         options += " -c full_page_writes=off -c max_connections=200"
-        log = str(folder / "log")
-        subprocess.run(
-            [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        start_args = ["-l", str(folder / "log"), "-o", options, "-w", "start"]
+        subprocess.run([*ctl, *start_args], check=True, capture_output=True, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         log = (folder / "log").read_text(errors="replace")[-800:] if (folder / "log").exists() else ""
         shutil.rmtree(folder, ignore_errors=True)
         stderr = getattr(error, "stderr", b"") or b""
         raise RuntimeError(f"could not start a PostgreSQL cluster: {error}: {stderr.decode()[-400:]} {log}") from error
     admin = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port, database="postgres")
-    stop = [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"]
-    return Server(admin=admin, stop=stop, folder=folder)
+    return Server(admin=admin, stop=[*ctl, "stop", "-m", "immediate"], folder=folder, ctl=ctl, start_args=start_args)
 
 
 _tried_apt: list[str | None] = []
