@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from service.db import lost_connection
 from service.errors import (
     CheckpointCorrupt,
     Conflict,
@@ -28,6 +31,8 @@ from service.errors import (
     Unauthorized,
     UnsupportedMedia,
 )
+
+log = logging.getLogger("mnist_jobs.api")
 
 PROBLEM_JSON = "application/problem+json"
 STATUS: dict[type[ServiceError], int] = {
@@ -195,6 +200,20 @@ async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
     return response
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+    """A database that cannot be reached (a restart, a failover) is a 503 to retry, not a crash;
+    any other database error is a 500 that shows nothing of the statement or the server."""
+    if not lost_connection(exc):
+        log.error("database error", exc_info=exc)
+        return problem(500, "Internal error", "the request failed inside the server; it is logged")
+    response = problem(503, "Database unavailable", "the database cannot be reached right now; try again shortly")
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -225,3 +244,4 @@ def install(app: FastAPI) -> None:
     app.exception_handler(RequestValidationError)(validation_error)
     app.exception_handler(ServiceError)(service_error)
     app.exception_handler(HTTPException)(http_error)
+    app.exception_handler(DBAPIError)(database_error)

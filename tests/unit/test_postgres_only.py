@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import make_url
 
 from service import jobs, queue, reaper
 from service.db import Database, db_now
@@ -105,3 +106,22 @@ def test_leases_run_on_the_servers_clock_not_on_a_skewed_hosts(db, monkeypatch):
         job = session.get(Job, job_id)
         assert job is not None and job.status == JobStatus.queued.value
         assert job.run_after < utcnow() + timedelta(minutes=5), "the backoff counts from the server's now"
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_to_retry_and_the_api_recovers(client, settings, postgres_server):
+    """What a restart or failover looks like to the API: new connections refused. It answers 503
+    (problem+json, Retry-After) instead of crashing, and 200 once the database is back."""
+    name = make_url(settings.database_url).database
+    assert client.get("/v1/jobs").status_code == 200
+    postgres_server._execute(
+        f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+    )
+    try:
+        down = client.get("/v1/jobs")
+    finally:
+        postgres_server._execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert down.status_code == 503 and down.headers["content-type"] == "application/problem+json"
+    assert down.headers["retry-after"] == "5" and down.json()["title"] == "Database unavailable"
+    assert "127.0.0.1" not in down.text and name not in down.text, "nothing of the server shows"
+    assert client.get("/v1/jobs").status_code == 200
