@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from bench.faults import pause_outside_a_write
 from service import jobs, registry
 from service.models import Worker, utcnow
 from service.schemas import job_spec_adapter
@@ -230,34 +230,10 @@ def test_sigkilled_worker_job_is_resumed_by_another_after_its_lease(settings, db
     assert job["metrics"] == uninterrupted_metrics(settings, job["spec"]), "resume is exact"
 
 
-def pause_outside_a_write(settings, victim: subprocess.Popen[bytes]) -> None:
-    """SIGSTOP the worker at a moment it holds no SQLite write lock. SQLite has one writer: a process
-    stopped inside its write transaction blocks every other writer (the reaper included) until it
-    runs again or dies, which no lease can undo (a limitation the README states). PostgreSQL ends
-    such a session after idle_in_transaction_session_timeout, so there any moment is fair."""
-    if not settings.database_url.startswith("sqlite:///"):
-        victim.send_signal(signal.SIGSTOP)
-        return
-    path = settings.database_url.removeprefix("sqlite:///")
-    for _ in range(200):
-        victim.send_signal(signal.SIGSTOP)
-        probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:  # "database is locked": stopped mid-write; try another moment
-            victim.send_signal(signal.SIGCONT)
-            time.sleep(0.02)
-        finally:
-            probe.close()
-    raise AssertionError("the worker held the write lock at every one of 200 tries")
-
-
 def test_paused_worker_past_its_lease_writes_nothing_after_it_resumes(settings, db, workers):
     # Every checkpoint kept (none pruned), so both attempts' files are there to check.
     job_id, job, _, victim, victim_id = held_by_one_of_two(db, workers, epochs_done=2, keep_checkpoints=30)
-    pause_outside_a_write(settings, victim)
+    pause_outside_a_write(settings.database_url, victim)  # SQLite: never inside a write
     try:
         job = final(db, job_id)
         assert job["status"] == "succeeded", job["error"]

@@ -4,7 +4,8 @@ The throwaway cluster is Debian's `initdb` + `pg_ctl` (apt-get installs `postgre
 are missing) run as an unprivileged user (postgres refuses root) under a temp folder, on a free port
 of 127.0.0.1 and a socket in that folder, with fsync and synchronous_commit off. It is stopped
 (`pg_ctl stop -m immediate`) and its folder removed at the end of the session; nothing else on the
-machine is started or changed. When no server can be had, `unavailable` says why (the tests skip).
+machine is started or changed. `Server.restart` stops and starts it again on the same port (the
+database restart of bench/fault_run.py). When no server can be had, `unavailable` says why (the tests skip).
 
 Every test gets a fresh database: an empty one (new_database), which `migrate` replaces with a copy
 of a template migrated once per session (CREATE DATABASE ... TEMPLATE), as the SQLite path copies a
