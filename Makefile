@@ -36,7 +36,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 tests/unit -k "not postgresql"
 
 # The PostgreSQL half alone: the tests marked `databases`, on a throwaway cluster the tests start
-# (tests/support/postgres.py) or on MNIST_JOBS_TEST_POSTGRES_URL. `make test` runs them too.
+# (bench/postgres.py) or on MNIST_JOBS_TEST_POSTGRES_URL. `make test` runs them too.
 test-postgres: setup
 	$(BIN)/python -m pytest -q -m databases -k postgresql
 

@@ -4,7 +4,7 @@ transaction) until the queue is empty, on SQLite and on PostgreSQL.
     python -m bench.claims [--processes 16] [--jobs 400] [--url URL ...]
 
 Without --url it measures both: a temp SQLite file, and PostgreSQL (MNIST_JOBS_TEST_POSTGRES_URL, or
-a throwaway cluster as the tests start one, tests/support/postgres.py). Every run also checks that
+a throwaway cluster as the tests start one, bench/postgres.py). Every run also checks that
 each job was claimed exactly once (tests/integration/test_claims_many.py asserts only that).
 """
 
@@ -120,7 +120,7 @@ def main() -> None:
         server = None
         urls = args.url
         if not urls:
-            from tests.support import postgres
+            from bench import postgres
 
             server = postgres.start()
             urls = [f"sqlite:///{Path(folder) / 'claims.db'}", server.new_database()]

@@ -4,7 +4,7 @@ on PostgreSQL, the database once; then the same specs on a clean service (same d
 number of workers, no faults), and every job's final checkpoint compared with the clean run's.
 
     .venv/bin/python -m bench.fault_run                         # SQLite, small fixture data
-    .venv/bin/python -m bench.fault_run --database postgresql   # a throwaway cluster (tests.support.postgres)
+    .venv/bin/python -m bench.fault_run --database postgresql   # a throwaway cluster (bench.postgres)
     .venv/bin/python -m bench.fault_run --data real             # ../shared/data/MNIST/raw (far slower)
 
 Prints a markdown table: one row per check (bench/fault_checks.py), each able to fail, then counts
@@ -44,7 +44,7 @@ from bench.fault_service import Service, prepare_data, service_env
 from bench.faults import pause_outside_a_write
 
 if TYPE_CHECKING:
-    from tests.support.postgres import Server
+    from bench.postgres import Server
 
 STRIKES = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM)  # in turn
 API_RESTARTS_AT = (0.25, 0.75)  # fractions of the jobs ended
@@ -244,7 +244,7 @@ def main() -> None:
     pg = None
     try:
         if args.database == "postgresql":
-            from tests.support import postgres  # the throwaway cluster the tests use
+            from bench import postgres  # the throwaway cluster the tests use
 
             pg = postgres.start()
         code = FaultRun(args, work, pg).main()

@@ -137,8 +137,12 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One write transaction: committed on success, rolled back on any exception."""
+        """One write transaction: committed on success, rolled back on any exception. It begins
+        before the body runs (on SQLite, BEGIN IMMEDIATE takes the write lock there): a "now" the
+        body reads (db_now) is then never older than the lock, so a claim that waited for it
+        grants a full lease."""
         with self._write_lock, self._writer() as session, session.begin():
+            session.connection()
             yield session
 
     @contextmanager

@@ -10,10 +10,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from bench import postgres
 from bench.synthetic import write_mnist
 from service.config import Settings
 from service.db import Database
-from tests.support import postgres
 from tests.support.processes import LiveServer, Workers
 from tests.support.settings import make_settings, migrate
 
@@ -36,7 +36,7 @@ def database_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[postgres.Server]:
-    """The session's PostgreSQL (tests.support.postgres); the tests that need it skip, saying why, without."""
+    """The session's PostgreSQL (bench.postgres); the tests that need it skip, saying why, without."""
     try:
         server = postgres.start()
     except RuntimeError as error:

@@ -1,4 +1,4 @@
-"""Settings for tests: a migrated SQLite file (or PostgreSQL database: tests.support.postgres) and small
+"""Settings for tests: a migrated SQLite file (or PostgreSQL database: bench.postgres) and small
 IDX files under the test's tmp_path."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bench import postgres
 from service.config import Settings
 from service.db import upgrade
 from service.storage import private_dirs
-from tests.support import postgres
 
 
 def make_settings(tmp_path: Path, data_root: Path, checksums: dict[str, str]) -> Settings:

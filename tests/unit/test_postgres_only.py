@@ -113,14 +113,14 @@ def test_a_database_that_cannot_be_reached_is_a_503_to_retry_and_the_api_recover
     (problem+json, Retry-After) instead of crashing, and 200 once the database is back."""
     name = make_url(settings.database_url).database
     assert client.get("/v1/jobs").status_code == 200
-    postgres_server._execute(
+    postgres_server.execute(
         f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
         f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
     )
     try:
         down = client.get("/v1/jobs")
     finally:
-        postgres_server._execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        postgres_server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     assert down.status_code == 503 and down.headers["content-type"] == "application/problem+json"
     assert down.headers["retry-after"] == "5" and down.json()["title"] == "Database unavailable"
     assert "127.0.0.1" not in down.text and name not in down.text, "nothing of the server shows"

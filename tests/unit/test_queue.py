@@ -7,6 +7,9 @@ reaper and claim compare them with the database's idea of now), so nothing here 
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -320,6 +323,29 @@ def test_claim_takes_each_job_once_and_oldest_first(db):
     assert claimed == ids
     with db.write() as session:
         assert queue.claim(session, WORKER_B, 60) == []
+
+
+
+@pytest.mark.databases("sqlite")
+def test_a_claim_that_waited_for_the_write_lock_grants_a_full_lease(db):
+    """SQLite: another process holds the write lock; the claim waits for it. Its "now" is read
+    once it holds the lock, so the lease it grants starts then, not when it began waiting."""
+    submit(db)
+    blocker = sqlite3.connect(db.url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    claims: list[Claim] = []
+    waiting = threading.Thread(target=lambda: claims.append(claim_one(db, WORKER_A)))
+    waiting.start()
+    time.sleep(1.5)
+    released = utcnow()
+    blocker.execute("COMMIT")
+    blocker.close()
+    waiting.join(30)
+    with db.read() as session:
+        job = session.get(Job, claims[0].job_id)
+        assert job is not None and job.started_at is not None and job.lease_expires_at is not None
+        assert job.started_at >= released, "the lease starts once the lock is held"
+        assert job.lease_expires_at - job.started_at == timedelta(seconds=60)
 
 
 # Idempotency

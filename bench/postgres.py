@@ -1,4 +1,4 @@
-"""A PostgreSQL server for tests: the one MNIST_JOBS_TEST_POSTGRES_URL names, or a throwaway cluster.
+"""A PostgreSQL server for tests and benchmarks: the one MNIST_JOBS_TEST_POSTGRES_URL names, or a throwaway cluster.
 
 The throwaway cluster is Debian's `initdb` + `pg_ctl` (apt-get installs `postgresql` once when they
 are missing) run as an unprivileged user (postgres refuses root) under a temp folder, on a free port
@@ -90,7 +90,7 @@ class Server:
     def url(self, database: str) -> str:
         return self.admin.set(database=database).render_as_string(hide_password=False)
 
-    def _execute(self, *statements: str) -> None:
+    def execute(self, *statements: str) -> None:
         engine = create_engine(self.admin, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as connection:
@@ -101,7 +101,7 @@ class Server:
 
     def new_database(self, template: str | None = None) -> str:
         name = f"mnist_jobs_test_{uuid.uuid4().hex[:12]}"
-        self._execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        self.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         self.created.append(name)
         return self.url(name)
 
@@ -117,7 +117,7 @@ class Server:
             upgrade(head)
             self.template = make_url(head).database
         name = make_url(url).database
-        self._execute(f'DROP DATABASE "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self.execute(f'DROP DATABASE "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
 
     def restart(self, down_seconds: float = 0.0) -> float:
         """Stop a cluster we started (`pg_ctl stop -m fast`: every session is ended), keep it down
@@ -136,7 +136,7 @@ class Server:
             subprocess.run(self.stop, capture_output=True, timeout=60)
         else:
             for name in self.created:
-                self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
