@@ -127,20 +127,22 @@ def outcomes(ids: list[str], jobs: dict[str, dict[str, Any]], logs: str) -> list
     ]
 
 
-def resume_points(events: list[Event], steps_per_epoch: int) -> list[tuple[Claim, Point]]:
-    """Each claim of the job, in the order of its events, and where it must resume from: the latest
-    checkpoint saved before it."""
+def resume_points(events: list[Event], steps_per_epoch: int) -> list[tuple[Claim, Point, bool]]:
+    """Each claim of the job, in the order of its events, where it must resume from (the latest
+    checkpoint saved before it), and whether it trained (wrote a step or an epoch) before it ended."""
     point: Point = None
-    claims: list[tuple[Claim, Point]] = []
+    claims: list[tuple[Claim, Point, bool]] = []
     running: int | None = None  # the attempt count of the claim now running
     last_step: tuple[int, int] | None = None  # (epoch, global step) of this claim's last step event
     for kind, data in events:
+        if kind in ("epoch", "step") and claims:
+            claims[-1] = (*claims[-1][:2], True)
         if kind == "epoch":
             point = (data["epoch"], 0)
         elif kind == "step" and data["steps"]:
             last_step = (data["steps"][-1]["epoch"], data["steps"][-1]["step"])
         elif kind == "status" and data["status"] == "running" and not data["cancel_requested"]:
-            claims.append(((data["attempt"], data["worker_id"]), point))
+            claims.append(((data["attempt"], data["worker_id"]), point, False))
             running, last_step = data["attempt"], None
         elif kind == "status" and data["status"] != "running":
             if data["status"] == "queued" and running is not None and data["attempt"] == running - 1:  # handed back
@@ -173,7 +175,7 @@ def story(events: list[Event], history: list[dict[str, Any]]) -> str:
 def resumes(ids: list[str], got: Collected) -> list[Row]:
     """Each claim after a job's first (found in its history by attempt count and worker) resumed
     exactly where resume_points says; and the history lists the claims in the order they happened."""
-    checked, wrong, unordered, resumed, mid_epoch, retried = 0, [], [], 0, 0, 0
+    checked, wrong, unordered, resumed, mid_epoch, retried, unstarted = 0, [], [], 0, 0, 0, 0
     for job_id in (i for i in ids if i in got.jobs):
         history = got.jobs[job_id]["history"]
         actual = [
@@ -192,7 +194,7 @@ def resumes(ids: list[str], got: Collected) -> list[Row]:
             continue
         spe = math.ceil(got.train_samples / got.jobs[job_id]["spec"]["batch_size"])
         unused, order = list(range(len(history))), []
-        for n, ((attempt, worker), want) in enumerate(resume_points(events, spe)):
+        for n, ((attempt, worker), want, trained) in enumerate(resume_points(events, spe)):
             found = [i for i in unused if (history[i]["attempt"], history[i]["worker_id"]) == (attempt, worker)]
             if not found:
                 wrong.append(
@@ -201,6 +203,9 @@ def resumes(ids: list[str], got: Collected) -> list[Row]:
                 continue
             unused.remove(found[0])
             order.append(found[0])
+            if n > 0 and actual[found[0]] is None and not trained and history[found[0]]["ended"] != "succeeded":
+                unstarted += 1  # killed or paused between its claim and its resume: it trained nothing
+                continue
             checked += n > 0
             if n > 0 and actual[found[0]] != want:
                 have = actual[found[0]]
@@ -214,7 +219,8 @@ def resumes(ids: list[str], got: Collected) -> list[Row]:
     return [
         Row(
             "retried jobs resumed from their last checkpoint (epoch, step)",
-            f"{len(wrong)} wrong of {checked} later claims ({retried} jobs retried)",
+            f"{len(wrong)} wrong of {checked} later claims ({retried} jobs retried; "
+            f"{unstarted} more ended before they resumed, having trained nothing)",
             not wrong,
         ),
         Row("job histories listing the claims in the order they happened", f"{len(unordered)} not", not unordered),

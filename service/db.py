@@ -169,8 +169,8 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def current_revision(url: str) -> str | None:
-    engine = make_engine(url)
+def current_revision(url: str, reconnect_seconds: float = 0.0) -> str | None:
+    engine = make_engine(url, reconnect_seconds)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -184,10 +184,11 @@ def head_revision() -> str:
     return head
 
 
-def require_head(url: str) -> None:
+def require_head(url: str, reconnect_seconds: float = 0.0) -> None:
     """Refuse to start on a database that is not at the migration head (migrations run in one
-    place, `mnist-jobs db upgrade` or `mnist-jobs serve`), saying what to run."""
-    current, head = current_revision(url), head_revision()
+    place, `mnist-jobs db upgrade` or `mnist-jobs serve`), saying what to run. `reconnect_seconds`:
+    as Database's (a worker started while the server restarts waits for it)."""
+    current, head = current_revision(url, reconnect_seconds), head_revision()
     if current != head:
         raise SchemaOutOfDate(
             f"the database is at revision {current or 'none (empty)'}, this code needs {head}: "

@@ -175,7 +175,7 @@ class Worker:
 def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:
     """The whole worker process: check the schema, install signal handlers, run until told to stop."""
     logs.setup(logs.worker_config(settings.log_format))
-    require_head(settings.database_url)
+    require_head(settings.database_url, settings.db_reconnect_seconds)
     worker = Worker(settings, device)
     signal.signal(signal.SIGTERM, worker.on_signal)
     signal.signal(signal.SIGINT, worker.on_signal)

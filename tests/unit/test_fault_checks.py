@@ -41,13 +41,13 @@ def test_a_reaped_attempt_resumes_from_its_last_epoch_and_a_handed_back_one_from
         status("running", 2, "d"),
         status("succeeded", 2, "d"),
     ]
-    claims = [((1, "a"), None), ((2, "b"), (1, 0)), ((2, "c"), (1, 7)), ((2, "d"), (1, 7))]
+    claims = [((1, "a"), None, True), ((2, "b"), (1, 0), True), ((2, "c"), (1, 7), False), ((2, "d"), (1, 7), False)]
     assert checks.resume_points(events, SPE) == claims
 
 
 def test_a_hand_back_before_the_first_epoch_resumes_from_its_mid_epoch_checkpoint():
     events = [status("queued", 0), status("running", 1, "a"), status("queued", 0), status("running", 1, "b")]
-    assert checks.resume_points(events, SPE) == [((1, "a"), None), ((1, "b"), (0, 0))]
+    assert checks.resume_points(events, SPE) == [((1, "a"), None, False), ((1, "b"), (0, 0), False)]
 
 
 def job(history: list[dict[str, Any]], status: str = "succeeded", epochs: int = 2) -> dict[str, Any]:
@@ -92,6 +92,17 @@ def test_the_resume_check_fails_when_an_attempt_resumed_elsewhere():
         got = checks.Collected({"j": job(history)}, {}, {"j": EVENTS}, 600)
         resumed_row, order_row = checks.resumes(["j"], got)[:2]
         assert (resumed_row.ok, order_row.ok) == (ok, True)
+
+
+def test_a_claim_lost_before_it_resumed_is_no_wrong_resume_but_one_that_trained_is():
+    events = [*EVENTS[:3], status("running", 2, "b"), status("queued", 2), status("running", 3, "c")]
+    history = [attempt("lease expired"), attempt("lease expired", None, n=2, worker="b")]
+    history.append(attempt("succeeded", (1, 0), n=3, worker="c"))
+    got = checks.Collected({"j": job(history)}, {}, {"j": [*events, status("succeeded", 3)]}, 600)
+    assert checks.resumes(["j"], got)[0].ok, "b was killed before it resumed: it trained nothing"
+    trained = [*events[:4], steps(1, 1, 3), *events[4:], status("succeeded", 3)]
+    got = checks.Collected({"j": job(history)}, {}, {"j": trained}, 600)
+    assert not checks.resumes(["j"], got)[0].ok, "b trained from scratch"
 
 
 def test_a_history_out_of_claim_order_is_told_apart_from_a_wrong_resume():

@@ -325,7 +325,6 @@ def test_claim_takes_each_job_once_and_oldest_first(db):
         assert queue.claim(session, WORKER_B, 60) == []
 
 
-
 @pytest.mark.databases("sqlite")
 def test_a_claim_that_waited_for_the_write_lock_grants_a_full_lease(db):
     """SQLite: another process holds the write lock; the claim waits for it. Its "now" is read
