@@ -203,7 +203,8 @@ def resumes(ids: list[str], got: Collected) -> list[Row]:
                 continue
             unused.remove(found[0])
             order.append(found[0])
-            if n > 0 and actual[found[0]] is None and not trained and history[found[0]]["ended"] != "succeeded":
+            lost_early = actual[found[0]] is None and not trained and history[found[0]]["ended"] != "succeeded"
+            if n > 0 and want is not None and lost_early:
                 unstarted += 1  # killed or paused between its claim and its resume: it trained nothing
                 continue
             checked += n > 0
