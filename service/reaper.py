@@ -8,10 +8,10 @@ meanwhile is never reaped.
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service import events
@@ -32,11 +32,21 @@ def reap(
     base_seconds: float,
     max_seconds: float,
     events_keep_seconds: float = events.KEEP_SECONDS_DEFAULT,
+    restart_grace_seconds: float = 0.0,
 ) -> list[str]:
     """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
-    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds."""
+    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds.
+
+    `restart_grace_seconds` (the workers pass their lease): on PostgreSQL nothing is reaped that
+    long after the server started. Leases run out while the server is down, but their workers may
+    only be waiting to reconnect; a restart must not cost their jobs an attempt. A worker that
+    really died meanwhile is reaped one grace later."""
     events.prune(session, events_keep_seconds)
     now = db_now(session)
+    if restart_grace_seconds > 0 and session.get_bind().dialect.name == "postgresql":
+        started = session.scalar(select(func.timezone("UTC", func.pg_postmaster_start_time())))
+        if started is not None and now < started.replace(tzinfo=UTC) + timedelta(seconds=restart_grace_seconds):
+            return []
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
         .where(Job.status == RUNNING, Job.lease_expires_at < now)

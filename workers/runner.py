@@ -218,6 +218,7 @@ class JobRunner:
                 base_seconds=self.settings.retry_base_seconds,
                 max_seconds=self.settings.retry_max_seconds,
                 events_keep_seconds=self.settings.events_keep_seconds,
+                restart_grace_seconds=self.settings.lease_seconds,
             )
 
     def save(self, claim: Claim, epoch: int | None, state: TrainingState) -> StoredFile:

@@ -125,3 +125,20 @@ def test_a_database_that_cannot_be_reached_is_a_503_to_retry_and_the_api_recover
     assert down.headers["retry-after"] == "5" and down.json()["title"] == "Database unavailable"
     assert "127.0.0.1" not in down.text and name not in down.text, "nothing of the server shows"
     assert client.get("/v1/jobs").status_code == 200
+
+
+def test_for_one_lease_after_the_server_restarts_no_lease_is_reaped(db, postgres_server):
+    """A lease that ran out while PostgreSQL was down may belong to a worker that is only waiting
+    to reconnect: the reapers leave it for one grace (the workers pass their lease) after the start."""
+    if postgres_server.ctl is None:
+        pytest.skip("the server was given by URL (MNIST_JOBS_TEST_POSTGRES_URL): not ours to restart")
+    with db.write() as session:
+        job, _ = jobs.enqueue(session, SPEC, default_max_attempts=3)
+    with db.write() as session:
+        queue.claim(session, "waiting-worker", 0.5)
+    postgres_server.restart(down_seconds=1)  # the lease runs out while the server is down
+
+    with db.write() as session:
+        assert reaper.reap(session, base_seconds=1, max_seconds=1, restart_grace_seconds=60) == []
+    with db.write() as session:
+        assert reaper.reap(session, base_seconds=1, max_seconds=1, restart_grace_seconds=0) == [job.id]
