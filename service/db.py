@@ -104,9 +104,11 @@ def _wait_for_server(engine: Engine, seconds: float) -> None:
             return connection
 
 
-def lost_connection(error: DBAPIError) -> bool:
+def lost_connection(error: BaseException) -> bool:
     """Whether `error` means the database could not be reached or the connection broke (a restart,
     a network cut; on SQLite, a lock held past the busy timeout): not the job's fault."""
+    if not isinstance(error, DBAPIError):
+        return False
     return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
 
 

@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError
-
 from service import queue, registry
 from service.db import Database, lost_connection
 from service.errors import LeaseLost
@@ -101,13 +99,11 @@ class Heartbeat(threading.Thread):
                     self._next_reap = time.monotonic() + self.reap_seconds
                     for job_id in self.reap():
                         log.warning("job %s: lease expired; requeued or ended", job_id)
-            except DBAPIError as error:  # the lease covers a few misses
-                if not lost_connection(error):
+            except Exception as error:  # the lease covers a few misses
+                if lost_connection(error):  # a restart or a network cut: expected, and said in one line
+                    log.warning("heartbeat: database unreachable (%s); retrying", type(error).__name__)
+                else:
                     log.exception("heartbeat failed; retrying")
-                else:  # a restart or a network cut: expected, and said in one line
-                    log.warning("heartbeat: database unreachable (%s); retrying", type(error.orig).__name__)
-            except Exception:
-                log.exception("heartbeat failed; retrying")
 
     def stop(self) -> None:
         self._stop_event.set()

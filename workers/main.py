@@ -85,12 +85,12 @@ class Worker:
             while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
                 try:
                     done += self.cycle()
-                except DBAPIError as error:
+                except Exception as error:
                     if not lost_connection(error):
                         raise
                     # Past db_reconnect_seconds, or a connection broken mid-write: a job it held
                     # is retried from its last checkpoint once its lease runs out.
-                    log.warning("database unreachable (%s); trying again", type(error.orig).__name__)
+                    log.warning("database unreachable (%s); trying again", type(error).__name__)
                     self.stopping.wait(self.settings.poll_seconds)
         finally:
             with contextlib.suppress(DBAPIError), self.db.write() as session:

@@ -16,7 +16,6 @@ from functools import partial
 
 import torch
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 
 from service import queue, reaper
 from service.config import Settings, heartbeat_period
@@ -118,7 +117,7 @@ class JobRunner:
                 finish = partial(queue.finish, result=result, progress=held.live.progress(), steps=steps)
                 run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.succeeded, finish)
         except Exception as exc:
-            if isinstance(exc, DBAPIError) and lost_connection(exc):
+            if lost_connection(exc):
                 # Not the jobs' fault, and nothing can be written now: the worker's loop waits for
                 # the database; the jobs resume from their last checkpoints once their leases run out.
                 log.warning("jobs %s: database unreachable; left to their leases", [c.job_id for c in claims])
