@@ -49,6 +49,7 @@ FAULT_SETTINGS = {
     "pack_size": 1,
 }
 FINAL = {"succeeded", "failed", "cancelled"}
+EARLY_JOB_EPOCHS = 10  # see early_in_an_epoch
 
 
 @pytest.fixture
@@ -108,6 +109,19 @@ def running_with(db, job_id: str, *, epochs_done: int = 0, step: int = 0) -> dic
         )
 
     return wait_until(ready, timeout=60)
+
+
+def early_in_an_epoch(db, job_id: str) -> dict[str, Any]:
+    """Wait until a job of 300-step epochs is in its first half of an epoch after the first. Progress
+    comes with heartbeats (0.1 s in tests), which an epoch of tiny steps can outrun: the window is
+    wide and the job long (EARLY_JOB_EPOCHS) so one is seen; its second half leaves the signal time to
+    land before the epoch ends."""
+
+    def early():
+        job = running_with(db, job_id, epochs_done=1, step=10)
+        return job["progress"]["step"] < 150 and job
+
+    return wait_until(early, timeout=60, interval=0.01)
 
 
 def held_by_one_of_two(db, workers, epochs_done: int, **overrides: object):
@@ -263,14 +277,10 @@ def test_paused_worker_past_its_lease_writes_nothing_after_it_resumes(settings, 
 
 
 def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings, db, workers):
-    job_id = submit(db, epochs=6, batch_size=2)  # 300 steps an epoch: the signal lands mid-epoch
+    job_id = submit(db, epochs=EARLY_JOB_EPOCHS, batch_size=2)  # 300 steps an epoch
     first_worker = workers.start()
 
-    def early_in_an_epoch():
-        job = running_with(db, job_id, epochs_done=1, step=10)
-        return job["progress"]["step"] < 100 and job
-
-    wait_until(early_in_an_epoch, timeout=60, interval=0.01)
+    early_in_an_epoch(db, job_id)
     first_worker.send_signal(signal.SIGTERM)
     # 0, not 128+15: it handed the job back itself, before its grace timer would have cut it off.
     assert first_worker.wait(timeout=120) == 0
@@ -291,14 +301,10 @@ def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings
 
 
 def test_a_hand_back_whose_checkpoint_cannot_be_written_still_requeues_the_job_at_once(settings, db, workers):
-    job_id = submit(db, epochs=6, batch_size=2)
+    job_id = submit(db, epochs=EARLY_JOB_EPOCHS, batch_size=2)
     first_worker = workers.start()
 
-    def early_in_an_epoch():
-        job = running_with(db, job_id, epochs_done=1, step=10)
-        return job["progress"]["step"] < 100 and job
-
-    job = wait_until(early_in_an_epoch, timeout=60, interval=0.01)
+    early_in_an_epoch(db, job_id)
     folder = settings.artifacts_dir / "jobs" / job_id
     with immutable(folder):  # nothing can be written there now, as on a full or read-only disk
         first_worker.send_signal(signal.SIGTERM)
