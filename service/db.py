@@ -16,11 +16,12 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -41,8 +42,10 @@ BUSY_TIMEOUT_MS = 30_000
 IDLE_IN_TRANSACTION_MS = 10_000
 READ_ONLY = "mnist_jobs_read_only"  # execution option: begin a deferred (read) transaction
 RECONNECT_MAX_DELAY_S = 2.0  # the longest pause between two tries to reach the server
+RETRY_PAUSE_S = 0.1  # between a write the connection broke under and its next try
 
 log = logging.getLogger("mnist_jobs.db")
+T = TypeVar("T")
 
 
 def make_engine(url: str, reconnect_seconds: float = 0.0) -> Engine:
@@ -128,7 +131,7 @@ class Database:
     """One engine and the two kinds of session made from it."""
 
     def __init__(self, url: str, *, reconnect_seconds: float = 0.0) -> None:
-        self.url = url
+        self.url, self.reconnect_seconds = url, reconnect_seconds
         self.engine = make_engine(url, reconnect_seconds)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
@@ -146,6 +149,24 @@ class Database:
         with self._write_lock, self._writer() as session, session.begin():
             session.connection()
             yield session
+
+    def write_again_if_cut(self, body: Callable[[Session], T]) -> T:
+        """`body` in one write transaction; when the connection broke under it (a server restart, a
+        network cut), run again in a new one, for up to `reconnect_seconds`. Only for writes that
+        are safe to repeat: the worker's fenced writes, which a lost lease refuses. A transaction
+        whose commit reached the server but whose answer was lost is repeated too: `body` must
+        then see its own earlier write (an ending finds its attempt already closed)."""
+        deadline = time.monotonic() + self.reconnect_seconds
+        while True:
+            try:
+                with self.write() as session:
+                    return body(session)
+            except DBAPIError as error:
+                if not lost_connection(error) or time.monotonic() + RETRY_PAUSE_S > deadline:
+                    raise
+                cause = str(error.orig).strip().partition("\n")[0] or type(error.orig).__name__
+                log.warning("write cut off (%s); trying it again", cause)
+                time.sleep(RETRY_PAUSE_S)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -138,6 +138,14 @@ def _fenced(session: Session, lease: Lease, **values: Any) -> None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
 
 
+def attempt_outcome(session: Session, lease: Lease) -> Outcome | None:
+    """How the lease's attempt ended (None while it runs)."""
+    outcome = session.scalar(
+        select(Attempt.outcome).where(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token)
+    )
+    return None if outcome is None else Outcome(outcome)
+
+
 def update_attempt(session: Session, lease: Lease, **values: Any) -> None:
     session.execute(
         update(Attempt).where(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token).values(**values)
@@ -185,6 +193,9 @@ def record_epoch(
     `keep`, prune the older checkpoints in the same guarded write (see prune_checkpoints) and return
     the paths of their files, for the caller to remove once this commits."""
     _fenced(session, lease, resume_path=checkpoint.path, resume_sha256=checkpoint.sha256)
+    recorded = select(Epoch.checkpoint_path).where(Epoch.job_id == lease.job_id, Epoch.epoch == metrics.epoch)
+    if session.scalar(recorded) == checkpoint.path:  # this very write, again: its commit's answer was lost
+        return []
     # A retried attempt that re-ran this epoch replaces the row the lost attempt wrote.
     session.execute(delete(Epoch).where(Epoch.job_id == lease.job_id, Epoch.epoch == metrics.epoch))
     session.execute(

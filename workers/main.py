@@ -28,7 +28,8 @@ from service.schemas import FCSpec
 from service.states import Outcome
 from service.training.engine import configure_torch, resolve_device
 from service.wakeup import Wakeup
-from workers.runner import DataCache, JobRunner, log_transition
+from workers.data_cache import DataCache
+from workers.runner import JobRunner, log_transition
 
 log = logging.getLogger("mnist_jobs.worker")
 

@@ -9,13 +9,13 @@ go with each job's last write (its finish, or the write that stops it), in the s
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from service import queue, reaper
 from service.config import Settings, heartbeat_period
@@ -31,33 +31,10 @@ from service.training.checkpoints import TrainingState
 from service.training.engine import Live, Trainer
 from service.training.packed import PackedFCTrainer
 from service.training.steps import StepLosses
-from service.training.tensors import MnistTensors, load_tensors, permutation
+from workers.data_cache import DataCache
 from workers.heartbeat import Heartbeat, Held
 
 log = logging.getLogger(__name__)
-PERMUTED_CACHE_SIZE = 2  # permuted copies kept per worker (the base data set is always kept)
-
-
-class DataCache:
-    """Data sets stay on the worker's device between jobs; permuted copies are made once per seed."""
-
-    def __init__(self, settings: Settings, device: torch.device) -> None:
-        self.settings, self.device = settings, device
-        self._base: dict[str, MnistTensors] = {}
-        self._permuted: OrderedDict[tuple[str, int], MnistTensors] = OrderedDict()
-
-    def get(self, dataset: str, permutation_seed: int | None) -> MnistTensors:
-        if dataset not in self._base:
-            self._base[dataset] = load_tensors(self.settings, dataset).to(self.device)
-        if permutation_seed is None:
-            return self._base[dataset]
-        key = (dataset, permutation_seed)
-        if key not in self._permuted:
-            self._permuted[key] = self._base[dataset].permuted(permutation(permutation_seed))
-            while len(self._permuted) > PERMUTED_CACHE_SIZE:
-                self._permuted.popitem(last=False)
-        self._permuted.move_to_end(key)
-        return self._permuted[key]
 
 
 @dataclass
@@ -173,8 +150,7 @@ class JobRunner:
         if claim.resume is not None:
             resume = self.resume_point(claim)
             epoch, step = (resume.epoch, resume.partial.step if resume.partial else 0) if resume else (0, 0)
-            with self.db.write() as session:
-                queue.note_resume(session, claim, epoch, step)
+            self.db.write_again_if_cut(partial(queue.note_resume, lease=claim, epoch=epoch, step=step))
         data = self.cache.get(claim.spec.dataset, claim.spec.permutation_seed)
         return Trainer(claim.spec, data, self.device, resume=resume, live=held.live)
 
@@ -238,15 +214,26 @@ class JobRunner:
     ) -> Outcome:
         """One final fenced write, after the job's step losses not yet written (same transaction); a
         lost lease means another worker owns the job: say so, write nothing."""
+
+        def end(session: Session) -> None:
+            if steps:
+                queue.record_steps(session, claim, steps)
+            write(session, claim)
+
         try:
-            with self.db.write() as session:
-                if steps:
-                    queue.record_steps(session, claim, steps)
-                write(session, claim)
+            self.db.write_again_if_cut(end)
             return outcome
         except LeaseLost:
+            if self.ended_by_itself(claim) is outcome:
+                return outcome
             log.warning("job %s: lease lost before it could be marked %s", claim.job_id, outcome.value)
             return Outcome.lease_lost
+
+    def ended_by_itself(self, claim: Claim) -> Outcome | None:
+        """How the claim's attempt ended, when a fenced ending found its lease gone: an ending written
+        again because its commit's answer was lost (Database.write_again_if_cut) finds its own."""
+        with self.db.read() as session:
+            return queue.attempt_outcome(session, claim)
 
 
 def log_transition(claim: Claim, worker_id: str, transition: str, reason: str | None = None, **fields: object) -> None:
@@ -286,9 +273,15 @@ class Recorder:
     def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
         held = self.run.held[index]
         file = self.runner.save(held.claim, metrics.epoch, checkpoint)
+        record = partial(
+            queue.record_epoch,
+            lease=held.claim,
+            metrics=metrics,
+            checkpoint=file,
+            keep=self.runner.settings.keep_checkpoints,
+        )
         try:
-            with self.runner.db.write() as session:
-                pruned = queue.record_epoch(session, held.claim, metrics, file, self.runner.settings.keep_checkpoints)
+            pruned = self.runner.db.write_again_if_cut(record)
         except LeaseLost:  # one job losing its lease must not disturb the others in a pack
             log.warning("job %s: lease lost; epoch %d not recorded, training stops", held.claim.job_id, metrics.epoch)
             self.runner.remove_files(held.claim, [file.path])
@@ -317,11 +310,17 @@ class Recorder:
             except OSError as exc:  # e.g. a full disk: hand back anyway, to resume from the last epoch
                 log.warning("job %s: mid-epoch checkpoint not written (%s); handing back without it", claim.job_id, exc)
                 file = None
+
+            def hand_back(session: Session) -> Outcome:
+                queue.record_steps(session, claim, steps)
+                return queue.hand_back(session, claim, file)
+
             try:
-                with self.runner.db.write() as session:
-                    queue.record_steps(session, claim, steps)
-                    return queue.hand_back(session, claim, file)
+                return self.runner.db.write_again_if_cut(hand_back)
             except LeaseLost:  # as in on_epoch: publish nothing, leave nothing
+                ended = self.runner.ended_by_itself(claim)
+                if ended in (Outcome.handed_back, Outcome.cancelled):
+                    return ended
                 if file is not None:
                     self.runner.remove_files(claim, [file.path])
         return Outcome.lease_lost

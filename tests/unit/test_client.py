@@ -345,7 +345,8 @@ class FlipsAByte(httpx.BaseTransport):
 
 def train(api: Client, settings: Settings, db: Database, spec: dict[str, Any]) -> str:
     """Submit a job and run it to its end with the worker's own runner, in this process."""
-    from workers.runner import DataCache, JobRunner
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner
 
     job_id = api.submit(spec).id
     with db.write() as session:

@@ -83,7 +83,8 @@ def test_in_a_pack_only_the_diverged_job_leaves_and_the_other_is_bit_identical_t
 
 
 def test_out_of_memory_is_a_readable_failure(settings, db):
-    from workers.runner import DataCache, JobRunner, is_out_of_memory
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner, is_out_of_memory
 
     runner = JobRunner(settings, db, "worker", CPU, DataCache(settings, CPU))
     cuda = torch.OutOfMemoryError(

@@ -40,7 +40,8 @@ def undeletable(folder: Path) -> Iterator[None]:
 
 def run_next(settings, db) -> dict[str, Outcome]:
     """Claim the oldest queued job and run it with the worker's own runner, in this process."""
-    from workers.runner import DataCache, JobRunner
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner
 
     with db.write() as session:
         claims = queue.claim(session, "worker-1", settings.lease_seconds)

@@ -122,7 +122,8 @@ def test_the_uvicorn_config_puts_the_id_on_every_line_in_either_format(log_forma
 
 
 def test_a_worker_logs_each_job_transition_and_why_a_job_failed(settings, db, tmp_path, mnist_data, json_lines):
-    from workers.runner import DataCache, JobRunner, log_transition
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner, log_transition
 
     nowhere = local_sources_only(settings, tmp_path, mnist_data[1])  # an empty data dir, no source to fill it
     with db.write() as session:

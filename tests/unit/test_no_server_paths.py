@@ -29,7 +29,8 @@ def strings(value: Any) -> Iterator[str]:
 
 
 def run_next(settings, db: Database) -> None:
-    from workers.runner import DataCache, JobRunner
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner
 
     with db.write() as session:
         claims = queue.claim(session, "worker-1", settings.lease_seconds)

@@ -66,7 +66,8 @@ class Served:
 
 def train(client: TestClient, settings: Settings, db: Database, spec: dict[str, Any]) -> str:
     """Submit a job and run it to its end with the worker's own runner, in this process."""
-    from workers.runner import DataCache, JobRunner
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner
 
     job_id = str(client.post("/v1/jobs", json=spec, headers=SUBMIT).json()["id"])
     with db.write() as session:

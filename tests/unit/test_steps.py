@@ -29,8 +29,9 @@ from service.training.packed import PackedFCTrainer
 from service.training.steps import StepLosses, sync_figures
 from service.training.tensors import load_tensors
 from tests.support.training import CPU, Recorded, StopAt, job_data, make_spec, reloaded, trainer_for
+from workers.data_cache import DataCache
 from workers.heartbeat import Heartbeat, Held
-from workers.runner import DataCache, JobRunner
+from workers.runner import JobRunner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
