@@ -1,6 +1,7 @@
 """Workers on other hosts, on PostgreSQL: an idle worker picks up a new job on its notification, long
-before its next poll or reap would have found it; and the API serves a checkpoint that a worker
-wrote to a shared artifacts folder mounted at another path on its host."""
+before its next poll or reap would have found it; the API serves a checkpoint that a worker wrote
+to a shared artifacts folder mounted at another path on its host; and a restart of the server, or
+a session it ends mid-write, costs a job no attempt."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def finished(db, job_id: str) -> str | None:
     with db.read() as session:
         value = session.scalar(select(Job.status).where(Job.id == job_id))
     return value if value is not None and JobStatus(value).is_final else None
+
+
+def running(db, job_id: str) -> bool:
+    with db.read() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.running.value
 
 
 def run_one(db, worker, workers, spec: dict[str, object], timeout: float) -> str:
@@ -116,3 +122,35 @@ def test_workers_busy_and_idle_ride_out_a_database_restart(db, workers, postgres
     for proc in (busy, idle):
         assert proc.poll() is None, workers.log(proc)
         assert "Traceback" not in workers.log(proc)
+
+
+def test_an_epoch_write_cut_off_in_flight_is_written_again_and_costs_no_attempt(db, workers, postgres_server):
+    """The worker's epoch write waits on the job's row, which the test holds locked; the server ends
+    that session (as a restart or a network cut would). Once the lock is let go, the worker writes
+    the epoch again in a new transaction and the job ends in its one attempt."""
+    worker = workers.start()
+    with db.write() as session:
+        spec = job_spec_adapter.validate_python({"architecture": "fc", "epochs": 4, "seed": 8})
+        job, _ = jobs.enqueue(session, spec, default_max_attempts=1)
+    wait_until(lambda: finished(db, job.id) or running(db, job.id), timeout=60)
+
+    def waiting_epoch_write() -> int | None:
+        with db.read() as session:
+            return session.scalar(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'UPDATE jobs SET%resume_path%'"
+                )
+            )
+
+    with db.engine.connect() as blocker, blocker.begin():
+        blocker.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+        backend = wait_until(waiting_epoch_write, timeout=30)
+        postgres_server.execute(f"SELECT pg_terminate_backend({backend})")
+
+    assert wait_until(lambda: finished(db, job.id), timeout=60) == JobStatus.succeeded.value, workers.log(worker)
+    assert "write cut off" in workers.log(worker)
+    with db.read() as session:
+        view = jobs.view(jobs.get(session, job.id))
+    assert [attempt.ended for attempt in view.history] == ["succeeded"]
+    assert [epoch.epoch for epoch in view.metrics] == [1, 2, 3, 4]
