@@ -211,6 +211,8 @@ def data(action: str, dataset: str | None, source_dir: str | None) -> None:
 def db(action: str, file: Path | None) -> None:
     """The database: upgrade to the head, show the current revision, or back it up to FILE (a
     consistent copy of a live SQLite database, taken while jobs run)."""
+    from sqlalchemy.engine import make_url
+
     from service.db import current_revision, head_revision, upgrade
 
     settings = Settings()
@@ -229,7 +231,8 @@ def db(action: str, file: Path | None) -> None:
     if action == "upgrade":
         upgrade(settings.database_url)
     current, head = current_revision(settings.database_url), head_revision()
-    print(f"{settings.database_url}: revision {current} (head {head})")
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)  # never the password
+    print(f"{shown}: revision {current} (head {head})")
 
 
 @cli.group(epilog="example: mnist-jobs tokens create --role submit --file tokens.txt")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+from sqlalchemy.engine import make_url
+
 from tests.support.processes import run_cli, wait_until
 from tests.support.settings import settings_env
 
@@ -41,3 +44,13 @@ def test_backup_refuses_what_it_cannot_copy(settings, tmp_path):
     assert run.returncode == 1 and "pg_dump" in run.stderr and not (tmp_path / "x.db").exists()
     missing = run_cli(settings_env(settings), "db", "backup", timeout=60)
     assert missing.returncode == 2 and "FILE" in missing.stderr
+
+
+@pytest.mark.databases("postgresql")
+def test_db_upgrade_and_current_name_the_database_but_never_its_password(settings):
+    url = make_url(settings.database_url).set(password="s3cret-word")  # the test server trusts and ignores it
+    env = settings_env(settings, database_url=url.render_as_string(hide_password=False))
+    for action in ("upgrade", "current"):
+        run = run_cli(env, "db", action, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "s3cret-word" not in run.stdout + run.stderr and f"{url.database}: revision" in run.stdout
