@@ -72,11 +72,15 @@ class Wakeup:
             self._thread.join(timeout=CHECK_STOP_SECONDS + 1)
 
     def _listen(self, conninfo: str) -> None:
+        lost = False  # said "lost" and not yet "back"
         while not self._closed.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     self._connected.set()
+                    if lost:
+                        log.info("queue notifications back")
+                        lost = False
                     self.wake()  # anything queued while no one listened
                     while not self._closed.is_set():
                         for _ in connection.notifies(timeout=CHECK_STOP_SECONDS, stop_after=1):
@@ -84,6 +88,7 @@ class Wakeup:
             except psycopg.Error as error:
                 if self._connected.is_set():
                     log.warning("queue notifications lost (%s); polling until they are back", error)
+                    lost = True
                 self._connected.clear()
                 self._closed.wait(RECONNECT_SECONDS)
         self._connected.clear()

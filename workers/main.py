@@ -89,8 +89,8 @@ class Worker:
                 except Exception as error:
                     if not lost_connection(error):
                         raise
-                    # Past db_reconnect_seconds, or a connection broken mid-write: a job it held
-                    # is retried from its last checkpoint once its lease runs out.
+                    # Past db_reconnect_seconds (a cut-off write is tried again until then): a job
+                    # it held is retried from its last checkpoint once its lease runs out.
                     log.warning("database unreachable (%s); trying again", type(error).__name__)
                     self.stopping.wait(self.settings.poll_seconds)
         finally:
@@ -98,6 +98,7 @@ class Worker:
                 registry.seen(session, self.id, current_job_id=None, stopped=True)
             self.wakeup.close()
             self.db.dispose()
+            log.info("worker %s stopped (jobs claimed: %d)", self.id, done)
 
     def cycle(self) -> int:
         """Reap when due, claim, and train what was claimed (or wait for work); the jobs it ran."""

@@ -289,6 +289,7 @@ def test_sigterm_mid_job_hands_it_back_unspent_and_it_resumes_mid_epoch(settings
     assert job["status"] == "queued" and job["attempts"] == 0, "the attempt is not spent"
     assert job["history"][0]["ended"] == "handed back" and job["progress"] is None
     assert worker_of(db, first_worker.pid).stopped_at is not None
+    assert "stopped (jobs claimed: 1)" in workers.log(first_worker), "its last line says it stopped"
 
     workers.start()
     job = final(db, job_id)

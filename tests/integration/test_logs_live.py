@@ -36,6 +36,7 @@ def test_serve_with_json_logs_writes_only_json_lines(live_server, tmp_path):
     access = [line for line in lines if line["logger"] == "uvicorn.access" and line.get("request_id") == "trace-json"]
     assert [(line["method"], line["path"], line["status_code"]) for line in access] == [("POST", "/v1/jobs", 201)]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    assert not [line for line in lines if line["logger"] == "alembic.runtime.plugins"], "no line per plugin"
     transitions = [(line["transition"], line["attempt"]) for line in lines if line.get("job_id") == job["id"]]
     assert transitions == [("claimed", 1), ("succeeded", 1)]
     assert len({line["worker_id"] for line in lines if line.get("job_id") == job["id"]}) == 1

@@ -3,6 +3,8 @@ back after the listener's connection is cut; SQLite has no notifications (its wo
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from sqlalchemy import text
 
@@ -47,7 +49,8 @@ def test_a_queued_job_wakes_a_listening_worker_once_its_transaction_commits(db):
 
 
 @pytest.mark.databases("postgresql")
-def test_the_listener_comes_back_after_its_connection_is_cut(db):
+def test_the_listener_comes_back_after_its_connection_is_cut(db, caplog):
+    caplog.set_level(logging.INFO, logger="mnist_jobs")
     wakeup = Wakeup(db.url)
     try:
         wait_until(lambda: wakeup.listening, timeout=WAIT)
@@ -58,6 +61,8 @@ def test_the_listener_comes_back_after_its_connection_is_cut(db):
         assert cut == 1
         wait_until(lambda: not wakeup.listening, timeout=WAIT)  # the worker polls meanwhile
         wait_until(lambda: wakeup.listening, timeout=WAIT)
+        said = [r.getMessage().split(" (")[0] for r in caplog.records if r.name == "mnist_jobs.wakeup"]
+        assert said == ["queue notifications lost", "queue notifications back"], "the log says both"
         wakeup.wait(0)
         enqueue(db)
         assert wakeup.wait(WAIT)
