@@ -35,7 +35,9 @@ def label(kind: str, data: dict[str, Any]) -> str:
 
 
 def test_a_job_stream_follows_a_real_worker_from_submit_to_succeeded(live_server):
-    server = live_server(workers=1, events_ping_seconds=1)
+    # Heartbeats (which carry progress) every 20 ms: the job trains for about 0.2 s here, and its
+    # stream must show progress before its epoch on a machine several times faster too.
+    server = live_server(workers=1, events_ping_seconds=1, heartbeat_seconds=0.02)
     # The worker is busy with a long job first, so ours is still queued when its stream opens.
     blocker = server.client.post("/v1/jobs", json={"architecture": "fc", "epochs": 100, "batch_size": 1}).json()
     server.wait_for_status(blocker["id"], {"running"})
