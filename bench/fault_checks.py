@@ -11,6 +11,7 @@ must resume from the latest of these; the job's `history` says where each attemp
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import httpx
 import torch
 
 from bench.run import REPO
+from service.client_events import EventParser
 
 FENCED_OUT = "lease lost before it could be marked succeeded"  # workers/runner.py, JobRunner.guarded
 Point = tuple[int, int] | None  # (epochs done, step within the next epoch) to resume from; None: from scratch
@@ -65,23 +67,15 @@ def job_events(client: httpx.Client, job_id: str, timeout: float = 60) -> list[E
     final status); None when the API answers with a snapshot instead (events pruned) or the stream
     does not end within `timeout`."""
     found: list[Event] = []
-    kind, data = "message", ""
     deadline = time.monotonic() + timeout
     with client.stream("GET", f"/v1/jobs/{job_id}/events", params={"last_event_id": 0}) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            if time.monotonic() > deadline:
+        lines = itertools.takewhile(lambda _: time.monotonic() < deadline, response.iter_lines())
+        for event in EventParser().events(lines):
+            if event.event == "job":
                 return None
-            if line.startswith("event:"):
-                kind = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data += line.removeprefix("data:").strip()
-            elif not line and data:
-                if kind == "job":
-                    return None
-                found.append((kind, json.loads(data)))
-                kind, data = "message", ""
-    return found
+            found.append((event.event, json.loads(event.data)))
+    return found if time.monotonic() < deadline else None
 
 
 def collect(url: str, ids: list[str], with_events: bool) -> Collected:

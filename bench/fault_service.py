@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -16,16 +15,11 @@ from typing import Any
 
 import httpx
 
+from bench.postgres import free_port
 from bench.run import REPO, SHARED, wait_for_api
 
 REAL_DATA = SHARED / "MNIST" / "raw"
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare_data(root: Path, which: str) -> dict[str, dict[str, str]]:

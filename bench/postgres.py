@@ -35,6 +35,8 @@ UNPRIVILEGED = ("postgres", "mnistjobs-test")  # an existing user of these, else
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server about to start (the cluster here, the API and
+    test servers in bench/fault_service.py and tests/support/processes.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

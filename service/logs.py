@@ -64,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-# Alembic names each of its plugins at INFO when it loads them, eight lines at every start.
+# Alembic names each plugin it loads at INFO: a line per plugin at every start, of no use here.
 QUIETER = {"alembic.runtime.plugins": {"level": "WARNING"}}
 
 

@@ -95,8 +95,9 @@ class JobRunner:
                 run.outcomes[held.claim.job_id] = self.guarded(held.claim, Outcome.succeeded, finish)
         except Exception as exc:
             if lost_connection(exc):
-                # Not the jobs' fault, and nothing can be written now: the worker's loop waits for
-                # the database; the jobs resume from their last checkpoints once their leases run out.
+                # Not the jobs' fault: each write was tried again for db_reconnect_seconds. The
+                # worker's loop waits for the database; the jobs resume from their last checkpoints
+                # once their leases run out.
                 log.warning("jobs %s: database unreachable; left to their leases", [c.job_id for c in claims])
                 raise
             message = failure = self.failure(exc, claims)

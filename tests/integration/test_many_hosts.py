@@ -132,7 +132,7 @@ def test_an_epoch_write_cut_off_in_flight_is_written_again_and_costs_no_attempt(
     with db.write() as session:
         spec = job_spec_adapter.validate_python({"architecture": "fc", "epochs": 4, "seed": 8})
         job, _ = jobs.enqueue(session, spec, default_max_attempts=1)
-    wait_until(lambda: finished(db, job.id) or running(db, job.id), timeout=60)
+    wait_until(lambda: running(db, job.id), timeout=60)
 
     def waiting_epoch_write() -> int | None:
         with db.read() as session:

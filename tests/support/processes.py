@@ -7,7 +7,6 @@ test asserts how fast something happened.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
+from bench.postgres import free_port as free_port  # one copy (bench/postgres.py); tests take it from here
 from service.config import Settings
 from tests.support.settings import settings_env
 
@@ -34,12 +34,6 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess
     return subprocess.run(
         mnist_jobs(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], T | Literal[False] | None], timeout: float = 120, interval: float = 0.05) -> T:

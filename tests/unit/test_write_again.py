@@ -17,25 +17,16 @@ from service.db import Database
 from service.events import EventKind
 from service.models import Epoch
 from service.queue import Claim
-from service.schemas import EpochRecord, TrainResult, job_spec_adapter
+from service.schemas import EpochRecord, job_spec_adapter
 from service.states import Outcome
 from service.storage import StoredFile
+from tests.support.queue import result
 from tests.support.training import CPU
 from workers.data_cache import DataCache
 from workers.runner import JobRunner
 
 SPEC = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
 EPOCH = EpochRecord(epoch=1, train_loss=1.0, test_loss=1.0, test_accuracy=0.5, correct=100)
-RESULT = TrainResult(
-    test_accuracy=0.5,
-    test_loss=1.0,
-    correct=100,
-    total=200,
-    train_seconds=0.1,
-    test_seconds=0.1,
-    device="cpu",
-    torch_version="x",
-)
 
 
 def claimed(db: Database) -> Claim:
@@ -57,7 +48,7 @@ def epochs_and_events(db: Database, job_id: str) -> tuple[list[tuple[int, str | 
 def test_an_ending_written_again_after_it_committed_finds_its_own_and_is_no_lost_lease(settings, db):
     claim = claimed(db)
     runner = JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU))
-    finish = partial(queue.finish, result=RESULT, progress=None)
+    finish = partial(queue.finish, result=result(0.5), progress=None)
     assert runner.guarded(claim, Outcome.succeeded, finish) is Outcome.succeeded
     assert runner.guarded(claim, Outcome.succeeded, finish) is Outcome.succeeded, "the second time finds the first"
     assert runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled) is Outcome.lease_lost, "not another ending"
