@@ -452,7 +452,12 @@ def test_eight_writer_processes_and_the_api_never_see_database_is_locked(setting
         codes.append(("cancel", server.client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code))
     reports = finished(procs, tmp_path)
     assert {name: r["errors"] for name, r in reports.items()} == {name: [] for name in procs}
-    assert all(r["counts"]["tx"] > 20 and r["counts"]["claimed"] > 0 for r in reports.values()), reports
+    # Every writer got through (SQLite's lock is not fair between processes: the slowest of 8 did
+    # 38-138 transactions in three runs alone here, against 744-1342 for the fastest, and fewer under
+    # CI's load), and together they did real work, claims included.
+    counts = [r["counts"] for r in reports.values()]
+    assert all(c["tx"] > 0 for c in counts), reports
+    assert sum(c["tx"] for c in counts) > 8 * 20 and sum(c["claimed"] for c in counts) > 0, reports
     # A writer may have claimed and finished the job first: then cancel rightly answers 409.
     bad = [(what, code) for what, code in codes if code >= 300 and (what, code) != ("cancel", 409)]
     assert len(codes) > 50 and bad == [], bad
