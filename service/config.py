@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     # Predictions: models kept loaded by the API's inference helper process (least recently used go).
     predict_models_max: int = Field(8, ge=1)
     predict_timeout_seconds: float = Field(30.0, gt=0)  # one prediction, the helper's start included
+    export_timeout_seconds: float = Field(300.0, gt=0)  # one ONNX or safetensors export, the helper's start included
 
     # A worker claims no job while the artifacts dir has less free space than this (bytes).
     min_free_bytes: int = Field(256 * 2**20, ge=0)

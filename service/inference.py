@@ -27,9 +27,13 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import service
+
+# one definition each, the client's; the helper and the routes import them from here
+from mnist_jobs_client.predictions import Prediction as Prediction
+from mnist_jobs_client.predictions import PredictResponse as PredictResponse
 from service.config import Settings
 from service.errors import CheckpointCorrupt, Conflict, InvalidInput, NotFound, PredictionUnavailable, ServiceError
-from service.schemas import INPUT_SIZE, N_CLASSES, SEED_MAX
+from service.schemas import INPUT_SIZE, SEED_MAX
 from service.storage import name_folders
 
 log = logging.getLogger(__name__)
@@ -49,18 +53,6 @@ class PredictRequest(BaseModel):
     pixels: Pixels = Field(description=f"{INPUT_SIZE} integers 0..255, row by row, as in MNIST's files")
 
 
-class Prediction(BaseModel):
-    digit: int = Field(ge=0, lt=N_CLASSES)
-    probabilities: list[float] = Field(min_length=N_CLASSES, max_length=N_CLASSES, description="digit 0 first")
-
-
-class PredictResponse(BaseModel):
-    job_id: str
-    epoch: int = Field(description="the epoch whose checkpoint answered: the job's latest kept one")
-    digit: int = Field(ge=0, lt=N_CLASSES)
-    probabilities: list[float] = Field(min_length=N_CLASSES, max_length=N_CLASSES, description="digit 0 first")
-
-
 # The helper's protocol: one request per line in, one reply per line out.
 class PredictOp(BaseModel):
     op: Literal["predict"]
@@ -74,7 +66,19 @@ class PermutationOp(BaseModel):
     seed: int = Field(strict=True, ge=0, le=SEED_MAX)
 
 
-HelperRequest = Annotated[PredictOp | PermutationOp, Field(discriminator="op")]
+ModelFormat = Literal["onnx", "safetensors"]  # the portable formats a checkpoint's model exports to
+
+
+class ExportOp(BaseModel):
+    op: Literal["export"]
+    checkpoint: str  # absolute path
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: ModelFormat
+    job_id: str  # written into the safetensors metadata
+    target: str  # absolute path the export is written to (with its sha256 beside it)
+
+
+HelperRequest = Annotated[PredictOp | PermutationOp | ExportOp, Field(discriminator="op")]
 ErrorKind = Literal["corrupt", "missing", "invalid", "diverged", "internal"]
 
 
@@ -86,6 +90,12 @@ class PredictReply(BaseModel):
 class PermutationReply(BaseModel):
     ok: Literal[True]
     permutation: list[int] = Field(min_length=INPUT_SIZE, max_length=INPUT_SIZE)
+
+
+class ExportReply(BaseModel):
+    ok: Literal[True]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
 
 
 class ErrorReply(BaseModel):
@@ -104,9 +114,10 @@ class _HelperDied(Exception):
 class InferenceClient:
     """One helper process, one request at a time (a lock: FastAPI runs sync routes in threads)."""
 
-    def __init__(self, max_models: int, timeout_seconds: float) -> None:
+    def __init__(self, max_models: int, timeout_seconds: float, export_timeout_seconds: float | None = None) -> None:
         self.max_models = max_models
         self.timeout_seconds = timeout_seconds
+        self.export_timeout_seconds = export_timeout_seconds or timeout_seconds
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = bytearray()
@@ -115,7 +126,7 @@ class InferenceClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InferenceClient:
-        return cls(settings.predict_models_max, settings.predict_timeout_seconds)
+        return cls(settings.predict_models_max, settings.predict_timeout_seconds, settings.export_timeout_seconds)
 
     @property
     def pid(self) -> int | None:
@@ -145,24 +156,35 @@ class InferenceClient:
                 self._permutations.popitem(last=False)
         return list(reply.permutation)
 
+    def export(self, checkpoint: Path, sha256: str, fmt: ModelFormat, job_id: str, target: Path) -> ExportReply:
+        """Have the helper write the checkpoint's model as `fmt` to `target` (once: a valid export
+        already there is kept), with the export's sha256 beside it."""
+        request = {"op": "export", "checkpoint": str(checkpoint.absolute()), "sha256": sha256, "format": fmt}
+        request |= {"job_id": job_id, "target": str(target.absolute())}
+        return self._call(request, ExportReply, checkpoint, self.export_timeout_seconds)
+
     def close(self) -> None:
         """Stop the helper (EOF first, so it exits on its own; killed if it does not). Idempotent."""
         with self._lock:
             self._closed = True
             self._stop(graceful=True)
 
-    def _call(self, request: dict[str, Any], expected: type[Reply], checkpoint: Path | None) -> Reply:
+    def _call(
+        self, request: dict[str, Any], expected: type[Reply], checkpoint: Path | None, timeout: float | None = None
+    ) -> Reply:
+        timeout_seconds = timeout or self.timeout_seconds
+        setting = "EXPORT" if request["op"] == "export" else "PREDICT"
         line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
         # Waiting for the calls ahead is bounded apart from the exchange's own deadline: a call that
         # waited long must not then find a healthy helper "hung" and kill it.
-        if not self._lock.acquire(timeout=self.timeout_seconds):
+        if not self._lock.acquire(timeout=timeout_seconds):
             raise PredictionUnavailable(
-                f"the prediction helper was busy for {self.timeout_seconds:g} s with earlier calls; retry later"
+                f"the prediction helper was busy for {timeout_seconds:g} s with earlier calls; retry later"
             )
         try:
             if self._closed:
                 raise PredictionUnavailable("the server is shutting down")
-            deadline = time.monotonic() + self.timeout_seconds
+            deadline = time.monotonic() + timeout_seconds
             for attempt in (1, 2):
                 try:
                     raw = self._exchange(line, deadline)
@@ -175,7 +197,7 @@ class InferenceClient:
                 except TimeoutError:
                     self._stop(graceful=False)  # a hung helper: the next call starts a fresh one
                     raise PredictionUnavailable(
-                        f"the prediction took over {self.timeout_seconds:g} s (MNIST_JOBS_PREDICT_TIMEOUT_SECONDS); "
+                        f"the {request['op']} took over {timeout_seconds:g} s (MNIST_JOBS_{setting}_TIMEOUT_SECONDS); "
                         "the helper was stopped and the next call starts a new one"
                     ) from None
             return self._reply(raw, expected, checkpoint)

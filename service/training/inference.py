@@ -6,6 +6,9 @@ writes one JSON reply per line on stdout (the contract is in service/inference.p
     {"op": "predict", "checkpoint": "/abs/epoch-001-ab12cd34.pt", "sha256": "<hex>", "pixels": [[784 ints]]}
       -> {"ok": true, "predictions": [{"digit": 7, "probabilities": [10 floats]}]}
     {"op": "permutation", "seed": 42} -> {"ok": true, "permutation": [784 ints]}
+    {"op": "export", "checkpoint": "/abs/epoch-001-ab12cd34.pt", "sha256": "<hex>", "format": "onnx",
+     "job_id": "<uuid>", "target": "/abs/models/epoch-001-<hex>.onnx"}
+      -> {"ok": true, "sha256": "<hex>", "size_bytes": 41062}
     anything that fails -> {"ok": false, "error": "...", "kind": "corrupt|missing|invalid|diverged|internal"}
 
 A failed request never ends the loop and never puts a traceback on stdout (tracebacks go to stderr,
@@ -17,11 +20,13 @@ job's permutation of the flattened pixels. Models stay loaded in an LRU of --max
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -31,10 +36,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import nn
 
 from service.errors import CheckpointCorrupt
+from service.exports import SIDECAR, read_verified
 from service.inference import (
     IMAGE_SIDE,
     ErrorKind,
     ErrorReply,
+    ExportOp,
+    ExportReply,
     HelperRequest,
     PermutationOp,
     PermutationReply,
@@ -44,12 +52,12 @@ from service.inference import (
 )
 from service.schemas import INPUT_SIZE
 from service.storage import LocalStore, StoredFile
-from service.training import checkpoints
+from service.training import checkpoints, export
 from service.training.nets import build_model
 from service.training.tensors import normalise, permutation
 
 log = logging.getLogger("service.training.inference")
-requests: TypeAdapter[PredictOp | PermutationOp] = TypeAdapter(HelperRequest)
+requests: TypeAdapter[PredictOp | PermutationOp | ExportOp] = TypeAdapter(HelperRequest)
 
 
 class Refused(Exception):
@@ -102,14 +110,13 @@ class Models:
         ]
 
 
-def load(path: Path, sha256: str) -> Loaded:
-    """The job's model and permutation from its checkpoint, through the service's one loader (sha256
-    checked first, then torch.load(weights_only=True)). Messages name the file, never its folder."""
+@contextlib.contextmanager
+def refusals(path: Path) -> Iterator[None]:
+    """Failures to open a checkpoint as Refused replies that name the file, never its folder."""
     try:
-        state = checkpoints.load(LocalStore(path.parent), StoredFile(path.name, sha256))
-        model = build_model(state.spec)
-        model.load_state_dict(state.state_dict)
-        perm = state.permutation if state.permutation is not None else permutation(state.spec.permutation_seed)
+        yield
+    except Refused:
+        raise
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise Refused("missing", f"{path.name} is not there") from None
     except CheckpointCorrupt as exc:
@@ -119,14 +126,46 @@ def load(path: Path, sha256: str) -> Loaded:
         raise Refused(
             "corrupt", f"{path.name} is not a checkpoint this service can load ({type(exc).__name__})"
         ) from None
+
+
+def check_permutation(path: Path, perm: torch.Tensor | None) -> None:
     if perm is not None and not (
         perm.dtype == torch.int64
         and perm.shape == (INPUT_SIZE,)
         and torch.equal(perm.sort().values, torch.arange(INPUT_SIZE))
     ):
         raise Refused("corrupt", f"{path.name} holds a permutation that is not one of {INPUT_SIZE} pixels")
+
+
+def load(path: Path, sha256: str) -> Loaded:
+    """The job's model and permutation from its checkpoint, through the service's one loader (sha256
+    checked first, then torch.load(weights_only=True))."""
+    with refusals(path):
+        state = checkpoints.load(LocalStore(path.parent), StoredFile(path.name, sha256))
+        model = build_model(state.spec)
+        model.load_state_dict(state.state_dict)
+        perm = state.permutation if state.permutation is not None else permutation(state.spec.permutation_seed)
+    check_permutation(path, perm)
     model.eval()
     return Loaded(model, perm)
+
+
+def export_model(op: ExportOp) -> ExportReply:
+    """Write the checkpoint's model as op.format to op.target, then its sha256 beside it (the
+    sidecar marks a finished file); an intact export already there is kept as it is."""
+    target, source = Path(op.target), Path(op.checkpoint)
+    folder = LocalStore(target.parent)
+    found = read_verified(folder, target.name)
+    if found is None:
+        with refusals(source):
+            state = checkpoints.load(LocalStore(source.parent), StoredFile(source.name, op.sha256))
+            check_permutation(source, export.pixel_order(state))
+        data = export.export(state, op.format, op.job_id)  # a failure here is ours, not the file's: "internal"
+        written = folder.put(target.name, data)
+        folder.put(target.name + SIDECAR, written.sha256.encode())
+        found = written, data
+    file, data = found
+    return ExportReply(ok=True, sha256=file.sha256, size_bytes=len(data))
 
 
 def answer(models: Models, line: bytes) -> BaseModel:
@@ -140,6 +179,8 @@ def answer(models: Models, line: bytes) -> BaseModel:
     try:
         if isinstance(op, PermutationOp):
             return PermutationReply(ok=True, permutation=permutation(op.seed).tolist())
+        if isinstance(op, ExportOp):
+            return export_model(op)
         return PredictReply(ok=True, predictions=models.predict(op))
     except Refused as exc:
         return ErrorReply(error=exc.message, kind=exc.kind)

@@ -1,0 +1,62 @@
+"""Portable models (ONNX, safetensors) as stored artifacts, made once per checkpoint and format.
+
+No torch here: the API asks its inference helper (service/inference.py) to make an export, which
+the helper (service/training/inference.py) writes into the artifact store under the job's prefix,
+so deleting a job deletes its exports. Later requests are plain reads of the stored file.
+
+An export is a function of its checkpoint's bytes alone, so its key carries the checkpoint's
+sha256: the name says which bytes it came from, and a checkpoint written again for the same epoch
+(a later attempt) can never be answered with the old one's export. Beside it, a sidecar holds the
+export's own sha256, written after the file: a sidecar means a finished file, and every read is
+checked against it as checkpoints are against their recorded sha256. The helper takes one request
+at a time and first looks for a valid export, so concurrent first requests make it once; and an
+export's bytes are deterministic, so even two helpers (two API processes) racing write the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from service.errors import CheckpointCorrupt
+from service.inference import InferenceClient, ModelFormat
+from service.storage import ArtifactStore, StoredFile, job_key
+
+SIDECAR = ".sha256"  # appended to an export's key: the key of the file holding its sha256 (hex)
+
+
+def model_key(job_id: str, epoch: int, checkpoint_sha256: str, fmt: ModelFormat) -> str:
+    """Where the export of one checkpoint in one format is stored."""
+    return job_key(job_id, f"models/epoch-{epoch:03d}-{checkpoint_sha256[:16]}.{fmt}")
+
+
+def read_verified(store: ArtifactStore, key: str) -> tuple[StoredFile, bytes] | None:
+    """The export under `key` and its bytes if it is there whole and matches its sidecar; None when
+    it was never made (or is damaged, so that it is made again)."""
+    try:
+        recorded = store.get(key + SIDECAR).decode("ascii", "replace").strip()
+        data = store.get(key)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        return None
+    return StoredFile(key, recorded, len(data)), data
+
+
+def model_bytes(
+    store: ArtifactStore,
+    inference: InferenceClient,
+    job_id: str,
+    epoch: int,
+    checkpoint: StoredFile,
+    fmt: ModelFormat,
+) -> tuple[StoredFile, bytes]:
+    """The checkpoint's model as `fmt`: the stored export, else one the helper makes now."""
+    key = model_key(job_id, epoch, checkpoint.sha256, fmt)
+    found = read_verified(store, key)
+    if found is not None:
+        return found
+    inference.export(store.local_path(checkpoint.path), checkpoint.sha256, fmt, job_id, store.local_path(key))
+    found = read_verified(store, key)
+    if found is None:  # written and checked by the helper a moment ago: the artifacts dir is failing
+        raise CheckpointCorrupt(f"the {fmt} export of epoch {epoch} did not read back intact", field="epoch")
+    return found
