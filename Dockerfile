@@ -3,8 +3,9 @@ WORKDIR /app
 # Dependencies first, read from pyproject.toml into their own layer: a change to the code reuses
 # this layer instead of reinstalling torch.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+# mnist-jobs-client is this repository's own (clients/python): installed from the checkout below.
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+print('\n'.join(d for d in deps if not d.startswith('mnist-jobs-client')))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY README.md ./
 COPY service ./service
@@ -12,7 +13,9 @@ COPY api ./api
 COPY workers ./workers
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install --no-cache-dir --no-deps .
+COPY clients/python ./clients/python
+# One pip call, so pip takes the client from the checkout rather than looking it up elsewhere.
+RUN pip install --no-cache-dir --no-deps ./clients/python .
 ENV MNIST_JOBS_DATABASE_URL=sqlite:////var/lib/mnist-jobs/mnist-jobs.db \
     MNIST_JOBS_DATA_DIR=/var/lib/mnist-jobs/data \
     MNIST_JOBS_ARTIFACTS_DIR=/var/lib/mnist-jobs/artifacts \

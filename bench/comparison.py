@@ -6,7 +6,7 @@
    the default comparison `{"seeds": 5}` (20 jobs) from POST to its last job's end; the tutorial's
    four jobs alone as a comparison `{"seeds": [1]}`; and the 5-seed comparison again with reuse.
 Both halves run in this one process on the same machine, and the ratios are service / textbook.
-The comparison's table (cli.compare.render) is printed too.
+The comparison's table (mnist_jobs_client.cli.compare.render) is printed too.
 
 Data: MNIST_JOBS_DATA_DIR if it holds MNIST, else ../shared/data (copied to a temp dir).
 """
@@ -26,7 +26,7 @@ import torch
 
 from bench import textbook
 from bench.run import TUTORIAL_JOBS, data_dir, start_serve
-from cli.compare import render
+from mnist_jobs_client.cli.compare import render
 from service.comparison_schemas import ComparisonRead
 
 

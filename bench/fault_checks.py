@@ -23,7 +23,7 @@ import httpx
 import torch
 
 from bench.run import REPO
-from service.client_events import EventParser
+from mnist_jobs_client.events import EventParser
 
 FENCED_OUT = "lease lost before it could be marked succeeded"  # workers/runner.py, JobRunner.guarded
 Point = tuple[int, int] | None  # (epochs done, step within the next epoch) to resume from; None: from scratch

@@ -1,10 +1,11 @@
-"""`mnist-jobs`: serve | worker | data | db | tokens, and the server's client: submit | jobs | workers | compare.
+"""The server's commands of `mnist-jobs`: serve | worker | data | db | tokens.
 
 The API and the workers are separate processes that meet only in the database and the artifacts
 dir. `serve` migrates the database (the one place besides `db upgrade` that does), runs the API
 in this process and each worker as a `mnist-jobs worker` subprocess. Heavy imports (torch,
 uvicorn) happen inside the command that needs them, so `--help` and `submit` start quickly. The
-commands are Click's (usage errors exit 2); those that talk to a server are in cli/remote.py.
+root command, its exit codes and the commands that talk to a server are the client distribution's
+(mnist_jobs_client.cli); these plug into it through the "mnist_jobs.commands" entry points.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from cli import remote, supervisor
-from cli.compare import compare
+from cli import supervisor
+from mnist_jobs_client.cli import main as client_main
 from service.config import LOOPBACK_HOSTS, Settings
 from service.logs import LOG_FORMATS
 from service.schemas import DATASETS
@@ -77,15 +78,9 @@ def with_log_format(log_format: str | None, settings: Settings) -> Settings:
     return settings.model_copy(update={"log_format": log_format}) if log_format else settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--url", envvar="MNIST_JOBS_URL", help="the API for the client commands [$MNIST_JOBS_URL; default 127.0.0.1:PORT]"
-)
-@click.option("--token", envvar="MNIST_JOBS_TOKEN", help="an API token for the client commands [$MNIST_JOBS_TOKEN]")
-@click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
-    """Train small PyTorch models (FC vs CNN on MNIST) as queued jobs: run the service, or use it."""
-    ctx.obj = remote.Remote(url or f"http://127.0.0.1:{Settings().port}", token)
+@click.group()
+def cli() -> None:
+    """The server's commands: a holder only; `mnist-jobs` itself is the client's root command."""
 
 
 @cli.command(epilog="example: mnist-jobs serve --host 0.0.0.0 --workers 2 --log-format json")
@@ -172,7 +167,7 @@ def worker(device: str | None, all_gpus: bool, check: bool, max_jobs: int | None
     run_worker(settings, device, max_jobs)
 
 
-@cli.command(epilog="examples: mnist-jobs data prepare --from ../shared/data/MNIST/raw; mnist-jobs data status")
+@cli.command(epilog="examples: mnist-jobs data prepare --from ~/Downloads/mnist; mnist-jobs data status")
 @click.argument("action", type=click.Choice(["prepare", "status"]))
 @click.option("--dataset", type=click.Choice(DATASETS), help="default: mnist for prepare, every data set for status")
 @click.option("--from", "source_dir", metavar="DIR", help="a folder with the four IDX files (raw or .gz)")
@@ -298,16 +293,11 @@ def tokens_revoke(token_id: str, file: str | None) -> None:
     _tokens("revoke", file, run)
 
 
-cli.add_command(remote.submit)
-cli.add_command(remote.jobs)
-cli.add_command(remote.workers)
-cli.add_command(compare)
-
-
 def main(argv: list[str] | None = None) -> None:
+    """`python -m cli`: the one `mnist-jobs`, with the server's commands added directly."""
     from service.errors import SchemaOutOfDate
 
     try:
-        cli.main(args=argv, prog_name="mnist-jobs")
+        client_main(argv, commands=cli.commands.values())
     except SchemaOutOfDate as exc:  # a user's fix, not a crash: say what to run, no traceback
         sys.exit(f"mnist-jobs: {exc.detail}")

@@ -30,6 +30,7 @@ class JobFilter:
     seed: int | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    id_prefix: str | None = None  # lowercase hex (and hyphens): checked by the route, so no LIKE wildcard
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def _filtered(query: Select[tuple[Job]], where: JobFilter) -> Select[tuple[Job]]
         query = query.where(Job.permutation_seed.is_(None))
     elif where.permutation_seed is not None:
         query = query.where(Job.permutation_seed == where.permutation_seed)
+    if where.id_prefix is not None:
+        query = query.where(Job.id.startswith(where.id_prefix, autoescape=True))
     if where.created_after is not None:
         query = query.where(Job.created_at > where.created_after)
     if where.created_before is not None:

@@ -1,6 +1,6 @@
 """The CLI's server commands as a user runs them: real `mnist-jobs` processes against a live server
 with a real worker, their output, and their exit codes (0 succeeded, 1 failed, 2 usage, 3 cancelled,
-4 unreachable)."""
+4 unreachable, 6 not found; the others in test_cli_first_hour.py)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_exit_codes_say_how_it_ended(served):
     invalid = cli(env, "submit", "fc", "--epochs", "0")
     assert invalid.returncode == 2 and "epochs" in invalid.stderr and "not sent" in invalid.stderr
     assert cli(env, "submit", "fc", "--no-such-flag").returncode == 2
-    assert cli(env, "jobs", "show", "00000000-0000-4000-8000-000000000000").returncode == 1
+    assert cli(env, "jobs", "show", "00000000-0000-4000-8000-000000000000").returncode == 6, "not found: 6, not 1"
 
 
 def test_an_unreachable_server_is_exit_4_naming_the_url(settings):

@@ -1,4 +1,4 @@
-"""service.client.Client against a live `mnist-jobs serve` (one worker) over a real socket: a CNN job
+"""mnist_jobs_client.Client against a live `mnist-jobs serve` (one worker) over a real socket: a CNN job
 followed to its end, then its checkpoint downloaded and its model loaded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import hashlib
 import torch
 
 from bench.synthetic import make_digits
-from service.client import Client
+from mnist_jobs_client import Client
 from service.schemas import CNNSpec, Progress
 from service.states import JobStatus
 from service.training.nets import build_model

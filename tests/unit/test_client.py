@@ -1,4 +1,4 @@
-"""service.client.Client against the real app in process: the client gets the TestClient's own
+"""mnist_jobs_client.Client against the real app in process: the client gets the TestClient's own
 httpx transport, so every call crosses the real ASGI stack (middleware, routes, problem+json).
 
 Jobs are ended through the queue's fenced calls (tests/support/queue.py), or trained for real by
@@ -30,9 +30,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.synthetic import make_digits
+from mnist_jobs_client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout
+from mnist_jobs_client.events import Display, EventParser
 from service import queue, registry
-from service.client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout
-from service.client_events import Display, EventParser
 from service.comparison_schemas import ComparisonCreate, ComparisonProgress
 from service.config import Settings
 from service.db import Database
@@ -71,7 +71,7 @@ def sent(api: Client) -> list[httpx.Request]:
 
 def test_importing_the_client_imports_neither_torch_fastapi_nor_sqlalchemy():
     heavy = "('torch', 'fastapi', 'sqlalchemy', 'starlette')"
-    code = f"import service.client, sys; print([m for m in {heavy} if m in sys.modules])"
+    code = f"import mnist_jobs_client, sys; print([m for m in {heavy} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

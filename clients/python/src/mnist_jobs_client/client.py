@@ -1,4 +1,4 @@
-"""The Python client: `from service.client import Client`, typed with the server's own models.
+"""The Python client: `from mnist_jobs_client import Client`, typed with the server's own models.
 
 Sync, on httpx; every call returns the pydantic model the API answers with (JobRead, ComparisonRead,
 ...), and every failure is an ApiError carrying the problem details. Importing it never imports
@@ -7,13 +7,7 @@ torch, FastAPI or SQLAlchemy: load_model() imports torch when it is called.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import os
-import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,54 +18,41 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from service.client_errors import ApiError, ChecksumMismatch, ServerUnreachable, WaitTimeout, invalid_spec
-from service.client_events import ComparisonWatch, Deadline, JobWatch, follow
-from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonProgress, ComparisonRead
-from service.inference import PredictResponse
-from service.schemas import AnySpec, JobPage, JobRead, Progress, WorkerRead, job_spec_adapter
+from mnist_jobs_client import downloads
+from mnist_jobs_client.comparisons import ComparisonCreate, ComparisonProgress, ComparisonRead
+from mnist_jobs_client.errors import (
+    AmbiguousId,
+    ApiError,
+    ChecksumMismatch,
+    ServerUnreachable,
+    WaitTimeout,
+    invalid_spec,
+)
+from mnist_jobs_client.events import ComparisonWatch, Deadline, JobWatch, follow
+from mnist_jobs_client.predictions import PredictResponse
+from mnist_jobs_client.schemas import JobPage, JobRead, Progress, WorkerRead
+from mnist_jobs_client.specs import AnySpec, job_spec_adapter
+from mnist_jobs_client.wire import (
+    JOB_ID,
+    Page,
+    check_id_prefix,
+    comparison_page,
+    default_url,
+    job_page,
+    spec_body,
+    with_scheme,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ApiError", "ChecksumMismatch", "Client", "ServerUnreachable", "WaitTimeout"]
+__all__ = ["AmbiguousId", "ApiError", "ChecksumMismatch", "Client", "ServerUnreachable", "WaitTimeout"]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
-_SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
+MATCHES_SHOWN = 10  # ids an ambiguous prefix names
+ModelFormat = Literal["onnx", "safetensors"]
 _workers = TypeAdapter(list[WorkerRead])
 T = TypeVar("T")
-Page = tuple[list[T], str | None]  # a page's items and the cursor of the next one
-
-
-def job_page(raw: bytes) -> Page[JobRead]:
-    page = JobPage.model_validate_json(raw)
-    return page.items, page.next_cursor
-
-
-def comparison_page(raw: bytes) -> Page[ComparisonRead]:
-    page = ComparisonPage.model_validate_json(raw)
-    return page.items, page.next_cursor
-
-
-def spec_body(spec: AnySpec) -> dict[str, Any]:
-    """The JSON of what the caller set: model_dump leaves out the submission options (name,
-    labels, max_attempts, reuse are `exclude=True` so they stay out of the spec's hash)."""
-    options = {name: getattr(spec, name) for name in ("max_attempts", "name", "labels", "reuse")}
-    body = spec.model_dump(mode="json", exclude_unset=True)
-    return body | {name: value for name, value in options.items() if name in spec.model_fields_set}
-
-
-def expected_sha256(response: httpx.Response) -> str:
-    """The sha256 the server sent with a checkpoint: Repr-Digest (RFC 9530), else the ETag."""
-    digest = response.headers.get("Repr-Digest", "")
-    if digest.startswith("sha-256=:") and digest.endswith(":"):
-        try:
-            return base64.b64decode(digest[9:-1], validate=True).hex()
-        except binascii.Error:
-            pass
-    if match := _SHA256.match(response.headers.get("ETag", "")):
-        return match.group(1)
-    raise ChecksumMismatch("the server sent no sha256 (Repr-Digest or ETag) with the checkpoint: refused unverified")
 
 
 class Client:
@@ -86,7 +67,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("MNIST_JOBS_URL") or DEFAULT_URL).rstrip("/")
+        self.base_url = with_scheme(base_url or default_url())
         token = token if token is not None else os.environ.get("MNIST_JOBS_TOKEN") or None
         headers = {"User-Agent": "mnist-jobs-client"} | ({"Authorization": f"Bearer {token}"} if token else {})
         self.timeout = timeout
@@ -146,6 +127,23 @@ class Client:
         answer = self._call("POST", "/v1/jobs", json=spec_body(spec), headers=headers)
         return JobRead.model_validate_json(answer.content)
 
+    def resolve(self, job_id: str) -> str:
+        """The full id of the one job whose id starts with `job_id` (4 hex characters or more, as
+        `jobs list` and the dashboard show them), asked of the server; a full id is returned as it is.
+        A 404 ApiError when none does, AmbiguousId (naming them) when several do."""
+        text = check_id_prefix(job_id)
+        if JOB_ID.match(text):
+            return text
+        params = {"id_prefix": text, "limit": MATCHES_SHOWN}
+        found = [
+            job.id for job in JobPage.model_validate_json(self._call("GET", "/v1/jobs", params=params).content).items
+        ]
+        if not found:
+            raise ApiError(f"no job id starts with {text}", status=404, title="Not Found", field="job_id")
+        if len(found) > 1:
+            raise AmbiguousId(text, found)
+        return found[0]
+
     def get(self, job_id: str) -> JobRead:
         return JobRead.model_validate_json(self._call("GET", f"/v1/jobs/{job_id}").content)
 
@@ -158,6 +156,7 @@ class Client:
         name: str | None = None,
         label: str | Sequence[str] = (),
         comparison: str | None = None,
+        id_prefix: str | None = None,
         permutation_seed: int | Literal["none"] | None = None,
         seed: int | None = None,
         created_after: datetime | None = None,
@@ -166,8 +165,10 @@ class Client:
         limit: int = 50,
     ) -> Iterator[JobRead]:
         """Every job matching the filters, page after page (`limit` per request); `label` is
-        "key:value" or a list of them, all required; permutation_seed="none" = natural pixels."""
+        "key:value" or a list of them, all required; permutation_seed="none" = natural pixels;
+        id_prefix: the jobs whose id starts with it (4 hex characters or more)."""
         filters: dict[str, object] = {"status": status, "architecture": architecture, "dataset": dataset}
+        filters["id_prefix"] = id_prefix
         filters |= {"name": name, "comparison": comparison, "permutation_seed": permutation_seed, "seed": seed}
         filters |= {"created_after": created_after, "created_before": created_before}
         text = {k: v.isoformat() if isinstance(v, datetime) else str(v) for k, v in filters.items() if v is not None}
@@ -210,64 +211,49 @@ class Client:
             raise WaitTimeout(f"{what} {last.id} has not ended in time (still {last.status.value})", last)
 
     # -- checkpoints, models, predictions
-    def _checkpoint(self, job_id: str, epoch: int | None, write: Callable[[bytes], object]) -> httpx.Response:
-        """Stream a checkpoint into `write`, hashing as it comes; ChecksumMismatch if it differs."""
-        params = {} if epoch is None else {"epoch": epoch}
-        with self._stream("GET", f"/v1/jobs/{job_id}/checkpoint", params=params) as response:
-            expected, digest = expected_sha256(response), hashlib.sha256()
-            for chunk in response.iter_bytes():
-                digest.update(chunk)
-                write(chunk)
-        if digest.hexdigest() != expected:
-            raise ChecksumMismatch(
-                f"checkpoint of job {job_id} arrived with sha256 {digest.hexdigest()}, the server sent {expected}",
-                url=str(response.request.url),
-            )
+    def _download(
+        self, path: str, params: dict[str, Any], what: str, write: Callable[[bytes], object]
+    ) -> httpx.Response:
+        """Stream a file into `write`, hashing as it comes; ChecksumMismatch if it differs from the
+        sha256 the server sent. Every download (checkpoint, ONNX, safetensors) goes through here."""
+        with self._stream("GET", path, params=params) as response:
+            downloads.verify_into(response, what, write)
         return response
+
+    def _save(
+        self, path: str, params: dict[str, Any], what: str, target: str | os.PathLike[str], fallback: str
+    ) -> Path:
+        return downloads.save(lambda write: self._download(path, params, what, write), Path(target), fallback)
 
     def download_checkpoint(self, job_id: str, path: str | os.PathLike[str], *, epoch: int | None = None) -> Path:
         """The checkpoint (latest kept epoch, or `epoch`) saved at `path` (a folder: under the
         server's file name). Written to a temp file beside it and renamed only once its sha256
         matched: a failed download leaves no file, and never a partial one at `path`."""
-        target = Path(path)
-        folder = target if target.is_dir() else target.parent
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                response = self._checkpoint(job_id, epoch, out.write)
-                out.flush()
-                os.fsync(out.fileno())
-            if target.is_dir():
-                sent = re.search(r'filename="([^"/\\]+)"', response.headers.get("Content-Disposition", ""))
-                target = target / (sent.group(1) if sent else f"{job_id}.pt")
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return target
+        params = {} if epoch is None else {"epoch": epoch}
+        return self._save(f"/v1/jobs/{job_id}/checkpoint", params, f"checkpoint of job {job_id}", path, f"{job_id}.pt")
+
+    def download_model(
+        self, job_id: str, path: str | os.PathLike[str], *, format: ModelFormat = "onnx", epoch: int | None = None
+    ) -> Path:
+        """The job's model (latest kept epoch, or `epoch`) as ONNX or safetensors, runnable without
+        mnist-jobs, saved at `path` (a folder: under the server's file name) as download_checkpoint
+        saves a checkpoint: verified by sha256, all or nothing."""
+        params: dict[str, Any] = {"format": format} | ({} if epoch is None else {"epoch": epoch})
+        what = f"{format} model of job {job_id}"
+        return self._save(f"/v1/jobs/{job_id}/model", params, what, path, f"{job_id}.{format}")
 
     def load_model(self, job_id: str, *, epoch: int | None = None) -> tuple[torch.nn.Module, torch.Tensor | None]:
         """The job's trained net (the tutorial's class, in eval mode, on the CPU) and its pixel
         permutation (None for natural pixels). The net expects what training fed it: images
         (N, 1, 28, 28) scaled to pixels / 255, normalised with mean 0.1307 and std 0.3081, then
-        permuted as x.view(N, -1)[:, permutation].view_as(x). Verified by sha256, read with
-        torch.load(weights_only=True): nothing is unpickled."""
-        import torch
+        permuted as x.view(N, -1)[:, permutation].view_as(x). Built from the job's safetensors file
+        (verified by sha256; nothing is unpickled); needs the `torch` extra."""
+        from mnist_jobs_client.loading import from_safetensors
 
-        from service.training.checkpoints import TrainingState
-        from service.training.nets import build_model
-        from service.training.tensors import permutation
-
-        buffer = io.BytesIO()
-        self._checkpoint(job_id, epoch, buffer.write)
-        buffer.seek(0)
-        state = TrainingState.decode(torch.load(buffer, map_location="cpu", weights_only=True))
-        with torch.random.fork_rng(devices=[]):  # building a net draws weights: leave the caller's generator alone
-            model = build_model(state.spec)
-        model.load_state_dict(state.state_dict)
-        model.eval()
-        perm = state.permutation if state.permutation is not None else permutation(state.spec.permutation_seed)
-        return model, perm
+        chunks: list[bytes] = []
+        params: dict[str, Any] = {"format": "safetensors"} | ({} if epoch is None else {"epoch": epoch})
+        self._download(f"/v1/jobs/{job_id}/model", params, f"safetensors model of job {job_id}", chunks.append)
+        return from_safetensors(b"".join(chunks))
 
     def predict(self, job_id: str, image: bytes | Sequence[int]) -> PredictResponse:
         """The digit the job's latest checkpoint sees: a 28x28 PNG's bytes, or 784 ints 0..255 row

@@ -1,4 +1,4 @@
-"""The Python client's errors: every failure of a call is an ApiError (importable from service.client)."""
+"""The Python client's errors: every failure of a call is an ApiError (importable from mnist_jobs_client)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from service.comparison_schemas import ComparisonRead
-from service.schemas import JobRead
+from mnist_jobs_client.comparisons import ComparisonRead
+from mnist_jobs_client.schemas import JobRead
 
 
 class ApiError(Exception):
@@ -76,3 +76,11 @@ def invalid_spec(exc: ValidationError, what: str) -> ApiError:
         errors.append({"field": field, "message": f"{field}: {error['msg']}", "type": error["type"]})
     detail = f"invalid {what} (not sent): " + "; ".join(e["message"] for e in errors)
     return ApiError(detail, status=422, title="Invalid request", field=errors[0]["field"], errors=errors)
+
+
+class AmbiguousId(ApiError):
+    """A job id prefix that several jobs' ids start with; `matches` are their ids (the first ten)."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        super().__init__(f"ambiguous job id prefix {prefix}: it matches " + ", ".join(matches), field="job_id")
+        self.prefix, self.matches = prefix, matches

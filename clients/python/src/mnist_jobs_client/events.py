@@ -1,12 +1,13 @@
 """The Python client's live side: following a job's events stream (Server-Sent Events, parsed
 here from lines), and what wait() and wait_comparison() show while they wait.
 
-Kept apart from service/client.py so that file stays the API's calls. Like it, this module imports
+Kept apart from client.py so that file stays the API's calls. Like it, this module imports
 neither torch nor FastAPI; rich is imported only when a progress bar is really drawn.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -16,13 +17,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
-from service.comparison_schemas import ComparisonProgress, ComparisonRead
-from service.schemas import JobRead, Progress
-from service.states import JobStatus
+from mnist_jobs_client.comparisons import ComparisonProgress, ComparisonRead
+from mnist_jobs_client.schemas import JobRead, Progress
+from mnist_jobs_client.states import JobStatus
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar
 
+# rich is the optional `progress` extra: without it a terminal gets the plain lines a pipe gets
+RICH = importlib.util.find_spec("rich") is not None
 LINE_EVERY = 0.1  # plain-line output: one line per tenth of the work (and per epoch and status change)
 RECONNECTS = 1  # a broken stream is resumed once with Last-Event-ID; then the caller polls
 
@@ -82,8 +85,9 @@ class EventParser:
 
 
 class Display:
-    """A progress bar (rich) when `stream` is a terminal, else a plain line per milestone: a change of
-    status or of `milestone` (an epoch, a tenth of the work, a count of ended jobs)."""
+    """A progress bar (rich) when `stream` is a terminal and rich is installed, else a plain line per
+    milestone: a change of status or of `milestone` (an epoch, a tenth of the work, a count of ended
+    jobs)."""
 
     def __init__(self, name: str, stream: TextIO | None = None) -> None:
         self.name, self.stream = name, stream or sys.stderr
@@ -91,7 +95,7 @@ class Display:
         self._last_line: tuple[str, object] | None = None
 
     def update(self, status: str, fraction: float | None, detail: str, milestone: object) -> None:
-        if not self.stream.isatty():
+        if not self.stream.isatty() or not RICH:
             if (status, milestone) != self._last_line:
                 self._last_line = (status, milestone)
                 print(f"{self.name}: {status}" + (f", {detail}" if detail else ""), file=self.stream, flush=True)
