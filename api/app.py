@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import dashboard, docs, errors, metrics, openapi
 from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
-from api.routes import comparisons, datasets, events, jobs, pictures, predict, workers
+from api.routes import comparisons, datasets, downloads, events, jobs, pictures, predict, workers
 from service import __version__, auth
 from service.config import Settings
 from service.db import Database, require_head
@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train small PyTorch models (FC vs CNN on MNIST) as queued jobs.",
         docs_url=None,  # docs.install serves them from installed files, not from a CDN
         redoc_url=None,
+        # One schema per model (no -Input/-Output twins, whose generated names collide) and operation
+        # ids that read as verbs: what client generators turn into types and method names.
+        separate_input_output_schemas=False,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.settings = settings
     app.state.store = open_store(settings)
@@ -69,9 +73,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After", "ETag", "Repr-Digest", "X-Request-ID"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "ETag",
+                "Repr-Digest",
+                "X-Request-ID",
+                "Content-Range",
+                "Accept-Ranges",
+            ],
         )
     app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     # Inside the request id, outside the guards: their 400/413/415 answers are counted too.
@@ -79,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)  # outermost: even the guards' 400/413/415 answers carry the id
     app.include_router(jobs.router)
     app.include_router(predict.router)
+    app.include_router(downloads.router)
     app.include_router(workers.router)
     app.include_router(datasets.router)
     app.include_router(comparisons.router)
@@ -86,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
 
     @app.get("/healthz/live", tags=["health"])
-    def live() -> dict[str, str]:
+    def check_live() -> dict[str, str]:
         """200 while the process answers; it checks nothing else (for a restart policy)."""
         return {"status": "ok"}
 
@@ -94,9 +107,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         503: {"description": "Not ready", "content": {errors.PROBLEM_JSON: {}}}
     }
 
-    @app.get("/healthz", tags=["health"], response_model=dict[str, str], responses=not_ready_answer)
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=dict[str, str],
+        responses=not_ready_answer,
+        operation_id="check_health",
+    )
     @app.get("/healthz/ready", tags=["health"], response_model=dict[str, str], responses=not_ready_answer)
-    def ready(request: Request) -> dict[str, str] | JSONResponse:
+    def check_ready(request: Request) -> dict[str, str] | JSONResponse:
         """200 when the database answers and, for SQLite, is still the file the server opened at
         start (a deleted or replaced file would take every later write with it); else 503."""
         reason = not_ready(request.app)

@@ -259,7 +259,7 @@ def install(app: FastAPI) -> Metrics:
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text format"}},
     )
-    def scrape(request: Request) -> Response:
+    def scrape_metrics(request: Request) -> Response:
         """The service's metrics in Prometheus' text format (OpenMetrics when the Accept header asks
         for it); a read token when tokens are configured."""
         encode, media_type = choose_encoder(request.headers.get("accept", ""))

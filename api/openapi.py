@@ -18,6 +18,12 @@ declare only their successes; which errors an operation may send is decided here
   a data set or a prediction that cannot be had): ROUTE_ERRORS, keyed by method and path. A new
   route that raises such an error adds its line there; tests/unit/test_openapi.py checks that the
   document lists every status the API is seen to send.
+
+It also makes the document one that client generators read as the API means it: one schema per
+model (create_app sets separate_input_output_schemas=False), operation ids that are the route
+functions' names (`operation_id`: submit_job, get_job, ...), integer bounds written as the exact
+integers pydantic gives (`exact_schemas`), binary answers typed `format: binary`, and an example for
+every JSON body (BODY_EXAMPLES), which Swagger UI shows instead of building its own.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi._compat import get_definitions, get_flat_models_from_fields, get_model_name_map
+from fastapi.openapi.utils import get_fields_from_routes
+from fastapi.routing import APIRoute
 
 from api.errors import PROBLEM_JSON
 
@@ -96,8 +105,9 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
     500: ("FilesNotRemoved", "The job's files could not all be removed; the job is kept", {}),
     503: (
         "Unavailable",
-        "A data set or the database cannot be used now, or the prediction helper did not answer within "
-        "MNIST_JOBS_PREDICT_TIMEOUT_SECONDS (the next call starts a new one)",
+        "A data set or the database cannot be used now, or the inference helper did not answer within "
+        "MNIST_JOBS_PREDICT_TIMEOUT_SECONDS (MNIST_JOBS_EXPORT_TIMEOUT_SECONDS for a model export; the next call "
+        "starts a new one)",
         {},
     ),
 }
@@ -108,6 +118,7 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/jobs/{job_id}/cancel"): (403, 409),  # a read token or another's job; the job has ended
     ("DELETE", "/v1/jobs/{job_id}"): (403, 409, 500),  # not an admin; still queued or running; files stay
     ("GET", "/v1/jobs/{job_id}/checkpoint"): (409,),  # no checkpoint yet, or its file does not match its sha256
+    ("GET", "/v1/jobs/{job_id}/model"): (409, 503),  # no checkpoint yet, or a corrupt one; the export helper down
     ("POST", "/v1/jobs/{job_id}/predict"): (409, 503),  # no checkpoint yet, a corrupt one, diverged; helper down
     ("POST", "/v1/comparisons"): (403, 429),  # a read token; the token's queue cannot take the grid's jobs
     ("POST", "/v1/comparisons/{comparison_id}/cancel"): (403,),  # a read token or another's comparison
@@ -115,6 +126,35 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/jobs/{job_id}/confusion.png"): (409,),  # the job has not succeeded
     ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set corrupt; inference helper down
 }
+
+# An example of every JSON request body, (METHOD, path) -> name -> (summary, value). Swagger UI
+# offers the first as the body to send; tests/unit/test_openapi.py sends every one.
+BODY_EXAMPLES: dict[tuple[str, str], dict[str, tuple[str, Any]]] = {
+    ("POST", "/v1/jobs"): {
+        "fc": ("The tutorial's fully-connected net (6,442 parameters), 1 epoch", {"architecture": "fc"}),
+        "cnn": ("The tutorial's CNN (6,422 parameters), 2 epochs", {"architecture": "cnn", "epochs": 2}),
+        "permuted": (
+            "FC on pixels shuffled by a fixed permutation, with a fixed seed and a name",
+            {"architecture": "fc", "permutation_seed": 42, "seed": 1, "name": "fc-permuted", "labels": {"run": "a"}},
+        ),
+    },
+    ("POST", "/v1/comparisons"): {
+        "experiment": ("FC and CNN, natural and permuted pixels, 1 seed each", {"seeds": 1}),
+        "fc-only": (
+            "FC alone, natural pixels, seeds 1 and 2, 2 epochs",
+            {"architectures": ["fc"], "permutation_seeds": [None], "seeds": [1, 2], "spec": {"epochs": 2}},
+        ),
+    },
+    ("POST", "/v1/jobs/{job_id}/predict"): {
+        "blank": ("An all-black image (pixels may also be sent as an image/png body)", {"pixels": [0] * 784}),
+    },
+}
+# A HEAD operation shares its GET's route function (and so its name); it is named with this verb.
+HEAD_VERB = "probe"
+BOUND_KEYS = ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf")
+EXACT_FLOAT_LIMIT = 2**53  # a float holds every integer below this exactly
+NOT_BINARY = ("application/json", PROBLEM_JSON, "text/event-stream")
+BINARY: Document = {"type": "string", "format": "binary"}
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 DEFAULT_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -188,6 +228,71 @@ def with_problems(generated: Document) -> Document:
     return document
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route function's name (a verb phrase: submit_job, get_job): what generated clients call
+    their methods. FastAPI's default reads as a path (read_v1_jobs__job_id__get)."""
+    return route.name
+
+
+def exact_schemas(app: FastAPI) -> Document:
+    """The component schemas as pydantic writes them, computed as FastAPI computes them. FastAPI
+    passes its document through its own OpenAPI model, whose bounds are floats: 2**63 - 1 comes out
+    as 9.223372036854776e+18, which is 2**63, one past the bound, so a client that sends the
+    documented maximum is refused."""
+    fields = get_fields_from_routes(list(app.routes) + list(app.webhooks.routes))
+    names = get_model_name_map(get_flat_models_from_fields(fields, known_models=set()))
+    _, definitions = get_definitions(
+        fields=fields, model_name_map=names, separate_input_output_schemas=app.separate_input_output_schemas
+    )
+    return definitions
+
+
+def integral_bounds(node: Any) -> None:
+    """Writes every whole-number bound in `node` as an integer (FastAPI writes 100 as 100.0)."""
+    if isinstance(node, list):
+        for value in node:
+            integral_bounds(value)
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in BOUND_KEYS and isinstance(value, float) and value.is_integer():
+            if abs(value) >= EXACT_FLOAT_LIMIT:
+                raise ValueError(f"a bound of {value} may have lost digits; give its schema from pydantic")
+            node[key] = int(value)
+        else:
+            integral_bounds(value)
+
+
+def operations_of(document: Document) -> list[tuple[str, str, Document]]:
+    return [
+        (method, path, item[method]) for path, item in document.get("paths", {}).items() for method in METHODS
+        if method in item
+    ]  # fmt: skip
+
+
+def portable(document: Document, exact: Document) -> Document:
+    """`document` with what generators need (see the module's docstring); changed in place."""
+    schemas = document.get("components", {}).get("schemas", {})
+    schemas.update({name: copy.deepcopy(schema) for name, schema in exact.items() if name in schemas})
+    integral_bounds(document)
+    ids: dict[str, int] = {}
+    for method, path, operation in operations_of(document):
+        if method == "head":  # the GET's function, so the GET's name: the same words after another verb
+            operation["operationId"] = f"{HEAD_VERB}_{operation['operationId'].split('_', 1)[-1]}"
+        ids[operation["operationId"]] = ids.get(operation["operationId"], 0) + 1
+        for response in operation.get("responses", {}).values():
+            for media_type, content in response.get("content", {}).items():
+                if media_type not in NOT_BINARY and not content.get("schema"):
+                    content["schema"] = {"type": "string"} if media_type.startswith("text/") else dict(BINARY)
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        examples = BODY_EXAMPLES.get((method.upper(), path))
+        if body is not None and examples:
+            body["examples"] = {name: {"summary": text, "value": value} for name, (text, value) in examples.items()}
+    repeated = sorted(name for name, count in ids.items() if count > 1)
+    assert not repeated, f"operation ids used more than once: {repeated}"
+    return document
+
+
 def install(app: FastAPI) -> None:
     """Make `app.openapi()` (and so /openapi.json and the docs) return the rewritten document,
     computed on the first call and kept. Idempotent."""
@@ -199,7 +304,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> Document:
         if not rewritten:
-            rewritten.append(with_problems(generate()))
+            rewritten.append(portable(with_problems(generate()), exact_schemas(app)))
             app.openapi_schema = rewritten[0]
         return rewritten[0]
 

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], dependencies=
 
 
 @router.post("", status_code=201, response_model=ComparisonRead)
-def create(
+def create_comparison(
     request: ComparisonCreate, response: Response, db: DB, settings: AppSettings, caller: Submitter
 ) -> ComparisonRead:
     """One job per cell and seed, in one transaction; `{"seeds": 5}` alone is the tutorial's
@@ -62,14 +62,14 @@ def list_comparisons(
 
 
 @router.get("/{comparison_id}", response_model=ComparisonRead)
-def read(comparison_id: uuid.UUID, db: DB) -> ComparisonRead:
+def get_comparison(comparison_id: uuid.UUID, db: DB) -> ComparisonRead:
     with db.read() as session:
         comparison = comparisons.get(session, str(comparison_id))
         return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonRead)
-def cancel(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> ComparisonRead:
+def cancel_comparison(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> ComparisonRead:
     """Cancels every job that has not ended; running ones stop at their next step."""
     with db.write() as session:
         caller.require_owner(comparisons.get(session, str(comparison_id)).submitted_by)
@@ -78,7 +78,7 @@ def cancel(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> ComparisonRea
 
 
 @router.delete("/{comparison_id}", status_code=204)
-def delete(comparison_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
+def delete_comparison(comparison_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
     """Deletes the comparison and all its jobs with their files (409 while any job has not ended).
     One transaction per job, files first: a failure leaves the rest, each with its files."""
     with db.read() as session:

@@ -102,7 +102,7 @@ def response(stream: Callable[[anyio.Event], AsyncIterator[bytes]], settings: Se
         with_job=True,
     ),
 )
-def job_events(
+def stream_job_events(
     job_id: uuid.UUID,
     request: Request,
     db: DB,
@@ -124,7 +124,7 @@ def job_events(
     response_class=EventSourceResponse,
     responses=stream_response("Every job's events as they happen; the stream does not end", with_job=False),
 )
-def all_events(
+def stream_events(
     request: Request,
     db: DB,
     settings: AppSettings,

@@ -1,16 +1,13 @@
-"""/v1/jobs: submit, read, list, cancel, delete, and download checkpoints."""
+"""/v1/jobs: submit, read, list, cancel and delete (downloads: api/routes/downloads.py)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 
 from api import cursors
@@ -19,7 +16,7 @@ from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, 
 from service import jobs, search
 from service.auth import Caller
 from service.cost import check_budget
-from service.errors import Conflict, InvalidInput, NotFound, TooMany
+from service.errors import InvalidInput, TooMany
 from service.reuse import ReusePolicy
 from service.schemas import LABEL_KEY_PATTERN, MAX_LABELS, SEED_MAX, JobPage, JobRead, JobSpec, StepMetrics, StepPage
 from service.search import NATURAL, JobFilter, Sort
@@ -46,9 +43,9 @@ def ensure_queue_room(session: Session, caller: Caller, limit: int, adding: int 
     "",
     status_code=201,
     response_model=JobRead,
-    responses={200: {"description": "An earlier job with the same Idempotency-Key and body"}},
+    responses={200: {"description": "An earlier job with the same Idempotency-Key and body", "model": JobRead}},
 )
-def submit(
+def submit_job(
     spec: JobSpec,
     response: Response,
     db: DB,
@@ -118,6 +115,15 @@ def list_jobs(
     seed: Annotated[int | None, Query(ge=0, le=SEED_MAX)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=4,
+            max_length=36,
+            pattern="^[0-9a-fA-F-]+$",
+            description="the jobs whose id starts with this (4 or more characters, as `jobs list` shows them)",
+        ),
+    ] = None,
     sort: Annotated[
         Sort, Query(description="created_at: newest first; test_accuracy: best first (finished jobs)")
     ] = "created_at",
@@ -135,6 +141,7 @@ def list_jobs(
         seed=seed,
         created_after=aware(created_after, "created_after"),
         created_before=aware(created_before, "created_before"),
+        id_prefix=None if id_prefix is None else id_prefix.lower(),
     )
     by_accuracy = sort == "test_accuracy"
     after = cursors.decode(cursor, with_accuracy=by_accuracy) if cursor else None
@@ -149,7 +156,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}/metrics", response_model=StepPage)
-def step_metrics(
+def list_job_metrics(
     job_id: uuid.UUID,
     db: DB,
     from_step: Annotated[int, Query(ge=0, description="the first step to return")] = 0,
@@ -163,7 +170,7 @@ def step_metrics(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def read(job_id: uuid.UUID, db: DB) -> JobRead:
+def get_job(job_id: uuid.UUID, db: DB) -> JobRead:
     with db.read() as session:
         return jobs.view(jobs.get(session, str(job_id)))
 
@@ -171,9 +178,9 @@ def read(job_id: uuid.UUID, db: DB) -> JobRead:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobRead,
-    responses={202: {"description": "Running: the worker stops at its next step"}},
+    responses={202: {"description": "Running: the worker stops at its next step", "model": JobRead}},
 )
-def cancel(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> JobRead:
+def cancel_job(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> JobRead:
     with db.write() as session:
         caller.require_owner(jobs.get(session, str(job_id)).submitted_by)
         view = jobs.view(jobs.cancel(session, str(job_id)))
@@ -182,39 +189,7 @@ def cancel(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> 
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete(job_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
+def delete_job(job_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
     with db.write() as session:  # files first: if they stay, so does the row (a 500 naming the cause)
         jobs.delete(session, str(job_id), store)
     return Response(status_code=204)
-
-
-@router.get(
-    "/{job_id}/checkpoint",
-    response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "ETag matched"}},
-)
-def download_checkpoint(
-    job_id: uuid.UUID, request: Request, db: DB, store: Artifacts, epoch: Annotated[int | None, Query(ge=1)] = None
-) -> Response:
-    with db.read() as session:
-        saved_epoch, file = jobs.checkpoint(session, str(job_id), epoch)
-    sha256 = file.sha256
-    etag = f'"{sha256}"'
-    digest = base64.b64encode(bytes.fromhex(sha256)).decode()
-    headers = {"ETag": etag, "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": "private, immutable"}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    try:
-        data = store.get(file.path)  # checkpoints are small: verified whole, then sent from memory, never re-read
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFound(
-            f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch"
-        ) from None
-    on_disk = hashlib.sha256(data).hexdigest()
-    if on_disk != sha256:
-        raise Conflict(
-            f"checkpoint for epoch {saved_epoch} is corrupt (sha256 {sha256} recorded, {on_disk} on disk)",
-            field="epoch",
-        )
-    headers["Content-Disposition"] = f'attachment; filename="{job_id}-epoch{saved_epoch:03d}.pt"'
-    return Response(data, media_type="application/octet-stream", headers=headers)

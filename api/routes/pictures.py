@@ -43,7 +43,7 @@ def png(request: Request, settings: AppSettings, key: Mapping[str, object], rend
 
 
 @router.get("/v1/datasets/{name}/samples.png", response_class=Response, responses=PNG_RESPONSE)
-def samples(
+def draw_samples(
     request: Request,
     settings: AppSettings,
     name: Annotated[str, Path(pattern="^(" + "|".join(DATASETS) + ")$")],
@@ -64,7 +64,7 @@ def samples(
 
 
 @router.get("/v1/jobs/{job_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)
-def curves(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
+def draw_curves(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
     """Training loss over the samples seen (every MNIST_JOBS_STEP_METRICS_EVERY steps) and test
     accuracy after each epoch; drawn as far as the job has got."""
     with db.read() as session:
@@ -78,7 +78,7 @@ def curves(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -
 
 
 @router.get("/v1/jobs/{job_id}/confusion.png", response_class=Response, responses=PNG_RESPONSE)
-def confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
+def draw_confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
     """The 10x10 confusion matrix of the job's last test pass (also in its JSON, result.confusion)."""
     with db.read() as session:
         job = jobs.view(jobs.get(session, str(job_id)))
@@ -94,7 +94,7 @@ def confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID
 
 
 @router.get("/v1/comparisons/{comparison_id}/summary.png", response_class=Response, responses=PNG_RESPONSE)
-def summary(request: Request, settings: AppSettings, db: DB, comparison_id: uuid.UUID) -> Response:
+def draw_summary(request: Request, settings: AppSettings, db: DB, comparison_id: uuid.UUID) -> Response:
     """Test accuracy per cell: every seed's value, the mean and its 95 % interval."""
     with db.read() as session:
         comparison = comparisons.get(session, str(comparison_id))

@@ -224,3 +224,110 @@ def test_only_the_shipped_docs_files_are_served(client):
 def test_fastapis_cdn_pages_are_gone(client):
     assert client.get("/docs/oauth2-redirect").status_code == 404
     assert "cdn.jsdelivr" not in client.get("/docs").text
+
+
+# What client generators need: one schema per model, exact integer bounds, verb operation ids,
+# binary answers typed as such, and examples the server accepts.
+
+BOUNDS = ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf")
+VERBS = {"submit", "get", "list", "cancel", "delete", "download", "predict", "create", "draw", "stream", "check"}
+VERBS |= {"scrape", openapi.HEAD_VERB}
+SNAKE_CASE = re.compile(r"^[a-z]+(_[a-z0-9]+)*$")
+
+
+def walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def test_one_schema_per_model(document):
+    names = set(document["components"]["schemas"])
+    assert not [name for name in names if name.endswith(("-Input", "-Output"))], sorted(names)
+    assert {"FCSpec", "CNNSpec", "JobRead", "JobPage", "ComparisonCreate", "ComparisonRead", "Problem"} <= names
+
+
+def test_bounds_are_exact_integers(client, document):
+    for node in walk(document):
+        for key in BOUNDS:
+            value = node.get(key)
+            assert not (isinstance(value, float) and value.is_integer()), (key, value, node)
+    assert not re.search(r'"(maximum|minimum|exclusiveMaximum|exclusiveMinimum)":\s*-?\d+(\.\d*)?e', client.get(
+        "/openapi.json").text)  # fmt: skip
+    seed = document["components"]["schemas"]["FCSpec"]["properties"]["seed"]["anyOf"][0]
+    assert seed["maximum"] == 2**63 - 1 and type(seed["maximum"]) is int
+    largest = {"architecture": "fc", "seed": seed["maximum"], "permutation_seed": seed["maximum"]}
+    assert client.post("/v1/jobs", json=largest, headers=bearer("submit")).status_code == 201
+    past = largest | {"seed": seed["maximum"] + 1}
+    assert client.post("/v1/jobs", json=past, headers=bearer("submit")).status_code == 422
+
+
+def test_operation_ids_are_unique_snake_case_verb_phrases(document):
+    ids = {(method, path): operation["operationId"] for method, path, operation in operations(document)}
+    assert len(set(ids.values())) == len(ids), sorted(ids.values())
+    for operation_id in ids.values():
+        assert SNAKE_CASE.match(operation_id) and operation_id.split("_")[0] in VERBS, operation_id
+    assert ids[("POST", "/v1/jobs")] == "submit_job" and ids[("GET", "/v1/jobs")] == "list_jobs"
+    assert ids[("GET", "/v1/jobs/{job_id}")] == "get_job" and ids[("DELETE", "/v1/jobs/{job_id}")] == "delete_job"
+    assert ids[("POST", "/v1/jobs/{job_id}/cancel")] == "cancel_job"
+    assert ids[("GET", "/v1/jobs/{job_id}/checkpoint")] == "download_checkpoint"
+    assert ids[("GET", "/v1/jobs/{job_id}/model")] == "download_model"
+    assert ids[("POST", "/v1/jobs/{job_id}/predict")] == "predict"
+    assert ids[("POST", "/v1/comparisons")] == "create_comparison"
+    assert ids[("GET", "/v1/comparisons/{comparison_id}")] == "get_comparison"
+
+
+@pytest.mark.parametrize(
+    "path, media_type",
+    [
+        ("/v1/jobs/{job_id}/checkpoint", "application/octet-stream"),
+        ("/v1/jobs/{job_id}/model", None),
+        ("/v1/datasets/{name}/samples.png", "image/png"),
+        ("/v1/jobs/{job_id}/curves.png", "image/png"),
+        ("/v1/jobs/{job_id}/confusion.png", "image/png"),
+        ("/v1/comparisons/{comparison_id}/summary.png", "image/png"),
+    ],
+)
+def test_binary_answers_are_documented_as_binary(document, path, media_type):
+    content = document["paths"][path]["get"]["responses"]["200"]["content"]
+    assert content and "application/json" not in content, content
+    if media_type is not None:
+        assert list(content) == [media_type]
+    for entry in content.values():
+        assert entry["schema"] == {"type": "string", "format": "binary"}, entry
+
+
+def documented_examples(document, operation):
+    """Every example of the operation's JSON body: the media type's, and its schema's own."""
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is None:
+        return []
+    schema = body["schema"]
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    values = [example["value"] for example in body.get("examples", {}).values()]
+    values += [body["example"]] if "example" in body else []
+    return values + list(schema.get("examples", [])) + ([schema["example"]] if "example" in schema else [])
+
+
+def test_every_documented_example_is_accepted(client, document):
+    """Swagger UI offers a body's first media-type example, so every JSON body has some (else it
+    would build its own from the schema); each one is sent. A path's job is a fresh queued one, so
+    predict answers 409 (no checkpoint yet): the body itself got through validation."""
+    job = submitted(client)
+    sent = 0
+    for method, path, operation in operations(document):
+        examples = documented_examples(document, operation)
+        if "requestBody" in operation and "application/json" in operation["requestBody"]["content"]:
+            assert examples, (method, path)
+        for example in examples:
+            url = path.replace("{job_id}", job).replace("{comparison_id}", MISSING)
+            response = client.request(method, url, json=example, headers=bearer("admin"))
+            expected = {409} if path.endswith("/predict") else {200, 201}
+            assert response.status_code in expected, (method, path, example, response.text)
+            sent += 1
+    assert sent >= 6
