@@ -376,6 +376,13 @@ def prepare(
     missing = [file for file in FILES if file not in prepared.origin]
     if missing:
         raise DataUnavailable(unavailable_message(data_set, prepared, missing), field="dataset")
+    named = source_dir or settings.data_source_dir
+    if progress and named is not None and not named.is_dir():
+        # A mistyped folder must not pass silently just because another source had the files.
+        progress.note(
+            f"warning: the {source_folder_label(source_dir)} {named} does not exist; "
+            f"the files came from {prepared.served_by} instead"
+        )
     return prepared
 
 

@@ -67,6 +67,21 @@ def test_a_source_folder_from_the_argument_or_the_setting(offline, tmp_path):
     )
 
 
+def test_a_named_source_folder_that_is_missing_is_warned_about_when_another_source_serves(offline, tmp_path, capsys):
+    write_mnist(offline.system_datasets_dir / "mnist", gz=True)
+    typo = tmp_path / "shared" / "data" / "MNIST" / "raw"
+    prepared = data.prepare(offline, "mnist", source_dir=typo, progress=StderrProgress())
+    assert prepared.served_by == "system folder mnist (MNIST_JOBS_SYSTEM_DATASETS_DIR)"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: the source folder (--from DIR) {typo} does not exist; "
+        "the files came from system folder mnist (MNIST_JOBS_SYSTEM_DATASETS_DIR) instead"
+    ]
+
+    data.prepare(offline, "mnist", source_dir=offline.system_datasets_dir / "mnist", progress=StderrProgress())
+    assert "warning:" not in capsys.readouterr().err, "a folder that exists is no cause for a warning"
+
+
 def test_the_system_folder_serves_fashion_mnist_to_torchvisions_loader(offline):
     write_mnist(offline.system_datasets_dir / "fashion-mnist", gz=True)  # where Debian's package puts it
     prepared = data.prepare(offline, "fashion-mnist")
