@@ -149,8 +149,6 @@ BODY_EXAMPLES: dict[tuple[str, str], dict[str, tuple[str, Any]]] = {
         "blank": ("An all-black image (pixels may also be sent as an image/png body)", {"pixels": [0] * 784}),
     },
 }
-# A HEAD operation shares its GET's route function (and so its name); it is named with this verb.
-HEAD_VERB = "probe"
 BOUND_KEYS = ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf")
 EXACT_FLOAT_LIMIT = 2**53  # a float holds every integer below this exactly
 NOT_BINARY = ("application/json", PROBLEM_JSON, "text/event-stream")
@@ -277,8 +275,6 @@ def portable(document: Document, exact: Document) -> Document:
     integral_bounds(document)
     ids: dict[str, int] = {}
     for method, path, operation in operations_of(document):
-        if method == "head":  # the GET's function, so the GET's name: the same words after another verb
-            operation["operationId"] = f"{HEAD_VERB}_{operation['operationId'].split('_', 1)[-1]}"
         ids[operation["operationId"]] = ids.get(operation["operationId"], 0) + 1
         for response in operation.get("responses", {}).values():
             for media_type, content in response.get("content", {}).items():
