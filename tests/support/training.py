@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from service.config import Settings
+from service.db import Database
 from service.schemas import AnySpec, EpochRecord, job_spec_adapter
 from service.states import Outcome
 from service.training.checkpoints import TrainingState
@@ -82,3 +83,15 @@ class StopAt(Live):
     @stop_reason.setter
     def stop_reason(self, _value: Outcome | None) -> None:
         pass
+
+
+def run_queued(settings: Settings, db: Database) -> dict[str, Outcome]:
+    """Claim what is queued and train it to its end with the worker's own runner, in this process:
+    job id -> how it ended (for API tests that need a real trained job without a worker process)."""
+    from service import queue
+    from workers.data_cache import DataCache
+    from workers.runner import JobRunner
+
+    with db.write() as session:
+        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+    return JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims)

@@ -44,6 +44,7 @@ from tests.support.processes import REPO, free_port
 from tests.support.queue import end_jobs, finish_with_checkpoint, result
 from tests.support.settings import migrate
 from tests.support.training import CPU
+from tests.support.transports import FlipsAByte
 
 URL = "http://testserver"  # the TestClient's host, one of the app's allowed hosts
 
@@ -328,19 +329,6 @@ def test_download_checkpoint_verifies_the_sha256_and_leaves_no_file_when_it_fail
         api.download_checkpoint(job.id, out / "corrupt.pt")
     assert corrupt.value.status == 409 and "corrupt" in corrupt.value.detail
     assert sorted(p.name for p in out.iterdir()) == sorted(["fc.pt", into_folder.name]), "no file, no temp file"
-
-
-class FlipsAByte(httpx.BaseTransport):
-    """Passes the app's real answers on with the last byte of each body flipped (a faulty link)."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        body = response.read()
-        flipped = body[:-1] + bytes([body[-1] ^ 1]) if body else body
-        return httpx.Response(response.status_code, headers=response.headers, content=flipped, request=request)
 
 
 def train(api: Client, settings: Settings, db: Database, spec: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
@@ -18,11 +17,11 @@ from mnist_jobs_client.cli import cli
 from mnist_jobs_client.cli.exits import MEANING, Exit, code_for
 from mnist_jobs_client.errors import ServerUnreachable
 from mnist_jobs_client.wire import with_scheme
-from service import queue
 from service.config import Settings
 from service.db import Database
 from tests.support.job_ids import rename_job
-from tests.support.training import CPU
+from tests.support.training import run_queued
+from tests.support.transports import FlipsAByte
 
 URL = "http://testserver"
 SHARED = "abcdef01"  # the prefix two jobs are given
@@ -85,27 +84,9 @@ def test_a_url_without_a_scheme_means_http(monkeypatch):
 
 def train(api: Client, settings: Settings, db: Database, spec: dict[str, object]) -> str:
     """Submit a job and run it to its end with the worker's own runner, in this process."""
-    from workers.data_cache import DataCache
-    from workers.runner import JobRunner
-
     job_id = api.submit(spec).id
-    with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
-    assert JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims) == {job_id: "succeeded"}
+    assert run_queued(settings, db) == {job_id: "succeeded"}
     return job_id
-
-
-class FlipsAByte(httpx.BaseTransport):
-    """Passes the app's real answers on with the last byte of each body flipped (a faulty link)."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        body = response.read()
-        flipped = body[:-1] + bytes([body[-1] ^ 1]) if body else body
-        return httpx.Response(response.status_code, headers=response.headers, content=flipped, request=request)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -24,13 +24,12 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
 from bench.synthetic import make_digits
-from service import queue
 from service.config import Settings
 from service.db import Database
 from service.schemas import job_spec_adapter
 from service.training.nets import build_model
 from tests.support.settings import make_settings, migrate
-from tests.support.training import CPU
+from tests.support.training import run_queued
 
 PROBLEM = "application/problem+json"
 IMAGES = make_digits(4, seed=5)[0]  # (4, 28, 28) uint8
@@ -49,13 +48,8 @@ class Served:
 
 def train(client: TestClient, settings: Settings, db: Database, spec: dict[str, Any]) -> str:
     """Submit a job and run it to its end with the worker's own runner, in this process."""
-    from workers.data_cache import DataCache
-    from workers.runner import JobRunner
-
     job_id = str(client.post("/v1/jobs", json=spec).json()["id"])
-    with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
-    assert JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims) == {job_id: "succeeded"}
+    assert run_queued(settings, db) == {job_id: "succeeded"}
     return job_id
 
 

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.synthetic import make_digits
-from service import jobs, queue
+from service import jobs
 from service.config import Settings
 from service.db import Database
 from service.errors import PredictionUnavailable
@@ -36,7 +36,7 @@ from service.training import inference as helper
 from service.training.nets import build_model
 from service.training.tensors import permutation
 from tests.support.settings import make_settings, migrate
-from tests.support.training import CPU
+from tests.support.training import run_queued
 
 PROBLEM = "application/problem+json"
 READ = {"Authorization": "Bearer predict-read"}
@@ -66,14 +66,8 @@ class Served:
 
 def train(client: TestClient, settings: Settings, db: Database, spec: dict[str, Any]) -> str:
     """Submit a job and run it to its end with the worker's own runner, in this process."""
-    from workers.data_cache import DataCache
-    from workers.runner import JobRunner
-
     job_id = str(client.post("/v1/jobs", json=spec, headers=SUBMIT).json()["id"])
-    with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
-    assert [claim.job_id for claim in claims] == [job_id]
-    assert JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims) == {job_id: "succeeded"}
+    assert run_queued(settings, db) == {job_id: "succeeded"}
     return job_id
 
 
