@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 setup: $(STAMP)
 
 # One pip call for both distributions, so pip takes the client from this checkout. pip shows its
-# progress: the first install downloads torch (about 2 GB with its CUDA wheels) and takes minutes.
+# progress: the first install brings torch with its CUDA wheels (.venv is about 6 GB) and takes minutes.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --progress-bar on -e ./clients/python -e .
