@@ -23,17 +23,32 @@ CELLS = [("fc", None), ("fc", 42), ("cnn", None), ("cnn", 42)]
 TOLERANCE = 1e-4  # log-probabilities: onnxruntime's kernels sum in another order than torch's
 
 
+# Every test here reads the session's fixture data, so each cell is trained, and exported to ONNX,
+# once per test process (the exporter takes a second or more per graph).
+_trained: dict[tuple[str, int | None], tuple[TrainingState, torch.Tensor, int]] = {}
+_onnx: dict[tuple[str, int | None], bytes] = {}
+
+
 def trained(settings, architecture, permutation_seed):
-    """A one-epoch job on the fixture data: its checkpoint (as read back from disk), its test pass's
-    per-image log-probabilities (the service's own preprocessing and model), and its recorded count."""
-    trainer = trainer_for(settings, make_spec(architecture, permutation_seed, epochs=3, lr=0.1))
-    recorded = Recorded()
-    result = trainer.run(recorded)[0]
-    state = reloaded(recorded.last())
-    model = export.model_of(state)
-    with torch.inference_mode():
-        log_probabilities = model(trainer.data.test_x)
-    return state, log_probabilities, result.correct
+    """A three-epoch job on the fixture data: its checkpoint (as read back from disk), its test
+    pass's per-image log-probabilities (the service's own preprocessing and model), and its count."""
+    cell = (architecture, permutation_seed)
+    if cell not in _trained:
+        trainer = trainer_for(settings, make_spec(architecture, permutation_seed, epochs=3, lr=0.1))
+        recorded = Recorded()
+        result = trainer.run(recorded)[0]
+        state = reloaded(recorded.last())
+        with torch.inference_mode():
+            log_probabilities = export.model_of(state)(trainer.data.test_x)
+        _trained[cell] = state, log_probabilities, result.correct
+    return _trained[cell]
+
+
+def onnx_of(settings, architecture, permutation_seed) -> bytes:
+    cell = (architecture, permutation_seed)
+    if cell not in _onnx:
+        _onnx[cell] = export.onnx_bytes(trained(settings, *cell)[0])
+    return _onnx[cell]
 
 
 def raw_test_images(settings) -> np.ndarray:
@@ -43,9 +58,9 @@ def raw_test_images(settings) -> np.ndarray:
 
 @pytest.mark.parametrize(("architecture", "permutation_seed"), CELLS)
 def test_onnx_gives_every_image_the_digit_of_the_jobs_own_test_pass(settings, architecture, permutation_seed):
-    state, expected, correct = trained(settings, architecture, permutation_seed)
+    _, expected, correct = trained(settings, architecture, permutation_seed)
     images = raw_test_images(settings)
-    model = export.onnx_bytes(state)
+    model = onnx_of(settings, architecture, permutation_seed)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     [given] = session.get_inputs()
     assert (given.name, given.type) == ("pixels", "tensor(uint8)")
@@ -72,13 +87,12 @@ def test_onnx_gives_every_image_the_digit_of_the_jobs_own_test_pass(settings, ar
 
 def test_a_permuted_graph_gathers_the_jobs_own_permutation(settings):
     state, _, _ = trained(settings, "fc", 42)
-    graph = onnx.load_model_from_string(export.onnx_bytes(state)).graph
+    graph = onnx.load_model_from_string(onnx_of(settings, "fc", 42)).graph
     [gather] = [node for node in graph.node if node.op_type == "Gather"]
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
     indices = constants.get(gather.input[1])
     assert indices is not None and indices.tolist() == state.permutation.tolist()
-    natural, _, _ = trained(settings, "fc", None)
-    natural_graph = onnx.load_model_from_string(export.onnx_bytes(natural)).graph
+    natural_graph = onnx.load_model_from_string(onnx_of(settings, "fc", None)).graph
     assert not [node for node in natural_graph.node if node.op_type == "Gather"]
 
 
@@ -120,7 +134,7 @@ def test_safetensors_loads_strictly_into_the_services_net_and_reproduces_it(
 
 def test_exports_are_the_same_bytes_every_time(settings):
     state, _, _ = trained(settings, "cnn", 42)
-    assert export.onnx_bytes(state) == export.onnx_bytes(state)
+    assert export.onnx_bytes(state) == onnx_of(settings, "cnn", 42)
     assert export.safetensors_bytes(state, "j") == export.safetensors_bytes(state, "j")
 
 
