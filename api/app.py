@@ -117,7 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz/ready", tags=["health"], response_model=dict[str, str], responses=not_ready_answer)
     def check_ready(request: Request) -> dict[str, str] | JSONResponse:
         """200 when the database answers and, for SQLite, is still the file the server opened at
-        start (a deleted or replaced file would take every later write with it); else 503."""
+        start (a deleted or replaced file would take every later write with it), and the tokens
+        file, if any, parses; else 503."""
         reason = not_ready(request.app)
         if reason is not None:
             return errors.problem(503, "Not ready", reason)
@@ -146,6 +147,11 @@ def file_identity(path: Path | None) -> tuple[int, int] | None:
 
 def not_ready(app: FastAPI) -> str | None:
     """Why the server cannot take work now, in words that name no path or secret; None when it can."""
+    tokens: auth.TokenStore | None = app.state.tokens
+    if tokens is not None:
+        tokens.tokens()  # read it again if it changed, as a request would
+        if tokens.error is not None:
+            return f"the tokens file (MNIST_JOBS_API_TOKENS_FILE) {tokens.error}; fix it (see the server's log)"
     try:
         with app.state.db.read() as session:
             session.execute(text("SELECT 1"))

@@ -6,13 +6,14 @@ the role, list it in `dependencies=[require(Role.read)]`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.strict_query import reject_unknown_query
-from service.auth import OPEN, Caller, Role, TokenStore, authenticate
+from service.auth import OPEN, Caller, Role, TokenStore, authenticate, still_valid
 from service.config import Settings
 from service.db import Database
 from service.errors import Unauthorized
@@ -55,6 +56,22 @@ def get_caller(
 
 
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
+
+
+def get_caller_check(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Callable[[], str | None] | None:
+    """For a response that outlives its request (an event stream): a check of the caller's token
+    against the tokens as they are now, None while it is still accepted, else why not. None in the
+    open mode, where there is nothing to revoke."""
+    store: TokenStore | None = request.app.state.tokens
+    if store is None or credentials is None:
+        return None
+    presented = credentials.credentials
+    return lambda: still_valid(store, presented)
+
+
+CallerCheck = Annotated[Callable[[], str | None] | None, Depends(get_caller_check)]
 
 
 def require(role: Role) -> Any:

@@ -214,6 +214,13 @@ async def database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
     return response
 
 
+def unexpected_error(exc: Exception) -> JSONResponse:
+    """Any other exception a route raised: logged whole (with the request id), answered as a 500
+    problem that shows nothing of the exception, the server's paths or its traceback."""
+    log.error("unexpected error in a request (%s)", type(exc).__name__, exc_info=exc)
+    return problem(500, "Internal error", "the request failed inside the server; it is logged")
+
+
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 

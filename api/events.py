@@ -7,6 +7,11 @@ job): one query per interval however many clients watch. A stream's queue is bou
 (MNIST_JOBS_EVENTS_QUEUE_MAX): a client too slow to keep up is ended, with a last comment, rather
 than hold up the others or grow the queue without end; it resumes from the table with Last-Event-ID.
 
+Every stream is also held to its caller's token: the broadcaster checks each stream's token against
+the tokens as they are now (the reload path new requests use) every CALLER_CHECK_SECONDS, and ends
+the stream of a revoked or expired token at once, with a last comment saying why, dropping what its
+queue still held.
+
 A stream subscribes before it reads its starting point (a snapshot of the job, or the stored events
 after Last-Event-ID), so nothing committed in between is lost; what both deliver is sent once (ids).
 """
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 PAGE = 500  # events read per query, by the broadcaster and by a replay
 GAP_WAIT_SECONDS = 2.0  # how long a missing id holds back the ones after it (see Broadcaster._deliver)
 SHUTTING_DOWN = "the server is shutting down; reconnect with Last-Event-ID to resume"
+CALLER_CHECK_SECONDS = 1.0  # how often each open stream's token is checked again (revocation, expiry)
 SEP = "\n"  # line ends of the stream (sse-starlette's default is CRLF; both are valid)
 
 
@@ -67,10 +73,11 @@ class Frame:
 
 class Subscription:
     """One stream's queue, on the stream's event loop. Ends (next() returns None) when the stream
-    falls `size` events behind or the broadcaster closes; `reason` then says which."""
+    falls `size` events behind, the broadcaster closes, or `check` (its caller's token, asked from
+    the reader thread) says no; `reason` then says which."""
 
-    def __init__(self, job_id: str | None, size: int) -> None:
-        self.job_id, self.size = job_id, size
+    def __init__(self, job_id: str | None, size: int, check: Callable[[], str | None] | None = None) -> None:
+        self.job_id, self.size, self.check = job_id, size, check
         self.reason: str | None = None
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(size + 1)  # + 1: room for the end
@@ -82,6 +89,10 @@ class Subscription:
     def end(self, reason: str) -> None:
         """From any thread."""
         self._call(self._end, reason)
+
+    def cut(self, reason: str) -> None:
+        """From any thread: end now, without sending what the queue still holds."""
+        self._call(self._cut, reason)
 
     def _call(self, callback: Callable[[Any], None], argument: object) -> None:
         with suppress(RuntimeError):  # the stream's loop is closed: nobody is left to tell
@@ -100,6 +111,12 @@ class Subscription:
         if self.reason is None:
             self.reason = reason
             self._queue.put_nowait(None)
+
+    def _cut(self, reason: str) -> None:
+        if self.reason is None:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._end(reason)
 
     async def next(self) -> Frame | None:
         return await self._queue.get()
@@ -123,10 +140,17 @@ class Broadcaster:
         self._gap_since: float | None = None
 
     @asynccontextmanager
-    async def subscribe(self, job_id: str | None, *, until: anyio.Event | None = None) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self,
+        job_id: str | None,
+        *,
+        until: anyio.Event | None = None,
+        check: Callable[[], str | None] | None = None,
+    ) -> AsyncIterator[Subscription]:
         """A queue of the events read from now on: `job_id`'s, or every job's for None; ended
-        when `until` is set (the server's shutdown, as sse-starlette signals it)."""
-        subscription = Subscription(job_id, self.queue_max)
+        when `until` is set (the server's shutdown, as sse-starlette signals it), or cut when
+        `check` (the caller's token, checked every CALLER_CHECK_SECONDS) gives a reason."""
+        subscription = Subscription(job_id, self.queue_max, check)
         await anyio.to_thread.run_sync(self._add, subscription)
         watch = None if until is None else asyncio.create_task(self._end_on(until, subscription))
         try:
@@ -173,10 +197,31 @@ class Broadcaster:
 
     def _run(self) -> None:
         full = False
-        while not self._stop.wait(0 if full else self.poll_seconds):
-            ready = self._ready(self._read(), time.monotonic())
-            full = len(ready) == PAGE  # more may be waiting: read again at once
-            self._fan_out(ready)
+        next_read = next_check = time.monotonic()
+        while not self._stop.wait(0 if full else max(0.0, min(next_read, next_check) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + CALLER_CHECK_SECONDS
+                self._check_callers()
+            if full or now >= next_read:
+                next_read = now + self.poll_seconds
+                ready = self._ready(self._read(), now)
+                full = len(ready) == PAGE  # more may be waiting: read again at once
+                self._fan_out(ready)
+
+    def _check_callers(self) -> None:
+        """Cut the streams whose caller's token is no longer accepted (revoked, expired)."""
+        with self._lock:
+            held = [s for s in (*self._every, *(s for found in self._by_job.values() for s in found)) if s.check]
+        for subscription in held:
+            assert subscription.check is not None
+            try:
+                refused = subscription.check()
+            except Exception:  # a check that fails is tried again on the next round, not fatal
+                log.exception("checking a stream's token failed")
+                continue
+            if refused is not None:
+                subscription.cut(f"ended: {refused}; the token's open streams end with it")
 
     def _read(self) -> list[StoredEvent]:
         try:
@@ -269,11 +314,16 @@ def latest(db: Database) -> int:
         return events.latest_id(session)
 
 
-async def replay(db: Database, first: list[StoredEvent], job_id: str | None) -> AsyncIterator[StoredEvent]:
-    """`first`, then the stored events after it, a page at a time."""
+async def replay(
+    db: Database, first: list[StoredEvent], job_id: str | None, subscription: Subscription
+) -> AsyncIterator[StoredEvent]:
+    """`first`, then the stored events after it, a page at a time; none once the subscription
+    ended (its reason is then sent by `live`)."""
     page = first
     while page:
         for event in page:
+            if subscription.reason is not None:
+                return
             yield event
         page = [] if len(page) < PAGE else await anyio.to_thread.run_sync(stored, db, page[-1].id, job_id)
 
@@ -289,11 +339,16 @@ async def live(subscription: Subscription, last_id: int, job_id: str | None) -> 
 
 
 async def job_stream(
-    hub: Broadcaster, db: Database, job_id: str, last_event_id: int | None, shutdown: anyio.Event
+    hub: Broadcaster,
+    db: Database,
+    check: Callable[[], str | None] | None,
+    job_id: str,
+    last_event_id: int | None,
+    shutdown: anyio.Event,
 ) -> AsyncIterator[bytes]:
     """`event: job` (the job as GET /v1/jobs/{id} shows it, `id:` the newest event id), or with
     Last-Event-ID the job's stored events after it; then its events live, to its final status."""
-    async with hub.subscribe(job_id, until=shutdown) as subscription:
+    async with hub.subscribe(job_id, until=shutdown, check=check) as subscription:
         start = await anyio.to_thread.run_sync(job_start, db, job_id, last_event_id)
         if start is None:
             return
@@ -304,24 +359,29 @@ async def job_stream(
             if start.view.status.is_final:
                 return
         else:
-            async for event in replay(db, start.replay or [], job_id):
+            async for event in replay(db, start.replay or [], job_id, subscription):
                 yield frame(event)
                 last_id = event.id
                 if event.ends_job:
                     return
-            if start.status is not None and start.status.is_final:  # its end was sent before the reconnect
+            ended = start.status is not None and start.status.is_final  # its end was sent before the reconnect
+            if ended and subscription.reason is None:
                 return
         async for data in live(subscription, last_id, job_id):
             yield data
 
 
 async def all_stream(
-    hub: Broadcaster, db: Database, last_event_id: int | None, shutdown: anyio.Event
+    hub: Broadcaster,
+    db: Database,
+    check: Callable[[], str | None] | None,
+    last_event_id: int | None,
+    shutdown: anyio.Event,
 ) -> AsyncIterator[bytes]:
     """Every job's events: the stored ones after Last-Event-ID (those still kept), then live. Without
     one (or with one this database never gave out), first an `id:` of the newest event, so that a
     reconnect resumes from there."""
-    async with hub.subscribe(None, until=shutdown) as subscription:
+    async with hub.subscribe(None, until=shutdown, check=check) as subscription:
         newest = await anyio.to_thread.run_sync(latest, db)
         if last_event_id is None or last_event_id > newest:
             last_id = newest
@@ -329,7 +389,7 @@ async def all_stream(
         else:
             last_id = last_event_id
             first = await anyio.to_thread.run_sync(stored, db, last_id, None)
-            async for event in replay(db, first, None):
+            async for event in replay(db, first, None, subscription):
                 yield frame(event)
                 last_id = event.id
         async for data in live(subscription, last_id, None):

@@ -12,7 +12,10 @@
 - RequestId (outermost): every answer, the guards' 400/413/415 included, carries an X-Request-ID:
   the caller's when it is sane (1-64 of [A-Za-z0-9._-]), a fresh uuid4 hex otherwise. The id is in
   a contextvar (service.logs.request_id) while the request runs, and service.logs.RequestIdFilter
-  puts it on every log record (uvicorn's access lines too, through log_config()).
+  puts it on every log record (uvicorn's access lines too, through log_config()). It is also where
+  an exception no handler took ends: Starlette's ServerErrorMiddleware sits outside every user
+  middleware, answers text/plain without the id and raises again, and uvicorn then drops the
+  keep-alive connection; caught here, it is a problem+json 500 with the id, and the connection stays.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import problem, service_error
+from api.errors import problem, service_error, unexpected_error
 from service.errors import ServiceError, TooLarge, UnsupportedMedia
 from service.logs import LogFormat, request_id, uvicorn_config
 from service.logs import RequestIdFilter as RequestIdFilter  # re-exported: its old home
@@ -59,15 +62,22 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         rid = choose_request_id(Headers(scope=scope).get("x-request-id"))
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
             await send(message)
 
         token = request_id.set(rid)
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # half an answer is out: only closing the connection can tell the client
+                raise
+            await unexpected_error(exc)(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
 

@@ -14,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+# The most an integer query or path parameter may be: the databases' integer columns are signed 64-bit,
+# and a larger value would fail in the driver (a 500) instead of being refused here (a 422).
+INT64_MAX = 2**63 - 1
 MAX_NAME_CHARS = 80  # of an unknown name echoed in an error (the error handler shortens it too)
 
 

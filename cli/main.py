@@ -48,6 +48,8 @@ def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
                 "until `mnist-jobs tokens create --role admin` writes it",
                 settings.api_tokens_file,
             )
+        elif settings.api_tokens_file is not None:
+            check_tokens_file(settings.api_tokens_file)
     elif not is_loopback(host) and not insecure:
         print(
             f"mnist-jobs serve: refusing to listen on {host} with no API tokens: anyone who can reach the port "
@@ -66,6 +68,25 @@ def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
             "MNIST_JOBS_ALLOWED_HOSTS names only loopback hosts: clients on other machines get 400 "
             'until it lists the names they use (e.g. \'["jobs.lab", "10.0.0.5"]\')'
         )
+
+
+def check_tokens_file(path: Path) -> None:
+    """A tokens file that cannot be read or parsed stops the server before it listens; the message
+    names the line by number only (the line may hold a secret)."""
+    from service import auth
+
+    try:
+        auth.list_tokens(path)
+    except UnicodeDecodeError:
+        reason = "it is not UTF-8 text"
+    except OSError as exc:
+        reason = f"it cannot be read ({type(exc).__name__})"
+    except ValueError as exc:  # "line N: what is wrong with it"
+        reason = f"it does not parse at {exc}"
+    else:
+        return
+    print(f"mnist-jobs serve: the tokens file {path} cannot be used: {reason}; fix it and start again", file=sys.stderr)
+    raise SystemExit(2)
 
 
 LOG_FORMAT = click.option(
@@ -230,7 +251,7 @@ def db(action: str, file: Path | None) -> None:
     print(f"{shown}: revision {current} (head {head})")
 
 
-@cli.group(epilog="example: mnist-jobs tokens create --role submit --file tokens.txt")
+@cli.group(epilog="example: mnist-jobs tokens create --role submit --expires 30d --file tokens.txt")
 def tokens() -> None:
     """API tokens: create (printed once), list, revoke."""
 
@@ -252,15 +273,24 @@ def _tokens(action: str, file: str | None, run: Callable[[Path], None]) -> None:
 
 @tokens.command("create")
 @click.option("--role", required=True, type=click.Choice(["read", "submit", "admin"]))
+@click.option("--expires", metavar="DURATION", help="the token stops working after this long: 45s, 90m, 12h, 30d")
 @TOKENS_FILE
-def tokens_create(role: str, file: str | None) -> None:
-    """Make a token, print it once, append its sha256 and role to the file."""
+def tokens_create(role: str, expires: str | None, file: str | None) -> None:
+    """Make a token, print it once, append its sha256 and role (and expiry) to the file."""
     from service import auth
 
+    try:
+        lifetime = None if expires is None else auth.parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
+
     def run(path: Path) -> None:
-        token, known = auth.create(path, auth.parse_role(role))
+        token, known = auth.create(path, auth.parse_role(role), lifetime)
         print(token)
-        print(f"token {known.id} ({known.role.name}) added to {path}; it is shown only this once", file=sys.stderr)
+        until = "" if known.expires is None else f", expires {known.expires.isoformat()}"
+        print(
+            f"token {known.id} ({known.role.name}{until}) added to {path}; it is shown only this once", file=sys.stderr
+        )
 
     _tokens("create", file, run)
 
@@ -268,13 +298,15 @@ def tokens_create(role: str, file: str | None) -> None:
 @tokens.command("list")
 @TOKENS_FILE
 def tokens_list(file: str | None) -> None:
-    """Token ids and roles."""
+    """Token ids, roles and expiries (UTC)."""
     from service import auth
 
     def run(path: Path) -> None:
-        print(f"{'ID':<14} ROLE")
+        now = auth.now_utc()
+        print(f"{'ID':<14} {'ROLE':<8} EXPIRES")
         for known in auth.list_tokens(path):
-            print(f"{known.id:<14} {known.role.name}")
+            expires = "never" if known.expires is None else known.expires.isoformat()
+            print(f"{known.id:<14} {known.role.name:<8} {expires}{' (expired)' if known.expired(now) else ''}")
 
     _tokens("list", file, run)
 

@@ -29,7 +29,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from service.schemas import CellRead, EpochMetrics, StepMetrics
 from service.storage import private_dirs, write_bytes_atomic
 
-RENDER_VERSION = 2  # part of every cache key: bump it whenever a picture's drawing changes
+RENDER_VERSION = 3  # part of every cache key: bump it whenever a picture's drawing changes
 DPI = 100
 SIDE = 28  # pixels per image side
 SAMPLE_COLUMNS = 10
@@ -51,16 +51,18 @@ def to_png(fig: Figure) -> bytes:
 
 
 def headline(fig: Figure, title: str) -> None:
-    """The figure's title, wrapped to its width: a long title must not be cut off at the edges."""
+    """The figure's title, wrapped to its width: a long title must not be cut off at the edges. It
+    carries what users typed (job and comparison names), so it is plain text: matplotlib would read
+    "$...$" as math markup, and a name such as "$\\foo$" would fail every render."""
     chars_per_line = max(24, int(fig.get_figwidth() * 11))  # about 11 characters per inch at 13 pt
-    fig.suptitle(textwrap.fill(title, chars_per_line), fontsize=13)
+    fig.suptitle(textwrap.fill(title, chars_per_line), fontsize=13, parse_math=False)
 
 
 def note(ax: Axes, text: str) -> None:
     """An empty panel that says why it is empty (rather than a blank or a 0..1 frame)."""
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, **NOTE)  # type: ignore[arg-type]
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, parse_math=False, **NOTE)  # type: ignore[arg-type]
 
 
 def percent_axis(ax: Axes, low: float, high: float) -> None:
@@ -109,13 +111,13 @@ def samples_png(
                 ax.set_axis_off()
                 continue
             ax.imshow(shown[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(str(labels[index]), fontsize=12)
+            ax.set_title(str(labels[index]), fontsize=12, parse_math=False)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if col == 0 and len(versions) > 1:
-                ax.set_ylabel(name, fontsize=11)
+                ax.set_ylabel(name, fontsize=11, parse_math=False)
     if n == 0:
         note(axes[0, 0], "no digits")
     if title is None:
@@ -265,7 +267,7 @@ def summary_png(cells: Sequence[CellRead], title: str) -> bytes:
         ax.errorbar([i + 0.2], [mean], yerr=error, fmt="D", color="black", mfc=color, ms=8, capsize=5)
         ax.annotate(f"{mean:.2f} %", (i + 0.2, mean), textcoords="offset points", xytext=(8, 0), va="center")
         shown.extend([low, high])
-    ax.set_xticks(range(len(cells)), labels, fontsize=10)
+    ax.set_xticks(range(len(cells)), labels, fontsize=10, parse_math=False)
     ax.set_xlim(-0.6, max(len(cells), 1) - 0.4)
     if shown:
         pad = max(1.0, (max(shown) - min(shown)) * 0.12)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts
 from api.errors import problem
 from api.routes.predict import get_inference
+from api.strict_query import INT64_MAX
 from service import exports, jobs
 from service.errors import Conflict, NotFound
 from service.inference import InferenceClient, ModelFormat
@@ -130,7 +131,11 @@ def file_answer(request: Request, data: bytes, sha256: str, filename: str, media
 
 
 def download_checkpoint(
-    job_id: uuid.UUID, request: Request, db: DB, store: Artifacts, epoch: Annotated[int | None, Query(ge=1)] = None
+    job_id: uuid.UUID,
+    request: Request,
+    db: DB,
+    store: Artifacts,
+    epoch: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> Response:
     """The checkpoint file (torch.load(..., weights_only=True) opens it) of `epoch`, else of the
     latest kept epoch. GET or HEAD; one Range honoured."""
@@ -161,7 +166,7 @@ def download_model(
         ModelFormat,
         Query(description="onnx: raw uint8 pixels in, log-probabilities out; safetensors: the state_dict"),
     ],
-    epoch: Annotated[int | None, Query(ge=1)] = None,
+    epoch: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> Response:
     """The model of `epoch`'s checkpoint (else the latest kept epoch's) as ONNX or safetensors, made
     on the first request and stored with the job. GET or HEAD; one Range honoured."""

@@ -2,9 +2,11 @@
 
 A job's stream starts with `event: job` (the job as GET /v1/jobs/{id} answers it), then sends its
 events (status, progress, step, epoch: service/events.py) and ends after its final status. The
-stream of all jobs never ends. Both resume after an event id: the Last-Event-ID header (which
-EventSource sends when it reconnects) or `?last_event_id=`; a keep-alive comment goes out every
-MNIST_JOBS_EVENTS_PING_SECONDS. The events come from one reader per process (api/events.py).
+stream of all jobs never ends, unless its caller's token is revoked or expires: every stream of
+such a token ends within about a second, with a last comment saying why. Both resume after an
+event id: the Last-Event-ID header (which EventSource sends when it reconnects) or
+`?last_event_id=`; a keep-alive comment goes out every MNIST_JOBS_EVENTS_PING_SECONDS. The events
+come from one reader per process (api/events.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, CallerCheck
 from api.events import SEP, Broadcaster, all_stream, job_stream, keep_alive
+from api.strict_query import INT64_MAX
 from service import jobs
 from service.config import Settings
 from service.events import PAYLOADS, EventKind
@@ -29,11 +32,17 @@ SHUTDOWN_GRACE_SECONDS = 2.0  # for a stream to end itself once the server is st
 
 LastEventIdQuery = Annotated[
     int | None,
-    Query(ge=0, description="Resume after this event id (a reconnecting EventSource sends Last-Event-ID instead)"),
+    Query(
+        ge=0,
+        le=INT64_MAX,
+        description="Resume after this event id (a reconnecting EventSource sends Last-Event-ID instead)",
+    ),
 ]
 LastEventIdHeader = Annotated[
     int | None,
-    Header(alias="Last-Event-ID", ge=0, description="Resume after this event id; wins over ?last_event_id="),
+    Header(
+        alias="Last-Event-ID", ge=0, le=INT64_MAX, description="Resume after this event id; wins over ?last_event_id="
+    ),
 ]
 
 
@@ -107,6 +116,7 @@ def stream_job_events(
     request: Request,
     db: DB,
     settings: AppSettings,
+    check: CallerCheck,
     last_event_id: LastEventIdQuery = None,
     last_event_id_header: LastEventIdHeader = None,
 ) -> EventSourceResponse:
@@ -116,7 +126,7 @@ def stream_job_events(
     with db.read() as session:
         jobs.get(session, str(job_id))  # a 404 problem, before the stream starts
     after = last_event_id if last_event_id_header is None else last_event_id_header
-    return response(partial(job_stream, get_hub(request), db, str(job_id), after), settings)
+    return response(partial(job_stream, get_hub(request), db, check, str(job_id), after), settings)
 
 
 @router.get(
@@ -128,10 +138,11 @@ def stream_events(
     request: Request,
     db: DB,
     settings: AppSettings,
+    check: CallerCheck,
     last_event_id: LastEventIdQuery = None,
     last_event_id_header: LastEventIdHeader = None,
 ) -> EventSourceResponse:
     """Every job's changes (the dashboard's list). With an event id to resume after, the events
     since then that are still kept first (MNIST_JOBS_EVENTS_KEEP_SECONDS)."""
     after = last_event_id if last_event_id_header is None else last_event_id_header
-    return response(partial(all_stream, get_hub(request), db, after), settings)
+    return response(partial(all_stream, get_hub(request), db, check, after), settings)

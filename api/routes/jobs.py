@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Submitter
+from api.strict_query import INT64_MAX
 from service import jobs, search
 from service.auth import Caller
 from service.cost import check_budget
@@ -86,7 +87,8 @@ def parse_permutation_seed(text: str | None) -> int | Literal["none"] | None:
         return None
     if text == NATURAL:
         return NATURAL
-    if not text.isdigit() or int(text) > SEED_MAX:
+    # ASCII digits only: str.isdigit and int() also take other scripts' digits and superscripts ("²").
+    if not (text.isascii() and text.isdigit()) or int(text) > SEED_MAX:
         raise InvalidInput(
             f"permutation_seed must be an integer 0..{SEED_MAX} or 'none', not {text[:80]!r}",
             field="query.permutation_seed",
@@ -95,9 +97,19 @@ def parse_permutation_seed(text: str | None) -> int | Literal["none"] | None:
 
 
 def aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """The instant in UTC; one whose offset carries it past year 1 or 9999 in UTC is refused here,
+    before the database layer's conversion would overflow."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise InvalidInput(f"{field} needs a time zone, e.g. 2026-01-31T12:00:00Z", field=f"query.{field}")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(
+            f"{field} must lie between 0001-01-01 and 9999-12-31 in UTC, not {value.isoformat()}",
+            field=f"query.{field}",
+        ) from None
 
 
 @router.get("", response_model=JobPage)
@@ -159,7 +171,7 @@ def list_jobs(
 def list_job_metrics(
     job_id: uuid.UUID,
     db: DB,
-    from_step: Annotated[int, Query(ge=0, description="the first step to return")] = 0,
+    from_step: Annotated[int, Query(ge=0, le=INT64_MAX, description="the first step to return")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_STEPS_PAGE)] = 1000,
 ) -> StepPage:
     """The training loss every MNIST_JOBS_STEP_METRICS_EVERY steps, oldest first."""

@@ -8,7 +8,9 @@ import base64
 import json
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from api.cursors import decode, encode
+from api.routes.jobs import aware, parse_permutation_seed
 from service.cost import estimate
 from service.errors import InvalidInput
 from service.schemas import SEED_MAX, CNNSpec, FCSpec, job_spec_adapter
@@ -223,3 +226,170 @@ def test_any_string_decodes_or_is_invalid_input(cursor):
         field = None
         assert created.tzinfo is UTC and str(uuid.UUID(job_id)) == job_id
     assert field in (None, "cursor")
+
+
+# -- every query and path parameter of every route -------------------------------------------------
+
+INT64 = 2**63
+# Values that once reached a bare 500: Unicode digits int() takes, datetimes whose offset carries them
+# past year 1 or 9999 in UTC, integers past the databases' signed 64 bits.
+NAMED_HOSTILE = [
+    "²", "①", "١٢", "٣", "𝟗", str(INT64), str(-INT64 - 1), str(10**30), str(2**64), "-1",
+    "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+00:01",
+    "9999-12-31T23:59:59.999999-00:01", "1e3", "NaN", "", " 1", "1_0", "\x00", "%", "../..",
+]  # fmt: skip
+unicode_digits = st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=20).filter(
+    lambda text: not text.isascii()
+)
+overflowing = st.one_of(
+    st.sampled_from([INT64, -INT64 - 1, 10**30]),
+    st.integers(min_value=INT64, max_value=10**40),
+    st.integers(min_value=-(10**40), max_value=-1),
+).map(str)
+extreme_datetimes = st.builds(
+    lambda moment, minutes: moment.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
+    st.datetimes(max_value=datetime(1, 1, 2)) | st.datetimes(min_value=datetime(9999, 12, 30)),
+    st.integers(-1439, 1439),
+)
+# In-range ASCII integers are left out: they are valid, and a valid permutation_seed or count would
+# render a picture per example.
+any_text = st.text(max_size=40).filter(lambda text: not (text.isascii() and text.strip().isdigit()))
+hostile_values = st.one_of(unicode_digits, overflowing, extreme_datetimes, any_text, st.sampled_from(NAMED_HOSTILE))
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    path_params: tuple[str, ...]
+    query_params: tuple[str, ...]
+    required_query: dict[str, str]
+
+
+def operations(client) -> list[Operation]:
+    """Every operation of the OpenAPI document with a query or path parameter."""
+    found = []
+    for path, items in client.app.openapi()["paths"].items():
+        for method, operation in items.items():
+            params = [p for p in operation.get("parameters", []) if p["in"] in {"query", "path"}]
+            if not params:
+                continue
+            required = {  # a required choice (format=onnx) gets a valid value, so the others are reached
+                p["name"]: p["schema"]["enum"][0]
+                for p in params
+                if p["in"] == "query" and p.get("required") and "enum" in p["schema"]
+            }
+            found.append(
+                Operation(
+                    method.upper(),
+                    path,
+                    tuple(p["name"] for p in params if p["in"] == "path"),
+                    tuple(p["name"] for p in params if p["in"] == "query"),
+                    required,
+                )
+            )
+    return found
+
+
+def existing_ids(client) -> dict[str, str]:
+    """Path values that exist, so a hostile query value reaches past the 404 of a missing job."""
+    job = client.post("/v1/jobs", json={"architecture": "fc"}).json()["id"]
+    comparison = client.post("/v1/comparisons", json={"seeds": 1, "architectures": ["fc"]}).json()["id"]
+    return {"job_id": job, "comparison_id": comparison, "name": "mnist"}
+
+
+def ask(client, operation: Operation, valid: dict[str, str], name: str, value: str):
+    """The operation with `name` set to `value`, every other path parameter valid; the answer's status
+    and headers, and its body when it is an error (an event stream is closed unread)."""
+    path_values = {p: quote(value if p == name else valid[p], safe="") for p in operation.path_params}
+    query = dict(operation.required_query) | ({name: value} if name in operation.query_params else {})
+    with client.stream(operation.method, operation.path.format(**path_values), params=query) as answer:
+        body = answer.read() if answer.status_code >= 400 else b""
+    return answer, body
+
+
+def assert_never_5xx(answer, body: bytes, where: str) -> None:
+    assert answer.status_code < 500, f"{where}: {answer.status_code} {body[:300]!r}"
+    if answer.status_code >= 400:
+        assert answer.headers["content-type"] == "application/problem+json", where
+        assert answer.headers.get("x-request-id"), where
+        problem = json.loads(body)
+        assert problem["status"] == answer.status_code, where
+        if answer.status_code == 422:
+            assert problem["field"], where
+
+
+def test_the_named_hostile_values_in_every_parameter_of_every_route(client):
+    found, valid = operations(client), existing_ids(client)
+    assert {"/v1/jobs", "/v1/jobs/{job_id}/metrics", "/v1/events"} <= {op.path for op in found}
+    for operation in found:
+        for name in operation.path_params + operation.query_params:
+            for value in NAMED_HOSTILE:
+                answer, body = ask(client, operation, valid, name, value)
+                assert_never_5xx(answer, body, f"{operation.method} {operation.path} {name}={value!r}")
+
+
+def test_every_integer_parameter_is_bounded_by_64_bits(client):
+    """An unbounded integer parameter would carry 2**63 to the database driver (a 500)."""
+    for path, items in client.app.openapi()["paths"].items():
+        for method, operation in items.items():
+            for param in operation.get("parameters", []):
+                schema = param["schema"]
+                for option in schema.get("anyOf", [schema]):
+                    if option.get("type") == "integer":
+                        assert option.get("maximum", INT64) < INT64, f"{method} {path} {param['name']}"
+                        assert option.get("minimum", -INT64 - 1) >= -INT64, f"{method} {path} {param['name']}"
+
+
+ROUTE_PROPERTY = settings(
+    max_examples=400,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@ROUTE_PROPERTY
+@given(data=st.data(), value=hostile_values)
+def test_any_hostile_parameter_value_is_never_a_5xx(client, data, value):
+    found = operations(client)
+    valid = getattr(client, "_valid_ids", None) or existing_ids(client)
+    client._valid_ids = valid  # one job and one comparison for all the examples
+    operation = data.draw(st.sampled_from(found), label="operation")
+    name = data.draw(st.sampled_from(operation.path_params + operation.query_params), label="parameter")
+    answer, body = ask(client, operation, valid, name, value)
+    assert_never_5xx(answer, body, f"{operation.method} {operation.path} {name}={value!r}")
+
+
+@PROPERTY
+@given(st.one_of(st.text(max_size=21), unicode_digits, overflowing, st.integers(0, SEED_MAX).map(str)))
+@example("²")
+@example("①")
+@example(str(SEED_MAX))
+@example(str(INT64))
+def test_a_permutation_seed_filter_is_an_integer_in_range_or_invalid_input(text):
+    try:
+        parsed = parse_permutation_seed(text)
+    except InvalidInput as exc:
+        field = exc.field
+    else:
+        field = None
+        assert parsed == "none" or (type(parsed) is int and 0 <= parsed <= SEED_MAX and str(parsed) == text)
+    assert field in (None, "query.permutation_seed")
+
+
+@PROPERTY
+@given(st.datetimes(timezones=st.integers(-1439, 1439).map(lambda minutes: timezone(timedelta(minutes=minutes)))))
+@example(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))))
+@example(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))))
+def test_a_created_filter_is_the_same_instant_in_utc_or_invalid_input(moment):
+    try:
+        in_utc = aware(moment, "created_after")
+    except InvalidInput as exc:
+        field = exc.field
+        assert moment.utcoffset() != timedelta(0) and moment.year in {1, 9999}  # only past the ends
+    else:
+        field = None
+        assert in_utc == moment and in_utc is not None and in_utc.utcoffset() == timedelta(0)
+    assert field in (None, "query.created_after")
