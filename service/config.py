@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     page_size_max: int = 200
 
-    # Callers (issue 10). Tokens: "sha256hex role" lines in a file, or "token:role,..." for tests;
+    # Callers. Tokens: "sha256hex role" lines in a file, or "token:role,..." for tests;
     # with none configured the API is open and binds to loopback only.
     api_tokens_file: Path | None = None
     api_tokens: str | None = None  # e.g. "secret-a:admin,secret-b:read" (tests; prefer the file)
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     max_validation_errors: int = Field(20, ge=1)  # errors listed in one 422
     max_queued_per_token: int = Field(1000, ge=1)  # queued + running jobs one caller may have
 
-    # Job cost budget (issue 10): estimated at submit time from the spec; over it is a 422.
+    # Job cost budget: estimated at submit time from the spec; over it is a 422.
     max_job_flops: float = Field(5e14, gt=0)  # estimated training + test FLOPs of one job
     max_job_memory_bytes: int = Field(4 * 2**30, gt=0)  # estimated peak activation + parameter memory
     # Predictions: models kept loaded by the API's inference helper process (least recently used go).
