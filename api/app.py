@@ -18,11 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import dashboard, docs, errors, metrics, openapi
 from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
+from api.limits import CallerLimits
 from api.routes import comparisons, datasets, downloads, events, jobs, pictures, predict, workers
 from service import __version__, auth
 from service.config import Settings
 from service.db import Database, require_head
 from service.inference import InferenceClient
+from service.pictures import PictureCache
+from service.pools import BoundedCalls, RenderPool
 from service.storage import open_store
 
 
@@ -38,6 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Predictions run in a helper process, started by the first one; closing it here means no
         # helper outlives the app.
         app.state.inference = InferenceClient.from_settings(settings)
+        # Expensive work in bounded pools, off the request threads: one queue for the helper's calls
+        # (it answers one at a time), and the render processes.
+        app.state.helper_calls = BoundedCalls("inference helper", workers=1, max_waiting=settings.predict_queue_max)
+        app.state.renders = RenderPool(
+            PictureCache(settings.artifacts_dir / "pictures"),
+            processes=settings.render_processes,
+            max_in_flight=settings.render_queue_max,
+            per_minute=settings.renders_per_minute,
+        )
         # Live events: one reader of the events table for all streams, started by the first one.
         app.state.events = Broadcaster(
             app.state.db, poll_seconds=settings.events_poll_seconds, queue_max=settings.events_queue_max
@@ -46,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.events.close()  # ends the streams still open
+            app.state.renders.close()
             app.state.inference.close()
             app.state.db.dispose()
 
@@ -86,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
+    # A fair share per caller (rate, requests in flight, open streams), before any other work.
+    app.add_middleware(CallerLimits, settings=settings)
     # Inside the request id, outside the guards: their 400/413/415 answers are counted too.
     app.add_middleware(metrics.HttpMetrics, metrics=metrics.install(app))  # and GET /metrics
     app.add_middleware(RequestId)  # outermost: even the guards' 400/413/415 answers carry the id

@@ -7,8 +7,9 @@ the role, list it in `dependencies=[require(Role.read)]`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -17,7 +18,10 @@ from service.auth import OPEN, Caller, Role, TokenStore, authenticate, still_val
 from service.config import Settings
 from service.db import Database
 from service.errors import Unauthorized
+from service.pools import BoundedCalls
 from service.storage import ArtifactStore
+
+T = TypeVar("T")
 
 
 def get_db(request: Request) -> Database:
@@ -91,3 +95,21 @@ Admin = Annotated[Caller, require(Role.admin)]
 # What every /v1 router depends on: a caller allowed to read (401 / 403 first), then no query
 # parameter the route does not declare (422).
 V1_ROUTER_DEPENDENCIES = [require(Role.read), Depends(reject_unknown_query)]
+
+
+async def read_in_thread(db: Database, query: Callable[..., T], *args: Any) -> T:
+    """`query(session, *args)` in one read transaction, on a request thread: for async routes, whose
+    own work (a render, a prediction) waits elsewhere."""
+
+    def run() -> T:
+        with db.read() as session:
+            return query(session, *args)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def helper_call(request: Request, function: Callable[..., T], *args: Any) -> T:
+    """A call to the inference helper (predict, export, permutation) through its bounded queue: on
+    the queue's own thread, never a request thread; Overloaded (503) when the queue is full."""
+    calls: BoundedCalls = request.app.state.helper_calls
+    return await calls.run(function, *args)

@@ -24,6 +24,7 @@ from service.errors import (
     InvalidInput,
     LeaseLost,
     NotFound,
+    Overloaded,
     PredictionUnavailable,
     ServiceError,
     TooLarge,
@@ -48,6 +49,7 @@ STATUS: dict[type[ServiceError], int] = {
     TooLarge: 413,
     UnsupportedMedia: 415,
     TooMany: 429,
+    Overloaded: 503,
     FilesNotRemoved: 500,
 }
 SPEC_TAGS = {"fc", "cnn"}  # pydantic puts the discriminator's value in the location of spec errors
@@ -195,7 +197,7 @@ async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
     response = problem(status, exc.title, exc.detail, **extra)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, TooMany):
+    if exc.retry_after_seconds is not None:
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
 

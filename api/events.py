@@ -31,6 +31,7 @@ import anyio
 from sse_starlette import ServerSentEvent
 
 from service import events, jobs
+from service.auth import Caller
 from service.db import Database
 from service.errors import NotFound
 from service.events import StoredEvent
@@ -285,8 +286,9 @@ class JobStart:
     status: JobStatus | None = None
 
 
-def job_start(db: Database, job_id: str, last_event_id: int | None) -> JobStart | None:
-    """None when the job is gone (deleted since the route found it)."""
+def job_start(db: Database, job_id: str, last_event_id: int | None, viewer: Caller) -> JobStart | None:
+    """None when the job is gone (deleted since the route found it). The snapshot is the job as
+    `viewer` may see it (jobs.view)."""
     with db.read() as session:
         if last_event_id is not None and events.resumable(session, last_event_id):
             job = session.get(Job, job_id)
@@ -299,7 +301,7 @@ def job_start(db: Database, job_id: str, last_event_id: int | None) -> JobStart 
         # snapshot; on SQLite the transaction's first read fixes one for both).
         latest = events.latest_id(session)
         try:
-            return JobStart(latest, view=jobs.view(jobs.get(session, job_id)))
+            return JobStart(latest, view=jobs.view(jobs.get(session, job_id), viewer))
         except NotFound:
             return None
 
@@ -342,6 +344,7 @@ async def job_stream(
     hub: Broadcaster,
     db: Database,
     check: Callable[[], str | None] | None,
+    viewer: Caller,
     job_id: str,
     last_event_id: int | None,
     shutdown: anyio.Event,
@@ -349,7 +352,7 @@ async def job_stream(
     """`event: job` (the job as GET /v1/jobs/{id} shows it, `id:` the newest event id), or with
     Last-Event-ID the job's stored events after it; then its events live, to its final status."""
     async with hub.subscribe(job_id, until=shutdown, check=check) as subscription:
-        start = await anyio.to_thread.run_sync(job_start, db, job_id, last_event_id)
+        start = await anyio.to_thread.run_sync(job_start, db, job_id, last_event_id, viewer)
         if start is None:
             return
         last_id = start.last_id

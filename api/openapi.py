@@ -68,6 +68,7 @@ PROBLEM_SCHEMA: Document = {
     },
 }
 
+RETRY_AFTER: Document = {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 # status: (name in components/responses, description, headers)
 ERRORS: dict[int, tuple[str, str, Document]] = {
     400: (
@@ -98,17 +99,32 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
         {},
     ),
     429: (
-        "TooManyQueued",
-        "This token already has MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running",
-        {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
+        "TooManyRequests",
+        "This caller is over its share: more than MNIST_JOBS_RATE_LIMIT_BURST requests at once or "
+        "MNIST_JOBS_RATE_LIMIT_PER_SECOND a second, MNIST_JOBS_MAX_REQUESTS_PER_CALLER in flight, "
+        "MNIST_JOBS_MAX_STREAMS_PER_CALLER event streams open, MNIST_JOBS_RENDERS_PER_MINUTE new pictures in a "
+        "minute, or (a submit) MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running",
+        {
+            "Retry-After": RETRY_AFTER,
+            "RateLimit-Policy": {
+                "description": '"burst";q=<requests at once>;w=<seconds to refill them> (draft-ietf-httpapi-'
+                "ratelimit-headers); on every /v1 answer",
+                "schema": {"type": "string"},
+            },
+            "RateLimit": {
+                "description": '"burst";r=<requests left>;t=<seconds until all are back>; on every /v1 answer',
+                "schema": {"type": "string"},
+            },
+        },
     ),
     500: ("FilesNotRemoved", "The job's files could not all be removed; the job is kept", {}),
     503: (
         "Unavailable",
-        "A data set or the database cannot be used now, or the inference helper did not answer within "
+        "A data set or the database cannot be used now, the inference helper did not answer within "
         "MNIST_JOBS_PREDICT_TIMEOUT_SECONDS (MNIST_JOBS_EXPORT_TIMEOUT_SECONDS for a model export; the next call "
-        "starts a new one)",
-        {},
+        "starts a new one), or a bounded queue is full: MNIST_JOBS_PREDICT_QUEUE_MAX calls waiting on the "
+        "inference helper, MNIST_JOBS_RENDER_QUEUE_MAX pictures being drawn (with Retry-After)",
+        {"Retry-After": RETRY_AFTER},
     ),
 }
 
@@ -123,8 +139,10 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/comparisons"): (403, 429),  # a read token; the token's queue cannot take the grid's jobs
     ("POST", "/v1/comparisons/{comparison_id}/cancel"): (403,),  # a read token or another's comparison
     ("DELETE", "/v1/comparisons/{comparison_id}"): (403, 409, 500),  # not an admin; jobs not ended; files stay
-    ("GET", "/v1/jobs/{job_id}/confusion.png"): (409,),  # the job has not succeeded
-    ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set corrupt; inference helper down
+    ("GET", "/v1/datasets/{name}/samples.png"): (503,),  # data set corrupt; inference helper down; renders full
+    ("GET", "/v1/jobs/{job_id}/curves.png"): (503,),  # the render queue is full
+    ("GET", "/v1/jobs/{job_id}/confusion.png"): (409, 503),  # the job has not succeeded; the render queue is full
+    ("GET", "/v1/comparisons/{comparison_id}/summary.png"): (503,),  # the render queue is full
 }
 
 # An example of every JSON request body, (METHOD, path) -> name -> (summary, value). Swagger UI
@@ -171,6 +189,8 @@ def error_statuses(method: str, path: str, operation: Document) -> set[int]:
         statuses.add(422)
     if any(param.get("in") == "path" for param in params):
         statuses.add(404)
+    if path.startswith("/v1/"):
+        statuses.add(429)  # every caller's fair share (api/limits.py)
     statuses.update(ROUTE_ERRORS.get((method.upper(), path), ()))
     return statuses
 

@@ -128,6 +128,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from api.server import uvicorn_options
     from service.db import upgrade
 
     upgrade(settings.database_url)
@@ -151,6 +152,7 @@ def serve(
             log_level="info",
             log_config=log_config,
             server_header=False,  # no version banner
+            **uvicorn_options(settings),  # limits before parsing: h11, head size, read timeouts, connections
         )
     finally:
         pool.stop()

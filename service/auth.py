@@ -73,6 +73,11 @@ class Caller:
         if self.role < role:
             raise Forbidden(f"a {self.role.name} token may not do this; it needs the {role.name} role")
 
+    def sees_submitter(self, submitted_by: str | None) -> bool:
+        """Who submitted a job or comparison is shown to admins and to the token that did; any other
+        token reads it as null (the open mode has no tokens to show)."""
+        return self.role >= Role.admin or (self.id is not None and submitted_by == self.id)
+
     def require_owner(self, submitted_by: str | None) -> None:
         """Admins may change any job; a submit token only the jobs it submitted."""
         self.require(Role.submit)
@@ -81,6 +86,11 @@ class Caller:
 
 
 OPEN = Caller(id=None, role=Role.admin)
+
+
+def shown_submitter(viewer: Caller | None, submitted_by: str | None) -> str | None:
+    """`submitted_by` as `viewer` may see it (Caller.sees_submitter); null without a viewer."""
+    return submitted_by if viewer is not None and viewer.sees_submitter(submitted_by) else None
 
 
 def digest(token: str) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from service import jobs
+from service.auth import Caller, shown_submitter
 from service.comparison_schemas import (
     MAX_COMPARISON_JOBS,
     ComparisonCreate,
@@ -167,7 +168,8 @@ def remove(session: Session, comparison_id: str) -> None:
     session.flush()
 
 
-def view(comparison: Comparison, members: list[Job]) -> ComparisonRead:
+def view(comparison: Comparison, members: list[Job], viewer: Caller | None = None) -> ComparisonRead:
+    """The comparison as `viewer` may see it: `submitted_by` as in jobs.view."""
     seed_order = {seed: index for index, seed in enumerate(comparison.seeds)}
     by_cell: dict[int, list[Job]] = {cell.position: [] for cell in comparison.cells}
     for job in sorted(members, key=lambda job: seed_order.get(job.seed or 0, len(seed_order))):
@@ -204,7 +206,7 @@ def view(comparison: Comparison, members: list[Job]) -> ComparisonRead:
         cells=cells,
         effects=effects(cells),
         error="; ".join(failed) or None,
-        submitted_by=comparison.submitted_by,
+        submitted_by=shown_submitter(viewer, comparison.submitted_by),
     )
 
 

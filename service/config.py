@@ -75,6 +75,24 @@ class Settings(BaseSettings):
     max_validation_errors: int = Field(20, ge=1)  # errors listed in one 422
     max_queued_per_token: int = Field(1000, ge=1)  # queued + running jobs one caller may have
 
+    # Limits before parsing, kept by the HTTP server itself (api/server.py).
+    max_header_bytes: int = Field(16_384, ge=1024)  # request line + headers; past it a 431
+    max_header_count: int = Field(100, ge=16)  # header fields of one request; past it a 431 (api/limits.py)
+    request_read_timeout_seconds: float = Field(15.0, gt=0)  # a request's head and body, from its first byte
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle kept-alive connection is closed after this
+    max_connections: int = Field(1000, ge=1)  # open connections of the API process; past it a 503
+    # A fair share per caller: a known token, else the client's address (api/limits.py). A token
+    # bucket: `burst` requests at once, refilled at `rate` a second; /healthz is exempt.
+    rate_limit_per_second: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    max_requests_per_caller: int = Field(64, ge=1)  # requests of one caller in flight at once, streams included
+    max_streams_per_caller: int = Field(32, ge=1)  # event streams one caller holds open
+    # Expensive work in bounded pools, off the request threads (service/pools.py).
+    predict_queue_max: int = Field(16, ge=1)  # calls waiting on the inference helper; past it a 503
+    render_processes: int = Field(1, ge=1)  # picture render processes (matplotlib outside the API process)
+    render_queue_max: int = Field(8, ge=1)  # distinct renders in flight; past it a 503
+    renders_per_minute: int = Field(30, ge=1)  # distinct uncached renders one caller may start a minute; past it a 429
+
     # Job cost budget: estimated at submit time from the spec; over it is a 422.
     max_job_flops: float = Field(5e14, gt=0)  # estimated training + test FLOPs of one job
     max_job_memory_bytes: int = Field(4 * 2**30, gt=0)  # estimated peak activation + parameter memory

@@ -14,6 +14,8 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── TooLarge          a request body over the size limit (413)
     ├── UnsupportedMedia  a state-changing call whose body is not application/json (415)
     ├── TooMany           the caller's queue is full (429, with Retry-After)
+    │   └── TooManyRenders    the caller started MNIST_JOBS_RENDERS_PER_MINUTE renders this minute
+    ├── Overloaded        a bounded pool (the inference helper's, the renders') is full (503, with Retry-After)
     ├── FilesNotRemoved   a job's files could not all be removed, so its row is kept (500)
     ├── PredictionUnavailable  the inference helper could not start, died, or timed out (503)
     └── LeaseLost         a worker's fenced write touched no row: another worker owns the job
@@ -26,6 +28,7 @@ class ServiceError(Exception):
     """Base of every error the service raises on purpose."""
 
     title = "Service error"
+    retry_after_seconds: int | None = None  # sent as Retry-After, where the error says when to retry
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
@@ -102,6 +105,25 @@ class TooMany(ServiceError):
     """Raised when a caller already has MNIST_JOBS_MAX_QUEUED_PER_TOKEN jobs queued or running."""
 
     title = "Too many queued jobs"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class TooManyRenders(TooMany):
+    """Raised when a caller has started MNIST_JOBS_RENDERS_PER_MINUTE uncached pictures in the last
+    minute (service.pools): each costs seconds of a render process."""
+
+    title = "Too many renders"
+
+
+class Overloaded(ServiceError):
+    """Raised by service.pools when a bounded pool has as much work as it takes: more calls waiting
+    on the inference helper than MNIST_JOBS_PREDICT_QUEUE_MAX, or more renders in flight than
+    MNIST_JOBS_RENDER_QUEUE_MAX. Nothing was started; a retry after Retry-After may succeed."""
+
+    title = "Overloaded"
 
     def __init__(self, detail: str, *, retry_after_seconds: int, field: str | None = None) -> None:
         super().__init__(detail, field=field)

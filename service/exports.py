@@ -42,6 +42,13 @@ def read_verified(store: ArtifactStore, key: str) -> tuple[StoredFile, bytes] | 
     return StoredFile(key, recorded, len(data)), data
 
 
+def stored_model(
+    store: ArtifactStore, job_id: str, epoch: int, checkpoint: StoredFile, fmt: ModelFormat
+) -> tuple[StoredFile, bytes] | None:
+    """The checkpoint's model as `fmt` when it was exported before and still verifies, else None."""
+    return read_verified(store, model_key(job_id, epoch, checkpoint.sha256, fmt))
+
+
 def model_bytes(
     store: ArtifactStore,
     inference: InferenceClient,
@@ -51,10 +58,10 @@ def model_bytes(
     fmt: ModelFormat,
 ) -> tuple[StoredFile, bytes]:
     """The checkpoint's model as `fmt`: the stored export, else one the helper makes now."""
-    key = model_key(job_id, epoch, checkpoint.sha256, fmt)
-    found = read_verified(store, key)
+    found = stored_model(store, job_id, epoch, checkpoint, fmt)
     if found is not None:
         return found
+    key = model_key(job_id, epoch, checkpoint.sha256, fmt)
     inference.export(store.local_path(checkpoint.path), checkpoint.sha256, fmt, job_id, store.local_path(key))
     found = read_verified(store, key)
     if found is None:  # written and checked by the helper a moment ago: the artifacts dir is failing

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from service import events
+from service.auth import Caller, shown_submitter
 from service.cost import estimate
 from service.db import db_now
 from service.errors import Conflict, NotFound
@@ -223,8 +224,9 @@ def checkpoint_url(job_id: str, epoch: int) -> str:
     return f"/v1/jobs/{job_id}/checkpoint?epoch={epoch}"
 
 
-def view(job: Job) -> JobRead:
-    """The public view of a job (checkpoints listed from their rows, so they are always current)."""
+def view(job: Job, viewer: Caller | None = None) -> JobRead:
+    """The public view of a job (checkpoints listed from their rows, so they are always current), as
+    `viewer` may see it: `submitted_by` only for its submitter and admins (null for no viewer)."""
     result = None
     if job.result is not None:
         checkpoints = [
@@ -273,7 +275,7 @@ def view(job: Job) -> JobRead:
             )
             for a in job.attempt_rows
         ],
-        submitted_by=job.submitted_by,
+        submitted_by=shown_submitter(viewer, job.submitted_by),
         comparison_id=job.comparison_id,
         reused_from=job.reused_from,
     )

@@ -1,8 +1,9 @@
 """The pictures the API serves, as PNG bytes: sample digits, training curves, a confusion matrix and a
 comparison's summary; and PictureCache, which keeps each rendered picture on disk by its content.
 
-No torch, no database, no FastAPI. No pyplot either: the API renders in worker threads, and pyplot's
-"current figure" is global state they would share. Each picture is its own Figure on an Agg canvas.
+No torch, no database, no FastAPI. The API draws them in render processes (service.pools), never in
+its own. No pyplot either: its "current figure" is global state; each picture is its own Figure on
+an Agg canvas.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
+from service.config import Settings
+from service.datasets.samples import read_test_samples
 from service.schemas import CellRead, EpochMetrics, StepMetrics
 from service.storage import private_dirs, write_bytes_atomic
 
@@ -127,6 +130,15 @@ def samples_png(
             title = f"Test digits (upper row) and the same digits with their pixels permuted{seed} (lower row)"
     headline(fig, title)
     return to_png(fig)
+
+
+def dataset_samples_png(
+    settings: Settings, dataset: str, count: int, permutation: Sequence[int] | None, permutation_seed: int | None
+) -> bytes:
+    """samples_png of the data set's first `count` test digits, read here: in the render process,
+    so the API never holds the test split's bytes."""
+    images, labels = read_test_samples(settings, dataset, count)
+    return samples_png(images, labels, permutation, permutation_seed)
 
 
 # Training curves -------------------------------------------------------------------------------
@@ -307,23 +319,33 @@ class PictureCache:
         return self.folder / f"{digest}.png"
 
     def get(self, key: str, render: Callable[[], bytes]) -> bytes:
+        """The cached picture, or `render()`'s, stored (the API renders through service.pools instead)."""
+        cached = self.read(key)
+        if cached is not None:
+            return cached
+        data = render()
+        self.store(key, data)
+        return data
+
+    def read(self, key: str) -> bytes | None:
         path = self.path(key)
         try:
             data = path.read_bytes()
         except OSError:  # not cached yet, or pruned between a listing and this read
-            data = b""
-        if data.startswith(PNG_SIGNATURE):
-            with contextlib.suppress(OSError):
-                os.utime(path)  # recently used: pruned last
-            return data
-        data = render()
+            return None
+        if not data.startswith(PNG_SIGNATURE):  # a damaged file is never served
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: pruned last
+        return data
+
+    def store(self, key: str, data: bytes) -> None:
         try:
             private_dirs(self.folder)  # a cache of this host's, not an artifact: no ArtifactStore
-            write_bytes_atomic(path, data)
+            write_bytes_atomic(self.path(key), data)
             self.prune()
         except OSError as exc:  # a full or read-only disk costs a re-render, never the picture
             log.warning("picture cache: not stored (%s)", exc.strerror or type(exc).__name__)
-        return data
 
     def prune(self) -> None:
         entries = []

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Submitter
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Reader, Submitter
 from api.routes.jobs import ensure_queue_room
 from service import comparisons, jobs
 from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonRead
@@ -39,7 +39,7 @@ def create_comparison(
                 check_budget, max_flops=settings.max_job_flops, max_memory_bytes=settings.max_job_memory_bytes
             ),
         )
-        view = comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
+        view = comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
     response.headers["Location"] = f"/v1/comparisons/{view.id}"
     return view
 
@@ -47,6 +47,7 @@ def create_comparison(
 @router.get("", response_model=ComparisonPage)
 def list_comparisons(
     db: DB,
+    caller: Reader,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> ComparisonPage:
@@ -56,16 +57,16 @@ def list_comparisons(
         page = comparisons.list_comparisons(
             session, limit=limit + 1, after=None if after is None else (after.created_at, after.id)
         )
-        items = [comparisons.view(c, comparisons.member_jobs(session, c.id)) for c in page[:limit]]
+        items = [comparisons.view(c, comparisons.member_jobs(session, c.id), caller) for c in page[:limit]]
     next_cursor = cursors.encode(items[-1].created_at, items[-1].id) if len(page) > limit else None
     return ComparisonPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{comparison_id}", response_model=ComparisonRead)
-def get_comparison(comparison_id: uuid.UUID, db: DB) -> ComparisonRead:
+def get_comparison(comparison_id: uuid.UUID, db: DB, caller: Reader) -> ComparisonRead:
     with db.read() as session:
         comparison = comparisons.get(session, str(comparison_id))
-        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
+        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonRead)
@@ -74,7 +75,7 @@ def cancel_comparison(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> Co
     with db.write() as session:
         caller.require_owner(comparisons.get(session, str(comparison_id)).submitted_by)
         comparison = comparisons.cancel(session, str(comparison_id))
-        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
+        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
 
 
 @router.delete("/{comparison_id}", status_code=204)

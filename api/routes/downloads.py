@@ -17,11 +17,11 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts, helper_call, read_in_thread
 from api.errors import problem
-from api.routes.predict import get_inference
 from api.strict_query import INT64_MAX
 from service import exports, jobs
 from service.errors import Conflict, NotFound
@@ -156,12 +156,11 @@ def download_checkpoint(
     return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.pt", OCTET_STREAM)
 
 
-def download_model(
+async def download_model(
     job_id: uuid.UUID,
     request: Request,
     db: DB,
     store: Artifacts,
-    inference: Annotated[InferenceClient, Depends(get_inference)],
     format: Annotated[
         ModelFormat,
         Query(description="onnx: raw uint8 pixels in, log-probabilities out; safetensors: the state_dict"),
@@ -170,9 +169,13 @@ def download_model(
 ) -> Response:
     """The model of `epoch`'s checkpoint (else the latest kept epoch's) as ONNX or safetensors, made
     on the first request and stored with the job. GET or HEAD; one Range honoured."""
-    with db.read() as session:
-        saved_epoch, checkpoint = jobs.checkpoint(session, str(job_id), epoch)
-    file, data = exports.model_bytes(store, inference, str(job_id), saved_epoch, checkpoint, format)
+    saved_epoch, checkpoint = await read_in_thread(db, jobs.checkpoint, str(job_id), epoch)
+    found = await anyio.to_thread.run_sync(exports.stored_model, store, str(job_id), saved_epoch, checkpoint, format)
+    if found is None:  # the first request: the helper exports it, through its bounded queue
+        inference: InferenceClient = request.app.state.inference
+        export = (store, inference, str(job_id), saved_epoch, checkpoint, format)
+        found = await helper_call(request, exports.model_bytes, *export)
+    file, data = found
     return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.{format}", OCTET_STREAM)
 
 

@@ -20,7 +20,7 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, CallerCheck
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, CallerCheck, Reader
 from api.events import SEP, Broadcaster, all_stream, job_stream, keep_alive
 from api.strict_query import INT64_MAX
 from service import jobs
@@ -115,6 +115,7 @@ def stream_job_events(
     job_id: uuid.UUID,
     request: Request,
     db: DB,
+    caller: Reader,
     settings: AppSettings,
     check: CallerCheck,
     last_event_id: LastEventIdQuery = None,
@@ -126,7 +127,7 @@ def stream_job_events(
     with db.read() as session:
         jobs.get(session, str(job_id))  # a 404 problem, before the stream starts
     after = last_event_id if last_event_id_header is None else last_event_id_header
-    return response(partial(job_stream, get_hub(request), db, check, str(job_id), after), settings)
+    return response(partial(job_stream, get_hub(request), db, check, caller, str(job_id), after), settings)
 
 
 @router.get(

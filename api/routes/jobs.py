@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Submitter
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Reader, Submitter
 from api.strict_query import INT64_MAX
 from service import jobs, search
 from service.auth import Caller
@@ -65,7 +65,7 @@ def submit_job(
             submitted_by=caller.id,
             reuse=ReusePolicy.from_settings(settings),
         )
-        view = jobs.view(job)
+        view = jobs.view(job, caller)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{view.id}"
     return view
@@ -115,6 +115,7 @@ def aware(value: datetime | None, field: str) -> datetime | None:
 @router.get("", response_model=JobPage)
 def list_jobs(
     db: DB,
+    caller: Reader,
     status: JobStatus | None = None,
     architecture: Literal["fc", "cnn"] | None = None,
     dataset: Literal["mnist", "fashion-mnist"] | None = None,
@@ -159,7 +160,7 @@ def list_jobs(
     after = cursors.decode(cursor, with_accuracy=by_accuracy) if cursor else None
     with db.read() as session:
         page = search.list_jobs(session, where, sort=sort, limit=limit + 1, after=after)
-        items = [jobs.view(job) for job in page[:limit]]
+        items = [jobs.view(job, caller) for job in page[:limit]]
     next_cursor = None
     if len(page) > limit:
         last = page[limit - 1]
@@ -182,9 +183,9 @@ def list_job_metrics(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: uuid.UUID, db: DB) -> JobRead:
+def get_job(job_id: uuid.UUID, db: DB, caller: Reader) -> JobRead:
     with db.read() as session:
-        return jobs.view(jobs.get(session, str(job_id)))
+        return jobs.view(jobs.get(session, str(job_id)), caller)
 
 
 @router.post(
@@ -195,7 +196,7 @@ def get_job(job_id: uuid.UUID, db: DB) -> JobRead:
 def cancel_job(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter) -> JobRead:
     with db.write() as session:
         caller.require_owner(jobs.get(session, str(job_id)).submitted_by)
-        view = jobs.view(jobs.cancel(session, str(job_id)))
+        view = jobs.view(jobs.cancel(session, str(job_id)), caller)
     response.status_code = 202 if view.status is JobStatus.running else 200
     return view
 

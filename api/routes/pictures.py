@@ -1,25 +1,30 @@
 """The pictures people look at, as PNG: sample digits (and their permuted versions), a job's curves
-and confusion matrix, a comparison's summary. Rendered on request in this process (matplotlib's
-Agg backend, service.pictures; no torch) and cached on disk by content, so a repeat costs a read.
-A permutation is drawn by the inference helper process (service.inference), torch's own randperm."""
+and confusion matrix, a comparison's summary. Drawn on request in the app's render processes
+(service.pools: bounded, one render per picture however many ask, a per-caller rate of new ones;
+matplotlib's Agg backend, no torch) and cached on disk by content, so a repeat costs a read. The
+routes are async: a render in progress holds no request thread. A permutation is drawn by the
+inference helper process (service.inference), torch's own randperm, through its bounded queue."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic_core import to_jsonable_python
+from sqlalchemy.orm import Session
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings
-from api.routes.predict import get_inference
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, Reader, helper_call, read_in_thread
 from service import comparisons, jobs, pictures
-from service.datasets.samples import read_test_samples, test_pins
+from service.comparison_schemas import ComparisonRead
+from service.datasets.samples import test_pins
 from service.errors import Conflict
-from service.schemas import DATASETS, SEED_MAX, EpochMetrics, StepMetrics
+from service.pools import RenderPool, RenderTask
+from service.schemas import DATASETS, SEED_MAX, EpochMetrics, JobRead, StepMetrics
 
 router = APIRouter(tags=["pictures"], dependencies=V1_ROUTER_DEPENDENCIES)
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -30,7 +35,17 @@ MAX_SAMPLES = 100
 MAX_CURVE_STEPS = 100_000  # rows of per-step losses drawn (a 100-epoch batch-1 job has more: the first ones)
 
 
-def png(request: Request, settings: AppSettings, key: Mapping[str, object], render: Callable[[], bytes]) -> Response:
+Prepare = Callable[[], Awaitable[RenderTask]]
+
+
+def ready(task: RenderTask) -> Prepare:
+    async def prepared() -> RenderTask:
+        return task
+
+    return prepared
+
+
+async def png(request: Request, caller: Reader, key: Mapping[str, object], prepare: Prepare) -> Response:
     """The picture for `key` (everything it draws), from the cache or rendered now; 304 for a
     matching If-None-Match (the ETag is the key's hash, known before any rendering)."""
     text = json.dumps(to_jsonable_python(key), sort_keys=True)
@@ -38,14 +53,17 @@ def png(request: Request, settings: AppSettings, key: Mapping[str, object], rend
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    data = pictures.PictureCache(settings.artifacts_dir / "pictures").get(text, render)
+    renders: RenderPool = request.app.state.renders
+    who = caller.id or (request.client.host if request.client else "unknown")
+    data = await renders.picture(text, who, prepare)
     return Response(data, media_type="image/png", headers=headers)
 
 
 @router.get("/v1/datasets/{name}/samples.png", response_class=Response, responses=PNG_RESPONSE)
-def draw_samples(
+async def draw_samples(
     request: Request,
     settings: AppSettings,
+    caller: Reader,
     name: Annotated[str, Path(pattern="^(" + "|".join(DATASETS) + ")$")],
     count: Annotated[int, Query(ge=1, le=MAX_SAMPLES)] = 20,
     permutation_seed: Annotated[int | None, Query(ge=0, le=SEED_MAX)] = None,
@@ -53,35 +71,42 @@ def draw_samples(
     """The tutorial's figures: the first `count` test digits; with `permutation_seed`, each beside
     its permuted version (the permutation every job with that seed trains on)."""
 
-    def render() -> bytes:  # only on a cache miss: the data files and the inference helper are not touched on a hit
-        images, labels = read_test_samples(settings, name, count)
-        order = None if permutation_seed is None else get_inference(request).permutation(permutation_seed)
-        return pictures.samples_png(images, labels, order, permutation_seed)
+    async def prepare() -> RenderTask:  # only on a cache miss: the inference helper is not asked on a hit
+        order = None
+        if permutation_seed is not None:
+            order = await helper_call(request, request.app.state.inference.permutation, permutation_seed)
+        return RenderTask(pictures.dataset_samples_png, (settings, name, count, order, permutation_seed))
 
-    pins = test_pins(settings, name)  # the content drawn, without reading it
+    pins = await anyio.to_thread.run_sync(test_pins, settings, name)  # the content drawn, without reading it
     key = {"picture": "samples", "dataset": name, "pins": pins, "count": count, "permutation_seed": permutation_seed}
-    return png(request, settings, key, render)
+    return await png(request, caller, key, prepare)
+
+
+def curves_data(session: Session, job_id: str) -> tuple[JobRead, list[StepMetrics]]:
+    job = jobs.view(jobs.get(session, job_id))
+    rows = jobs.steps(session, job_id, from_step=0, limit=MAX_CURVE_STEPS)
+    return job, [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows]
 
 
 @router.get("/v1/jobs/{job_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)
-def draw_curves(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
+async def draw_curves(request: Request, db: DB, caller: Reader, job_id: uuid.UUID) -> Response:
     """Training loss over the samples seen (every MNIST_JOBS_STEP_METRICS_EVERY steps) and test
     accuracy after each epoch; drawn as far as the job has got."""
-    with db.read() as session:
-        job = jobs.view(jobs.get(session, str(job_id)))
-        rows = jobs.steps(session, str(job_id), from_step=0, limit=MAX_CURVE_STEPS)
-    steps = [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows]
+    job, steps = await read_in_thread(db, curves_data, str(job_id))
     epochs: list[EpochMetrics] = job.metrics
     title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)}, seed {job.spec.seed})"
     key = {"picture": "curves", "title": title, "steps": steps, "epochs": epochs}
-    return png(request, settings, key, lambda: pictures.curves_png(steps, epochs, title))
+    return await png(request, caller, key, ready(RenderTask(pictures.curves_png, (steps, epochs, title))))
+
+
+def job_view(session: Session, job_id: str) -> JobRead:
+    return jobs.view(jobs.get(session, job_id))
 
 
 @router.get("/v1/jobs/{job_id}/confusion.png", response_class=Response, responses=PNG_RESPONSE)
-def draw_confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid.UUID) -> Response:
+async def draw_confusion(request: Request, db: DB, caller: Reader, job_id: uuid.UUID) -> Response:
     """The 10x10 confusion matrix of the job's last test pass (also in its JSON, result.confusion)."""
-    with db.read() as session:
-        job = jobs.view(jobs.get(session, str(job_id)))
+    job = await read_in_thread(db, job_view, str(job_id))
     if job.result is None or job.result.confusion is None:
         raise Conflict(
             f"job {job.id} ({job.status.value}) has no confusion matrix: it has not succeeded", field="status"
@@ -90,18 +115,22 @@ def draw_confusion(request: Request, settings: AppSettings, db: DB, job_id: uuid
     # The accuracy is drawn under the title (confusion_png's subtitle), not in it.
     title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)})"
     key = {"picture": "confusion", "title": title, "matrix": matrix}
-    return png(request, settings, key, lambda: pictures.confusion_png(matrix, title))
+    return await png(request, caller, key, ready(RenderTask(pictures.confusion_png, (matrix, title))))
+
+
+def summary_data(session: Session, comparison_id: str) -> ComparisonRead:
+    comparison = comparisons.get(session, comparison_id)
+    return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
 
 
 @router.get("/v1/comparisons/{comparison_id}/summary.png", response_class=Response, responses=PNG_RESPONSE)
-def draw_summary(request: Request, settings: AppSettings, db: DB, comparison_id: uuid.UUID) -> Response:
+async def draw_summary(request: Request, db: DB, caller: Reader, comparison_id: uuid.UUID) -> Response:
     """Test accuracy per cell: every seed's value, the mean and its 95 % interval."""
-    with db.read() as session:
-        comparison = comparisons.get(session, str(comparison_id))
-        read = comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
-    title = f"{read.name or 'Comparison ' + read.id[:8]}: test accuracy over seeds {read.seeds} ({read.status.value})"
-    key = {"picture": "summary", "title": title, "cells": read.cells}
-    return png(request, settings, key, lambda: pictures.summary_png(read.cells, title))
+    shown = await read_in_thread(db, summary_data, str(comparison_id))
+    name = shown.name or f"Comparison {shown.id[:8]}"
+    title = f"{name}: test accuracy over seeds {shown.seeds} ({shown.status.value})"
+    key = {"picture": "summary", "title": title, "cells": shown.cells}
+    return await png(request, caller, key, ready(RenderTask(pictures.summary_png, (shown.cells, title))))
 
 
 def _pixels(permutation_seed: int | None) -> str:

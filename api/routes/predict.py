@@ -2,7 +2,9 @@
 
 The image comes as JSON (`{"pixels": [784 ints 0..255]}`) or as a raw PNG body (image/png), made
 8-bit grayscale with Pillow. The model runs in the app's inference helper process
-(service/inference.py), so torch stays out of the API process. Any read token may predict.
+(service/inference.py), so torch stays out of the API process, through the helper's bounded queue
+(MNIST_JOBS_PREDICT_QUEUE_MAX; a full queue is a 503 with Retry-After): the route is async, so a
+slow or stalled helper holds no request thread. Any read token may predict.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts, helper_call, read_in_thread
 from service import jobs
 from service.inference import IMAGE_SIDE, InferenceClient, PredictRequest, PredictResponse
 from service.schemas import INPUT_SIZE
@@ -81,21 +83,16 @@ async def sent_pixels(request: Request) -> list[int]:
     return pixels
 
 
-def get_inference(request: Request) -> InferenceClient:
-    client: InferenceClient = request.app.state.inference
-    return client
-
-
 @router.post("/{job_id}/predict", response_model=PredictResponse, openapi_extra=REQUEST_BODY)
-def predict(
+async def predict(
+    request: Request,
     job_id: uuid.UUID,
     pixels: Annotated[list[int], Depends(sent_pixels)],
     db: DB,
     store: Artifacts,
-    inference: Annotated[InferenceClient, Depends(get_inference)],
 ) -> PredictResponse:
     """The digit the job's latest kept checkpoint predicts, and the probability of each digit."""
-    with db.read() as session:
-        epoch, file = jobs.checkpoint(session, str(job_id), None)
-    [prediction] = inference.predict(store.local_path(file.path), file.sha256, [pixels])
+    epoch, file = await read_in_thread(db, jobs.checkpoint, str(job_id), None)
+    inference: InferenceClient = request.app.state.inference
+    [prediction] = await helper_call(request, inference.predict, store.local_path(file.path), file.sha256, [pixels])
     return PredictResponse(job_id=str(job_id), epoch=epoch, **prediction.model_dump())

@@ -31,6 +31,11 @@ def make_settings(tmp_path: Path, data_root: Path, checksums: dict[str, str]) ->
         reap_seconds=0.5,
         retry_base_seconds=0.2,
         shutdown_grace_seconds=10,
+        # The suite's own traffic (a property test sends thousands of requests to one app, a picture
+        # test renders dozens) is not a caller to hold back; tests/unit/test_limits.py sets its own.
+        rate_limit_per_second=100_000,
+        rate_limit_burst=100_000,
+        renders_per_minute=10_000,
     )
 
 

@@ -85,16 +85,20 @@ def errors_of(document, method, path):
 
 def test_each_operation_lists_the_errors_it_can_send(document):
     assert errors_of(document, "POST", "/v1/jobs") == {400, 401, 403, 409, 413, 415, 422, 429}
-    assert errors_of(document, "GET", "/v1/jobs") == {400, 401, 422}
-    assert errors_of(document, "GET", "/v1/jobs/{job_id}") == {400, 401, 404, 422}
-    assert errors_of(document, "DELETE", "/v1/jobs/{job_id}") >= {400, 401, 403, 404, 409, 422}
-    assert errors_of(document, "POST", "/v1/jobs/{job_id}/cancel") == {400, 401, 403, 404, 409, 422}
-    assert errors_of(document, "GET", "/v1/jobs/{job_id}/checkpoint") >= {400, 401, 404, 409, 422}
-    assert errors_of(document, "GET", "/v1/workers") == {400, 401, 422}
-    assert errors_of(document, "GET", "/v1/datasets") == {400, 401, 422}
+    assert errors_of(document, "GET", "/v1/jobs") == {400, 401, 422, 429}
+    assert errors_of(document, "GET", "/v1/jobs/{job_id}") == {400, 401, 404, 422, 429}
+    assert errors_of(document, "DELETE", "/v1/jobs/{job_id}") >= {400, 401, 403, 404, 409, 422, 429}
+    assert errors_of(document, "POST", "/v1/jobs/{job_id}/cancel") == {400, 401, 403, 404, 409, 422, 429}
+    assert errors_of(document, "GET", "/v1/jobs/{job_id}/checkpoint") >= {400, 401, 404, 409, 422, 429}
+    assert errors_of(document, "GET", "/v1/workers") == {400, 401, 422, 429}
+    assert errors_of(document, "GET", "/v1/datasets") == {400, 401, 422, 429}
+    assert errors_of(document, "GET", "/v1/jobs/{job_id}/curves.png") == {400, 401, 404, 422, 429, 503}
+    assert 429 not in errors_of(document, "GET", "/healthz")
     unauthorized = document["components"]["responses"]["Unauthorized"]
     assert "WWW-Authenticate" in unauthorized["headers"]
-    assert "Retry-After" in document["components"]["responses"]["TooManyQueued"]["headers"]
+    too_many = document["components"]["responses"]["TooManyRequests"]["headers"]
+    assert {"Retry-After", "RateLimit", "RateLimit-Policy"} <= set(too_many)
+    assert "Retry-After" in document["components"]["responses"]["Unavailable"]["headers"]
 
 
 def test_route_errors_name_only_operations_that_exist(document):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -66,3 +68,42 @@ def test_curves_confusion_and_summary(client, db):
     picture(client.get(f"/v1/jobs/{job_id}/confusion.png"))
     picture(client.get(f"/v1/comparisons/{comparison['id']}/summary.png"))
     assert client.get(f"/v1/comparisons/{job_id}/summary.png").status_code == 404
+
+
+# The render pool (service.pools): off the request threads, one render per picture, bounded ----
+
+
+def test_concurrent_requests_for_one_new_picture_share_one_render(client):
+    renders = client.app.state.renders
+    params = {"count": 30, "permutation_seed": 7}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.get("/v1/datasets/mnist/samples.png", params=params), range(6)))
+    assert {a.status_code for a in answers} == {200} and len({a.content for a in answers}) == 1
+    assert renders.counts.rendered == 1, "six requests, one render"
+    assert renders.counts.joined + renders.counts.cached == 5
+
+
+def test_pictures_render_outside_the_api_process(client):
+    picture(client.get("/v1/datasets/mnist/samples.png", params={"count": 3}))
+    executor = client.app.state.renders._executor
+    assert executor is not None
+    assert {p.pid for p in executor._processes.values()} - {os.getpid()}, "drawn in a render process"
+
+
+def test_a_caller_past_its_renders_per_minute_gets_429_while_cached_pictures_are_served(client):
+    renders = client.app.state.renders
+    renders.per_minute = 2
+    drawn = [client.get("/v1/datasets/mnist/samples.png", params={"count": n}) for n in (1, 2)]
+    assert [a.status_code for a in drawn] == [200, 200]
+    refused = client.get("/v1/datasets/mnist/samples.png", params={"count": 3})
+    assert refused.status_code == 429 and refused.json()["title"] == "Too many renders"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert client.get("/v1/datasets/mnist/samples.png", params={"count": 1}).status_code == 200, "cached: free"
+
+
+def test_a_full_render_queue_is_a_503_with_retry_after(client):
+    renders = client.app.state.renders
+    renders.max_in_flight = 0  # as if every slot were taken by renders in flight
+    refused = client.get("/v1/datasets/mnist/samples.png", params={"count": 4})
+    assert refused.status_code == 503 and "MNIST_JOBS_RENDER_QUEUE_MAX" in refused.json()["detail"]
+    assert refused.headers["Retry-After"] == "2"

@@ -9,12 +9,14 @@ can be looked at.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from service.schemas import SEED_MAX, job_spec_adapter
 from service.training import inference as helper
 from service.training.nets import build_model
 from service.training.tensors import permutation
+from tests.support.processes import wait_until
 from tests.support.settings import make_settings, migrate
 from tests.support.training import run_queued
 
@@ -252,7 +255,7 @@ def test_a_corrupt_or_missing_checkpoint_is_named_without_a_server_path(served):
 def test_the_openapi_document_lists_both_bodies_and_the_errors(served):
     operation = served.client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/predict"]["post"]
     assert set(operation["requestBody"]["content"]) == {"application/json", "image/png"}
-    assert {int(s) for s in operation["responses"] if int(s) >= 400} == {400, 401, 404, 409, 413, 415, 422, 503}
+    assert {int(s) for s in operation["responses"] if int(s) >= 400} == {400, 401, 404, 409, 413, 415, 422, 429, 503}
 
 
 def test_a_killed_or_hung_helper_is_replaced_at_the_next_call(served):
@@ -378,3 +381,34 @@ def test_a_closed_client_refuses_and_leaves_no_process():
     with pytest.raises(PredictionUnavailable, match="shutting down"):
         client.permutation(1)
     assert client.pid is None
+
+
+def test_a_stalled_helper_fills_its_bounded_queue_and_holds_no_request_thread(served):
+    """Predictions wait for the helper on its queue's own thread: with the helper stopped, calls
+    past MNIST_JOBS_PREDICT_QUEUE_MAX are 503s with Retry-After at once, and routes that do not
+    need the helper answer meanwhile."""
+    inference: InferenceClient = served.client.app.state.inference
+    calls = served.client.app.state.helper_calls
+    job_id, body = served.jobs["cnn"], {"pixels": IMAGES[0].flatten().tolist()}
+    assert post_json(served, job_id, body).status_code == 200  # the helper is up
+    stalled = inference.pid
+    assert stalled is not None
+    waiting, timeout = calls.max_waiting, inference.timeout_seconds
+    calls.max_waiting, inference.timeout_seconds = 2, 5.0
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            held = [pool.submit(post_json, served, job_id, body) for _ in range(3)]  # 1 at the helper, 2 waiting
+            wait_until(lambda: calls.admitted == 3, timeout=30)
+            refused = post_json(served, job_id, body)
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert "waiting for the inference helper" in refused.json()["detail"]
+            for path in ("/healthz", f"/v1/jobs/{job_id}"):
+                assert served.client.get(path, headers=READ).status_code == 200, path
+            statuses = [future.result(timeout=60).status_code for future in held]
+    finally:
+        calls.max_waiting, inference.timeout_seconds = waiting, timeout
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGCONT)
+    assert 503 in statuses, "the call at the stalled helper timed out, and the helper was replaced"
+    assert post_json(served, job_id, body).status_code == 200

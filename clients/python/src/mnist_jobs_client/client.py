@@ -39,6 +39,7 @@ from mnist_jobs_client.wire import (
     comparison_page,
     default_url,
     job_page,
+    retry_after,
     spec_body,
     with_scheme,
 )
@@ -66,11 +67,12 @@ class Client:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
+        retries: int = 3,
     ) -> None:
         self.base_url = with_scheme(base_url or default_url())
         token = token if token is not None else os.environ.get("MNIST_JOBS_TOKEN") or None
         headers = {"User-Agent": "mnist-jobs-client"} | ({"Authorization": f"Bearer {token}"} if token else {})
-        self.timeout = timeout
+        self.timeout, self.retries = timeout, retries
         # Public on purpose: raw calls (pictures, metrics) and httpx's event hooks.
         self.http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
 
@@ -86,13 +88,20 @@ class Client:
     # -- plumbing: every request goes through _stream, which turns every failure into an ApiError
     @contextmanager
     def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """The answer to one request. A refusal that says when to come back (the server's rate limit,
+        a full queue: wire.retry_after) is sent again after that wait, up to `retries` times."""
         url = f"{self.base_url}{path}"
         try:
-            with self.http.stream(method, path, **kwargs) as response:
-                if response.is_error:
+            for attempt in range(self.retries + 1):
+                with self.http.stream(method, path, **kwargs) as response:
+                    if not response.is_error:
+                        yield response
+                        return
                     response.read()
-                    raise ApiError.from_response(response)
-                yield response
+                    wait = retry_after(method, response)
+                    if wait is None or attempt == self.retries:
+                        raise ApiError.from_response(response)
+                time.sleep(wait)
         except httpx.TransportError as exc:
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
             raise ServerUnreachable(

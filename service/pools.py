@@ -1,0 +1,164 @@
+"""Expensive work in bounded pools, never on the request threads (no FastAPI; the API awaits these).
+
+- `BoundedCalls`: a blocking function (a call to the inference helper) run on threads of the pool's
+  own, `workers` at a time, with at most `max_waiting` more waiting; past that Overloaded (503 with
+  Retry-After) at once. A stalled helper then holds its own threads only: the request threads, and
+  every route that does not need the helper, go on.
+- `RenderPool`: pictures drawn in separate processes (matplotlib's memory is the render process's,
+  which is replaced every RENDERS_PER_PROCESS pictures, so the API's memory stays flat), at most
+  `max_in_flight` distinct pictures at once (503 past it). Requests for a picture being drawn wait
+  for that one render; a picture already in the cache costs a file read. Each caller may start
+  `per_minute` uncached renders in any minute (429 past it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from service.errors import Overloaded, TooManyRenders
+from service.pictures import PictureCache
+
+T = TypeVar("T")
+RENDERS_PER_PROCESS = 25  # pictures a render process draws before it is replaced (its memory goes with it)
+RENDER_RETRY_AFTER_SECONDS = 2
+CALLERS_KEPT = 10_000  # callers whose render times are remembered at once
+# The render processes fork from a server that has the picture code loaded: a fresh one starts in
+# milliseconds, and nothing of the API process (threads, sockets, the database) is forked.
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["service.pictures"])
+
+
+class BoundedCalls:
+    def __init__(self, name: str, *, workers: int, max_waiting: int, retry_after_seconds: int = 1) -> None:
+        self.name, self.workers, self.max_waiting = name, workers, max_waiting
+        self.retry_after_seconds = retry_after_seconds
+        self.admitted = 0  # running + waiting
+        self._lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self.admitted >= self.workers + self.max_waiting:
+                raise Overloaded(
+                    f"{self.max_waiting} calls are already waiting for the {self.name}; retry shortly",
+                    retry_after_seconds=self.retry_after_seconds,
+                )
+            self.admitted += 1
+        try:
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self.workers)
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        finally:
+            with self._lock:
+                self.admitted -= 1
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """What a render process runs: a module-level function of service.pictures and its arguments
+    (pickled to the process, so plain data only)."""
+
+    function: Callable[..., bytes]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass
+class RenderCounts:
+    """What the pool has done, for tests and the attack bench."""
+
+    rendered: int = 0
+    joined: int = 0  # requests that waited for a render another request had started
+    cached: int = 0
+    refused: dict[str, int] = field(default_factory=lambda: {"busy": 0, "rate": 0})
+
+
+class RenderPool:
+    def __init__(self, cache: PictureCache, *, processes: int, max_in_flight: int, per_minute: int) -> None:
+        self.cache, self.processes = cache, processes
+        self.max_in_flight, self.per_minute = max_in_flight, per_minute
+        self.counts = RenderCounts()
+        self._flights: dict[str, asyncio.Future[bytes]] = {}
+        self._started: dict[str, deque[float]] = {}  # caller -> monotonic times of its renders this minute
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def picture(self, key: str, caller: str, prepare: Callable[[], Awaitable[RenderTask]]) -> bytes:
+        """The picture for `key`: from the cache, from a render in flight, or rendered now from what
+        `prepare` gathers (called on a miss only)."""
+        cached = await anyio.to_thread.run_sync(self.cache.read, key)
+        if cached is not None:
+            self.counts.cached += 1
+            return cached
+        flight = self._flights.get(key)
+        if flight is not None:
+            self.counts.joined += 1
+        else:
+            if len(self._flights) >= self.max_in_flight:
+                self.counts.refused["busy"] += 1
+                raise Overloaded(
+                    f"{self.max_in_flight} pictures are being drawn (MNIST_JOBS_RENDER_QUEUE_MAX); retry shortly",
+                    retry_after_seconds=RENDER_RETRY_AFTER_SECONDS,
+                )
+            self._count_start(caller)
+            flight = asyncio.ensure_future(self._render(key, prepare))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(key, None))
+        # shield: one impatient client going away does not cancel the render the others wait for
+        return await asyncio.shield(flight)
+
+    def _count_start(self, caller: str) -> None:
+        now = time.monotonic()
+        if caller not in self._started and len(self._started) >= CALLERS_KEPT:
+            self._started = {k: times for k, times in self._started.items() if times and now - times[-1] < 60}
+        times = self._started.setdefault(caller, deque())
+        while times and now - times[0] >= 60:
+            times.popleft()
+        if len(times) >= self.per_minute:
+            self.counts.refused["rate"] += 1
+            raise TooManyRenders(
+                f"this caller started {self.per_minute} new pictures in the last minute "
+                "(MNIST_JOBS_RENDERS_PER_MINUTE); pictures already drawn are still served",
+                retry_after_seconds=max(1, math.ceil(60 - (now - times[0]))),
+            )
+        times.append(now)
+
+    async def _render(self, key: str, prepare: Callable[[], Awaitable[RenderTask]]) -> bytes:
+        task = await prepare()
+        try:
+            data = await asyncio.wrap_future(self._pool().submit(task.function, *task.args))
+        except BrokenProcessPool:  # a render process died (killed, out of memory): the next call starts a new pool
+            with self._lock:
+                self._executor = None
+            raise Overloaded(
+                "the render process stopped while drawing; retry", retry_after_seconds=RENDER_RETRY_AFTER_SECONDS
+            ) from None
+        self.counts.rendered += 1
+        await anyio.to_thread.run_sync(self.cache.store, key, data)
+        return data
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.processes, mp_context=_context, max_tasks_per_child=RENDERS_PER_PROCESS
+                )
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
