@@ -400,7 +400,7 @@ from service.config import Settings
 from service.db import Database
 from service.errors import LeaseLost
 from service.schemas import Progress, TrainResult, job_spec_adapter
-barrier, out, name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+barrier, out, name, at_least = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 db = Database(Settings().database_url)
 spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
 RESULT = TrainResult(test_accuracy=1.0, test_loss=0.1, correct=200, total=200, train_seconds=0.1,
@@ -419,9 +419,8 @@ def tx(fn):
         errors.append(str(exc))
     except LeaseLost:
         counts["tx"] += 1
-end = time.monotonic() + seconds
 i = 0
-while time.monotonic() < end:
+while i < at_least or not os.path.exists(f"{barrier}.stop"):  # until told, after at_least rounds
     i += 1
     tx(lambda s: jobs.enqueue(s, spec, default_max_attempts=3))
     claims = tx(lambda s: queue.claim(s, name, 0.5)) or []
@@ -435,30 +434,33 @@ while time.monotonic() < end:
             tx(lambda s: queue.finish(s, claim, RESULT, None))
     tx(lambda s: reaper.reap(s, base_seconds=0.01, max_seconds=0.1))
     tx(lambda s: registry.register(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu", torch_version="2.14.1"))
-json.dump({"counts": counts, "errors": errors}, open(out, "w"))
+json.dump({"counts": counts, "errors": errors, "rounds": i}, open(out, "w"))
 """
+API_ROUNDS = 12  # rounds of five API calls made while every writer is still writing
 
 
 def test_eight_writer_processes_and_the_api_never_see_database_is_locked(settings, tmp_path, live_server):
     server = live_server(workers=0)
     procs = released_together(HAMMER, [f"writer-{i}" for i in range(8)], settings, tmp_path, "5")
     codes: list[tuple[str, int]] = []
-    while any(proc.poll() is None for proc in procs.values()):
+    # A fixed number of API calls, all made while the writers write (they stop only when told), so
+    # what is asserted does not depend on how fast this machine is.
+    for _ in range(API_ROUNDS):
         job = server.client.post("/v1/jobs", json={"architecture": "cnn"})
         codes.append(("post", job.status_code))
         codes.append(("list", server.client.get("/v1/jobs", params={"limit": 20}).status_code))
         codes.append(("read", server.client.get(f"/v1/jobs/{job.json()['id']}").status_code))
         codes.append(("workers", server.client.get("/v1/workers").status_code))
         codes.append(("cancel", server.client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code))
+    assert all(proc.poll() is None for proc in procs.values()), "a writer stopped before it was told to"
+    (tmp_path / "go.stop").touch()
     reports = finished(procs, tmp_path)
     assert {name: r["errors"] for name, r in reports.items()} == {name: [] for name in procs}
-    # Every writer got through (SQLite's lock is not fair between processes: the slowest of 8 did
-    # 38-138 transactions in three runs alone here, against 744-1342 for the fastest, and fewer under
-    # CI's load), and together they did real work, claims included.
-    counts = [r["counts"] for r in reports.values()]
-    assert all(c["tx"] > 0 for c in counts), reports
-    assert sum(c["tx"] for c in counts) > 8 * 20 and sum(c["claimed"] for c in counts) > 0, reports
+    # Every writer got through its rounds (SQLite's lock is not fair between processes, so how many
+    # more each did depends on luck and load): each round is at least three transactions.
+    assert all(r["rounds"] >= 5 and r["counts"]["tx"] >= 3 * r["rounds"] for r in reports.values()), reports
+    assert sum(r["counts"]["claimed"] for r in reports.values()) > 0, reports
     # A writer may have claimed and finished the job first: then cancel rightly answers 409.
     bad = [(what, code) for what, code in codes if code >= 300 and (what, code) != ("cancel", 409)]
-    assert len(codes) > 50 and bad == [], bad
+    assert len(codes) == 5 * API_ROUNDS and bad == [], bad
     assert "database is locked" not in (tmp_path / "serve-0.log").read_text(errors="replace")
