@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     predict_queue_max: int = Field(16, ge=1)  # calls waiting on the inference helper; past it a 503
     render_processes: int = Field(1, ge=1)  # picture render processes (matplotlib outside the API process)
     render_queue_max: int = Field(8, ge=1)  # distinct renders in flight; past it a 503
-    renders_per_minute: int = Field(30, ge=1)  # distinct uncached renders one caller may start a minute; past it a 429
+    renders_per_minute: int = Field(120, ge=1)  # distinct uncached renders one caller may start a minute; past it a 429
 
     # Job cost budget: estimated at submit time from the spec; over it is a 422.
     max_job_flops: float = Field(5e14, gt=0)  # estimated training + test FLOPs of one job

@@ -124,8 +124,16 @@ export async function sendJSON(method, path, bodyText) {
 
 const shown = new WeakMap(); // img -> the ETag of what it shows
 
+// A picture the server cannot draw just now (429: this token's new pictures a minute; 503: every
+// render slot busy) keeps the one shown: the next refresh asks again.
 export async function loadPicture(img, path) {
-  const response = await api(path, { accept: "image/png" });
+  let response;
+  try {
+    response = await api(path, { accept: "image/png" });
+  } catch (error) {
+    if (error instanceof ApiError && [429, 503].includes(error.status) && img.src) return;
+    throw error;
+  }
   const etag = response.headers.get("ETag");
   if (etag !== null && shown.get(img) === etag) return; // unchanged: no flicker, no new blob
   const url = URL.createObjectURL(await response.blob());
