@@ -31,7 +31,9 @@ $(DEV_STAMP): $(STAMP)
 	touch $(DEV_STAMP)
 
 serve: setup
-	@echo "serving on http://127.0.0.1:8000; in another shell: source $(VENV)/bin/activate; mnist-jobs --help"
+	@# The address as MNIST_JOBS_HOST / MNIST_JOBS_PORT set it (a .env file is read by serve only).
+	@echo "serving on http://$${MNIST_JOBS_HOST:-127.0.0.1}:$${MNIST_JOBS_PORT:-8000}; in another shell: source $(VENV)/bin/activate; mnist-jobs --help"
+	@test -z "$${MNIST_JOBS_PORT:-}" || echo "(there, export MNIST_JOBS_PORT=$${MNIST_JOBS_PORT} too, or MNIST_JOBS_URL=http://127.0.0.1:$${MNIST_JOBS_PORT})"
 	-$(BIN)/mnist-jobs data prepare  # a failure is reported; jobs then fail with the same message
 	$(BIN)/mnist-jobs serve
 

@@ -5,7 +5,8 @@ how long a client may take to send its request. `LimitedH11Protocol` is uvicorn'
 
 - the request line and headers bounded by MNIST_JOBS_MAX_HEADER_BYTES (h11's incomplete-event
   limit): past it the connection gets a 431 problem and is closed (a 64 MB header is refused in
-  its first 64 KB; the rest is dropped unread for LINGER_SECONDS, so the client can read the answer);
+  its first 64 KB; up to LINGER_BYTES more are dropped unread for LINGER_SECONDS, so a client still
+  sending can read the answer);
 - every request read whole (head and body) within MNIST_JOBS_REQUEST_READ_TIMEOUT_SECONDS of its
   first byte, and a new connection's first byte within the same time: a client that trickles its
   head or its body (slowloris) gets a 408 problem, or only the close when its answer has begun;
@@ -31,9 +32,12 @@ from service.config import Settings
 
 REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 400: "Bad Request"}
 # After a refusal the connection is half-closed and what the client still sends is read and
-# dropped for this long (a lingering close, as nginx does): closing at once with unread bytes would
-# reset the connection, and the client would lose the answer.
+# dropped, for up to LINGER_SECONDS and LINGER_BYTES (a lingering close, as nginx does): closing at
+# once with unread bytes would reset the connection before a client that is still sending has read
+# the answer. Past LINGER_BYTES the connection is closed anyway: dropping a 64 MB header would cost
+# the event loop more than the client is owed.
 LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -83,6 +87,7 @@ class LimitedH11Protocol(H11Protocol):
         self.conn = self.limited = _Connection(h11.SERVER, self.max_head_bytes)
         self.read_deadline: asyncio.TimerHandle | None = None
         self.lingering: asyncio.TimerHandle | None = None
+        self.dropped = 0  # bytes read and dropped since the refusal
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -95,8 +100,11 @@ class LimitedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering is not None:
-            return  # refused: dropped unread
+        if self.lingering is not None:  # refused: dropped unread, up to LINGER_BYTES
+            self.dropped += len(data)
+            if self.dropped > LINGER_BYTES:
+                self.transport.close()
+            return
         if self.read_deadline is None and self.conn.their_state is h11.IDLE:
             self._arm()  # the first byte of a request on a kept-alive connection
         super().data_received(data)
