@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -34,6 +35,9 @@ from service.pictures import PictureCache
 T = TypeVar("T")
 RENDERS_PER_PROCESS = 25  # pictures a render process draws before it is replaced (its memory goes with it)
 RENDER_RETRY_AFTER_SECONDS = 2
+# Render processes run niced: a picture is background work, and on a small host the API's own
+# answers (and the workers' training) go first when they compete for a core.
+RENDER_NICENESS = 10
 CALLERS_KEPT = 10_000  # callers whose render times are remembered at once
 # The render processes fork from a server that has the picture code loaded: a fresh one starts in
 # milliseconds, and nothing of the API process (threads, sockets, the database) is forked.
@@ -153,7 +157,11 @@ class RenderPool:
         with self._lock:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
-                    self.processes, mp_context=_context, max_tasks_per_child=RENDERS_PER_PROCESS
+                    self.processes,
+                    mp_context=_context,
+                    max_tasks_per_child=RENDERS_PER_PROCESS,
+                    initializer=os.nice,
+                    initargs=(RENDER_NICENESS,),
                 )
             return self._executor
 

@@ -87,7 +87,9 @@ def test_pictures_render_outside_the_api_process(client):
     picture(client.get("/v1/datasets/mnist/samples.png", params={"count": 3}))
     executor = client.app.state.renders._executor
     assert executor is not None
-    assert {p.pid for p in executor._processes.values()} - {os.getpid()}, "drawn in a render process"
+    renderers = {p.pid for p in executor._processes.values()} - {os.getpid()}
+    assert renderers, "drawn in a render process"
+    assert all(os.getpriority(os.PRIO_PROCESS, pid) >= 10 for pid in renderers), "niced below the API"
 
 
 def test_a_caller_past_its_renders_per_minute_gets_429_while_cached_pictures_are_served(client):
