@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import h11
@@ -38,6 +41,8 @@ REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 400: 
 # the event loop more than the client is owed.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
+# One log line per refused status this often, with a count of the others: a flood must not fill the log.
+LOG_EVERY_SECONDS = 10.0
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -146,7 +151,7 @@ class LimitedH11Protocol(H11Protocol):
         self._refuse(408, detail)
 
     def _refuse(self, status: int, detail: str) -> None:
-        self.logger.warning("HTTP %d from the server's limits: %s", status, detail)
+        _log_refusal(self.logger, status, detail)
         self._disarm()
         self.transport.write(problem_bytes(status, detail))
         if not self.transport.can_write_eof():
@@ -154,3 +159,18 @@ class LimitedH11Protocol(H11Protocol):
             return
         self.transport.write_eof()
         self.lingering = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+_last_logged: dict[int, float] = {}
+_not_logged: Counter[int] = Counter()
+
+
+def _log_refusal(logger: logging.Logger, status: int, detail: str) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(status, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
+        _not_logged[status] += 1
+        return
+    more = _not_logged.pop(status, 0)
+    _last_logged[status] = now
+    since = f" (and {more} more in the last {LOG_EVERY_SECONDS:g} s or so)" if more else ""
+    logger.warning("HTTP %d from the server's limits: %s%s", status, detail, since)
