@@ -1,5 +1,5 @@
 # make setup: build .venv from nothing (what serving needs: the server and its client); make serve:
-# API + workers on SQLite; make test: lint, then the whole suite (SQLite and PostgreSQL); make
+# API + workers on SQLite; make test: lint, the docs, then the whole suite (SQLite and PostgreSQL); make
 # test-fast: the unit half (no processes, no sockets); make test-postgres: the database tests on
 # PostgreSQL only; make lint: ruff + mypy. The test and lint tools install with the first of those.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev serve test test-fast test-postgres test-browser lint format bench gpu-check clean
+.PHONY: setup setup-dev serve test test-fast test-postgres test-browser lint docs format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,12 @@ format: setup-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# The documentation site (docs/, mkdocs.yml) into var/site/, in strict mode: a broken link, a missing
+# anchor or a page left out of the nav fails it.
+docs: setup-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
 # test-fast leaves out the PostgreSQL half (it would add ~17 s on two cores, past a minute).

@@ -15,7 +15,7 @@ def pause_outside_a_write(database_url: str, victim: subprocess.Popen[bytes]) ->
 
     SQLite has one writer: a process stopped inside its write transaction blocks every other writer
     (the reaper included) until it runs again or dies, which no lease can undo (a limitation the
-    README states). So: stop it, probe for the write lock, and if it is held, let the worker run a
+    docs state). So: stop it, probe for the write lock, and if it is held, let the worker run a
     moment and try again. PostgreSQL ends such a session after idle_in_transaction_session_timeout,
     so there any moment is fair (one try). RuntimeError when every try found the lock held."""
     if not database_url.startswith("sqlite:///"):

@@ -3,7 +3,7 @@
 SQLite's online backup API copies the database page by page under its own locking, so the copy is
 one consistent state even while workers and the API write (WAL included): what a job's row says
 and its epochs say always agree in the copy. The copy is written beside FILE and renamed onto it,
-0600 like the database. PostgreSQL has its own tools (the README gives the pg_dump command).
+0600 like the database. PostgreSQL has its own tools (docs/postgresql.md gives the pg_dump command).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def sqlite_path(database_url: str) -> Path:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         raise InvalidInput(
-            f"db backup copies SQLite files; {url.get_backend_name()} has its own tools (see the README: pg_dump)",
+            f"db backup copies SQLite files; {url.get_backend_name()} has its own tools (see docs/postgresql.md: pg_dump)",
             field="database_url",
         )
     return Path(url.database)

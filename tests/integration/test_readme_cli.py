@@ -1,9 +1,10 @@
-"""The README's quick start and command-line examples, run as printed against a live server.
+"""The quick start and command-line examples, run as printed against a live server.
 
-Each `mnist-jobs ...` line of the `sh` blocks in "Quick start" and "The command line" runs through
-bash with the venv's bin folder on PATH, as a user who followed the quick start runs it. The only
-changes are the ones a reader makes: an example job id (`ID`, or hex such as `728f`) becomes a real
-job's prefix of the same length. A documented command or flag that stops working fails here.
+Each `mnist-jobs ...` line of the `sh` blocks in the README's "Quick start" and "The experiment in
+five commands" and in docs/cli.md runs through bash with the venv's bin folder on PATH, as a user
+who followed the quick start runs it. The only changes are the ones a reader makes: an example job
+id (`ID`, or hex such as `728f`) becomes a real job's prefix of the same length. A documented
+command or flag that stops working fails here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tests.support.settings import settings_env
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ("Quick start", "The command line")
+# (file, section title); None: the whole page
+SECTIONS = (("README.md", "Quick start"), ("README.md", "The experiment in five commands"), ("docs/cli.md", None))
 EXAMPLE_ID = re.compile(r"^(ID|[0-9a-f]{4,32})$")
 EXIT_CONFLICT = 7  # the CLI's code for a call that does not fit the job's state (cancel of an ended job)
 
@@ -36,10 +38,10 @@ def section(readme: str, title: str) -> str:
 def documented_commands() -> list[str]:
     """Every `mnist-jobs` command of the sections' sh blocks, comments dropped; a line holding
     several commands side by side (separated by two or more spaces) gives each one."""
-    readme = (REPO / "README.md").read_text()
     commands: list[str] = []
-    for title in SECTIONS:
-        for block in re.findall(r"```sh\n(.*?)```", section(readme, title), flags=re.S):
+    for file, title in SECTIONS:
+        text = (REPO / file).read_text()
+        for block in re.findall(r"```sh\n(.*?)```", text if title is None else section(text, title), flags=re.S):
             for line in block.splitlines():
                 code = line.split(" # ", 1)[0].strip()
                 if code.startswith("mnist-jobs "):

@@ -1,8 +1,8 @@
-"""The README's "Using a model without mnist-jobs" blocks, run as printed on models a real server made.
+"""docs/models.md's "Using a model without mnist-jobs" blocks, run as printed on models a real server made.
 
 `mnist-jobs serve` with one worker trains an FC job on natural pixels and a CNN job on permuted ones
 (the small IDX files); both formats of each are downloaded over HTTP, and each marked block of
-README.md runs in its own interpreter with MODEL and DATA_DIR set. Each prints the accuracy, which
+docs/models.md runs in its own interpreter with MODEL and DATA_DIR set. Each prints the accuracy, which
 must be the job's own `result.test_accuracy`, exactly.
 """
 
@@ -28,9 +28,9 @@ SPECS = [
 
 
 def snippets() -> dict[str, str]:
-    """README.md's marked python blocks, by marker."""
-    found = {marker: code for code, marker in SNIPPET.findall((REPO / "README.md").read_text())}
-    assert set(found) == {"torch", "onnx"}, f"README.md's marked blocks: {sorted(found)}"
+    """docs/models.md's marked python blocks, by marker."""
+    found = {marker: code for code, marker in SNIPPET.findall((REPO / "docs" / "models.md").read_text())}
+    assert set(found) == {"torch", "onnx"}, f"docs/models.md's marked blocks: {sorted(found)}"
     return found
 
 

@@ -1,4 +1,4 @@
-"""The exit codes of `mnist-jobs`, in one table: `--help` and the README print it."""
+"""The exit codes of `mnist-jobs`, in one table: `--help` and docs/cli.md print it."""
 
 from __future__ import annotations
 
