@@ -5,7 +5,7 @@ An artifact is addressed by its key, a relative path such as `jobs/<job id>/epoc
 which the database records with its sha256; no row holds an absolute path. So the artifacts root
 may be a shared filesystem mounted at a different path on each host (NFS, CephFS, a bind mount):
 a checkpoint a worker on one host wrote is served by the API on another. An object store fits the
-same interface (see docs/architecture.md): keys become object names, `link` a server-side copy,
+same interface (see docs/postgresql.md): keys become object names, `link` a server-side copy,
 `local_path` a download into a local cache checked against the recorded sha256.
 """
 
