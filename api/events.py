@@ -187,11 +187,6 @@ class Broadcaster:
             else:
                 self._by_job.setdefault(subscription.job_id, set()).add(subscription)
 
-    @property
-    def subscribers(self) -> int:
-        with self._lock:
-            return len(self._every) + sum(len(found) for found in self._by_job.values())
-
     def _latest(self) -> int:
         with self.db.read() as session:
             return events.latest_id(session)

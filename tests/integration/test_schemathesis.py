@@ -1,5 +1,5 @@
-"""Schemathesis against the app's own OpenAPI document, in process through the ASGI app (issue 10,
-item 9): a bounded, deterministic run (fixed examples per operation, derandomized) that must find no
+"""Schemathesis against the app's own OpenAPI document, in process through the ASGI app: a
+bounded, deterministic run (fixed examples per operation, derandomized) that must find no
 5xx and no answer the document does not describe (status, content type, headers, body schema).
 
 Driven by hand (each operation's strategy under hypothesis) rather than by schemathesis's pytest

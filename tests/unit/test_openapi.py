@@ -1,4 +1,4 @@
-"""The OpenAPI document tells the truth (issue 10, item 8): every error an operation answers with is
+"""The OpenAPI document tells the truth: every error an operation answers with is
 documented as application/problem+json with the one Problem schema; 405s carry Allow; a body that is
 not JSON names where it broke; Swagger UI and ReDoc load nothing from another origin."""
 

@@ -1,4 +1,4 @@
-"""Property tests (issue 10, item 9): the job spec model and the list cursor codec take any input and
+"""Property tests: the job spec model and the list cursor codec take any input and
 either accept it, with every result well-defined, or refuse it with the one error they document.
 Deterministic (derandomized, no example database), so a failure here fails every run."""
 

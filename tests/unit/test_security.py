@@ -1,5 +1,5 @@
 """Callers and hostile requests through the real app: tokens and roles, Host allow-list, media types,
-body limits, queue limit, per-caller idempotency (issue 10, items 1-2 and the body limit of 3)."""
+body limits, queue limit, per-caller idempotency."""
 
 from __future__ import annotations
 
