@@ -25,7 +25,7 @@ def sqlite_path(database_url: str) -> Path:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         raise InvalidInput(
-            f"db backup copies SQLite files; {url.get_backend_name()} has its own tools (see docs/postgresql.md: pg_dump)",
+            f"db backup copies SQLite files; {url.get_backend_name()} has its own tools (docs/postgresql.md: pg_dump)",
             field="database_url",
         )
     return Path(url.database)
