@@ -1,5 +1,9 @@
 """Dependencies: the app's settings and database, and who is calling, shared by every request.
 
+They are async: none blocks (the tokens file is stat-ed, read only when it changed), and a sync
+dependency costs a request a turn of the event loop and a thread each, which a busy loop makes
+seconds.
+
 Routes take the caller as one annotated parameter (`caller: Submitter`) or, when they only need
 the role, list it in `dependencies=[require(Role.read)]`.
 """
@@ -24,17 +28,17 @@ from service.storage import ArtifactStore
 T = TypeVar("T")
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
@@ -48,7 +52,7 @@ Artifacts = Annotated[ArtifactStore, Depends(get_store)]
 bearer = HTTPBearer(auto_error=False, description="A token from `mnist-jobs tokens create`")
 
 
-def get_caller(
+async def get_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Caller:
     store: TokenStore | None = request.app.state.tokens
@@ -62,7 +66,7 @@ def get_caller(
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 
 
-def get_caller_check(
+async def get_caller_check(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Callable[[], str | None] | None:
     """For a response that outlives its request (an event stream): a check of the caller's token
@@ -81,7 +85,7 @@ CallerCheck = Annotated[Callable[[], str | None] | None, Depends(get_caller_chec
 def require(role: Role) -> Any:
     """A dependency that lets through callers with at least `role` (403 otherwise)."""
 
-    def check(caller: CurrentCaller) -> Caller:
+    async def check(caller: CurrentCaller) -> Caller:
         caller.require(role)
         return caller
 

@@ -50,11 +50,11 @@ class Service:
     """A database (migrated by `mnist-jobs db upgrade`), an API and worker processes; logs and
     artifacts under `folder`. Every process it started is stopped by close()."""
 
-    def __init__(self, folder: Path, database_url: str, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, database_url: str, env: dict[str, str], port: int | None = None) -> None:
         folder.mkdir()
         self.folder, self.database_url = folder, database_url
         self.env = env | {"MNIST_JOBS_DATABASE_URL": database_url, "MNIST_JOBS_ARTIFACTS_DIR": str(folder / "art")}
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.url = f"http://127.0.0.1:{port or free_port()}"
         self.api: subprocess.Popen[bytes] | None = None
         self.api_starts = 0
         self.api_exits: list[int] = []  # exit status of each API process stopped

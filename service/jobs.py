@@ -173,9 +173,12 @@ def steps(session: Session, job_id: str, *, from_step: int, limit: int) -> list[
     return list(session.scalars(query))
 
 
-def cancel(session: Session, job_id: str) -> Job:
-    """Queued: cancelled at once. Running: flagged; its worker stops at the next step boundary."""
+def cancel(session: Session, job_id: str, caller: Caller | None = None) -> Job:
+    """Queued: cancelled at once. Running: flagged; its worker stops at the next step boundary.
+    With `caller`: only a job it may change (Forbidden otherwise), checked on the row read here."""
     job = get(session, job_id)
+    if caller is not None:
+        caller.require_owner(job.submitted_by)
     if JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} is already {job.status}", field="status")
     if job.status == JobStatus.queued.value:

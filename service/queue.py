@@ -180,6 +180,18 @@ def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Pr
     return bool(cancel_requested)
 
 
+def cancels_requested(session: Session, leases: Sequence[Lease]) -> set[str]:
+    """The jobs of `leases` still running under them that a cancel was asked of. A read: on SQLite
+    (WAL) it never waits for the write lock, however many writers queue for it."""
+    tokens = {lease.job_id: lease.token for lease in leases}
+    if not tokens:
+        return set()
+    rows = session.execute(
+        select(Job.id, Job.lease_token).where(Job.id.in_(tokens), Job.status == RUNNING, Job.cancel_requested.is_(True))
+    )
+    return {row.id for row in rows if row.lease_token == tokens[row.id]}
+
+
 def note_resume(session: Session, lease: Lease, epoch: int, step: int) -> None:
     """Record on the attempt where its training resumed from."""
     _fenced(session, lease)

@@ -33,6 +33,9 @@ class Heartbeat(threading.Thread):
 
     A cancel request sets that job's live.stop_reason to `cancelled`; a lost lease to `lease_lost`
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
+    Cancels are read before that write, in a read of their own: the write waits its turn for the
+    database's one write lock (behind the API's writes, on SQLite) and renews every held job before
+    it commits, and a cancel must not wait for either.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
+        self.watch_cancels()
         started = time.monotonic()  # before the database's clock is read: the renewed lease holds past it
         cancelled, lost = [], []
         taken: list[tuple[Held, list[StepMetrics]]] = []
@@ -90,6 +94,13 @@ class Heartbeat(threading.Thread):
             log.warning("job %s: lease lost; stopping its training", held.claim.job_id)
             held.live.stop_reason = Outcome.lease_lost
             self.held.remove(held)
+
+    def watch_cancels(self) -> None:
+        with self.db.read() as session:
+            asked = queue.cancels_requested(session, [held.claim for held in self.held])
+        for held in self.held:
+            if held.claim.job_id in asked and held.live.stop_reason is None:
+                held.live.stop_reason = Outcome.cancelled
 
     def run(self) -> None:
         while self.held and not self._stop_event.wait(self.period):

@@ -30,8 +30,10 @@ packed job resumes alone, loads into the tutorial's class, and downloads like an
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -149,23 +151,28 @@ class PackedFCTrainer:
             partial,
         )
 
-    @torch.inference_mode()
-    def evaluate(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, batch_size: int, go_on: Callable[[], bool] = lambda: True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per job: mean test loss (float64), correct count and confusion matrix (J, 10, 10), summed
-        as evaluation.evaluate sums them."""
+        as evaluation.evaluate sums them. `go_on` is asked before each test batch (outside inference
+        mode: it may take a job's checkpoint); once it says no, the sums are incomplete."""
         jobs = len(self.specs)
         loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
         correct = torch.zeros(jobs, dtype=torch.int64, device=self.device)
         confusion = torch.zeros(jobs, CLASSES * CLASSES, dtype=torch.int64, device=self.device)
         total = len(self.x_test)
         for start in range(0, total, batch_size):
-            rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
-            out = self.forward(self.inputs(self.x_test, rows))
-            target = self.y_test[start : start + batch_size]
-            loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
-            predicted = out.argmax(-1)
-            correct += (predicted == target).sum(1)
-            confusion += confusion_counts(target, predicted)
+            if not go_on():
+                break
+            with torch.inference_mode():
+                rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
+                out = self.forward(self.inputs(self.x_test, rows))
+                target = self.y_test[start : start + batch_size]
+                loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
+                predicted = out.argmax(-1)
+                correct += (predicted == target).sum(1)
+                confusion += confusion_counts(target, predicted)
         return loss_sum / total, correct, confusion.view(jobs, CLASSES, CLASSES)
 
     def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
@@ -191,10 +198,11 @@ class PackedFCTrainer:
             if not self.active:
                 return {}
 
+            # A pack's evaluation and epoch records take seconds on a busy CPU: a stop asked meanwhile
+            # is answered between test batches and between records, not at the next epoch's first step.
             started = time.perf_counter()
-            test_loss, correct, confusion = self.evaluate(spec.test_batch_size)
-            for generator in self.generators:
-                draw_loader_seeds(generator)  # the tutorial's shuffling test loader
+            go_on = functools.partial(self._any_left, epoch - 1, steps, orders, loss_sum, callbacks)
+            test_loss, correct, confusion = self.evaluate(spec.test_batch_size, go_on)
             self.test_seconds += time.perf_counter() - started
             test_losses = test_loss.tolist()
             for j in self._diverged(test_losses):
@@ -203,6 +211,12 @@ class PackedFCTrainer:
             if not self.active:
                 return {}
             for j in list(self.active):
+                if self.lives[j].stop_reason is not None:
+                    self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
+                    continue
+                # After the job's evaluation, as the tutorial's shuffling test loader draws them; a job
+                # that leaves before this resumes at the evaluation, which draws them then.
+                draw_loader_seeds(self.generators[j])
                 metrics = EpochRecord(
                     epoch=epoch,
                     train_loss=train_loss_sums[j] / steps,
@@ -273,6 +287,12 @@ class PackedFCTrainer:
         for j in list(self.active):
             if self.lives[j].stop_reason is not None:
                 self._leave(j, epochs_done, step, orders, loss_sum, callbacks)
+
+    def _any_left(
+        self, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor, callbacks: Callbacks
+    ) -> bool:
+        self._drop_stopped(epochs_done, step, orders, loss_sum, callbacks)
+        return bool(self.active)
 
     def _leave(
         self, j: int, epochs_done: int, step: int, orders: torch.Tensor, loss_sum: torch.Tensor, callbacks: Callbacks

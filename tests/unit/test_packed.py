@@ -73,3 +73,38 @@ def test_a_job_stopped_before_its_first_step_leaves_the_pack_with_its_start_stat
     reason, state = recorded.stops[1]
     assert reason is Outcome.cancelled and state.epoch == 0 and state.partial is not None and state.partial.step == 0
     assert results[0].correct == trainer_for(settings, specs[0]).run(Recorded())[0].correct
+
+
+class StopsAnother(Recorded):
+    """Callbacks that ask job `then` to stop once job `first`'s epoch is recorded: as a heartbeat
+    would while the pack records its epoch (or evaluates it)."""
+
+    def __init__(self, lives: list[Live], first: int, then: int) -> None:
+        super().__init__()
+        self.lives, self.first, self.then = lives, first, then
+
+    def on_epoch(self, index: int, metrics, checkpoint) -> None:
+        super().on_epoch(index, metrics, checkpoint)
+        if index == self.first:
+            self.lives[self.then].stop_reason = Outcome.handed_back
+
+
+def test_a_stop_asked_while_the_pack_ends_its_epoch_leaves_unrecorded_and_resumes_to_the_same_bits(settings):
+    specs = pack_specs(3, epochs=2)  # job 1 is permuted
+    lives = [Live() for _ in specs]
+    recorded = StopsAnother(lives, first=0, then=1)
+    results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
+    assert sorted(results) == [0, 2], "the others carry on"
+    assert 1 not in recorded.epochs, "a job asked to stop records no more epochs"
+    reason, state = recorded.stops[1]
+    assert reason is Outcome.handed_back and state.epoch == 0
+    assert state.partial is not None and state.partial.step == lives[1].steps, "at its evaluation"
+
+    resumed = trainer_for(settings, specs[1], resume=reloaded(state))
+    resumed.run(Recorded())
+    straight = trainer_for(settings, specs[1])
+    straight.run(Recorded())
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert resumed.metrics == straight.metrics
+    assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
