@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import fault_checks as checks
 from bench.fault_checks import Row
-from bench.fault_service import Service, prepare_data, service_env
+from bench.fault_service import LIMITS_OFF, Service, prepare_data, service_env
 from bench.faults import pause_outside_a_write
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class FaultRun:
             "shutdown_grace_seconds": 5,
             "max_attempts": args.max_attempts,
             "step_metrics_every": 1,
+            **LIMITS_OFF,  # the run's checks read every job's stream and page through all jobs
         }
         self.env = service_env(work / "data", prepare_data(work / "data", args.data), settings)
         self.events: Counter[str] = Counter()
