@@ -21,6 +21,19 @@ def pack_specs(size: int, epochs: int = 2):
     ]
 
 
+def resumed_and_straight(settings, spec, state):
+    """The job resumed from `state` and the same job trained straight through, once each: the same
+    bits, weights and metrics (asserted here), and both trainers for further checks."""
+    resumed = trainer_for(settings, spec, resume=reloaded(state))
+    resumed.run(Recorded())
+    straight = trainer_for(settings, spec)
+    straight.run(Recorded())
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert resumed.metrics == straight.metrics
+    return resumed, straight
+
+
 @pytest.mark.parametrize("size", [1, 2, 7])
 def test_every_tensor_of_a_packed_job_equals_the_job_trained_alone(settings, size):
     specs = pack_specs(size)
@@ -54,13 +67,7 @@ def test_a_packed_job_resumes_alone_from_its_checkpoint_to_the_same_bits(setting
     assert reason is Outcome.handed_back and state.epoch == 1
     assert state.partial is not None and state.partial.step == stop_at[1]
 
-    resumed = trainer_for(settings, specs[1], resume=reloaded(state))
-    resumed.run(Recorded())
-    straight = trainer_for(settings, specs[1])
-    straight.run(Recorded())
-    for name, tensor in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[name], tensor), name
-    assert resumed.metrics == straight.metrics
+    resumed_and_straight(settings, specs[1], state)
 
 
 def test_a_job_stopped_before_its_first_step_leaves_the_pack_with_its_start_state(settings):
@@ -100,11 +107,5 @@ def test_a_stop_asked_while_the_pack_ends_its_epoch_leaves_unrecorded_and_resume
     assert reason is Outcome.handed_back and state.epoch == 0
     assert state.partial is not None and state.partial.step == lives[1].steps, "at its evaluation"
 
-    resumed = trainer_for(settings, specs[1], resume=reloaded(state))
-    resumed.run(Recorded())
-    straight = trainer_for(settings, specs[1])
-    straight.run(Recorded())
-    for name, tensor in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[name], tensor), name
-    assert resumed.metrics == straight.metrics
+    resumed, straight = resumed_and_straight(settings, specs[1], state)
     assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
