@@ -75,14 +75,23 @@ async def answer_of(reader: asyncio.StreamReader) -> tuple[str, float]:
         return f"no answer ({type(exc).__name__})", time.monotonic()
 
 
+async def connect(
+    t: Target, seen: Counter[str], label: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A raw connection to the server, or None with the refusal counted under `label`."""
+    try:
+        return await asyncio.open_connection(t.host, t.port)
+    except OSError as exc:
+        seen[f"{label} {type(exc).__name__}"] += 1
+        return None
+
+
 async def one_huge_header(t: Target, size: int, seen: Counter[str], waits: list[float], sent: list[int]) -> None:
     """One request whose single header is `size` bytes: sent until the server answers or hangs up."""
     started = time.monotonic()
-    try:
-        reader, writer = await asyncio.open_connection(t.host, t.port)
-    except OSError as exc:
-        seen[f"connect: {type(exc).__name__}"] += 1
+    if (opened := await connect(t, seen, "connect:")) is None:
         return
+    reader, writer = opened
     answer = asyncio.create_task(answer_of(reader))
     written = 0
     try:
@@ -129,11 +138,9 @@ async def one_slow(t: Target, kind: str, deadline: float, closed: dict[str, list
     body short of its Content-Length ('body'). When and how the server ended it."""
     await asyncio.sleep(random.random())  # spread over the first second
     started = time.monotonic()
-    try:
-        reader, writer = await asyncio.open_connection(t.host, t.port)
-    except OSError as exc:
-        seen[f"{kind}: connect {type(exc).__name__}"] += 1
+    if (opened := await connect(t, seen, f"{kind}: connect")) is None:
         return
+    reader, writer = opened
     token = t.tokens["slowloris"]
     if kind == "body":
         head = f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from service import queue
+from service import jobs, queue
 from service.config import Settings
 from service.db import Database
-from service.schemas import EpochRecord, TrainResult
+from service.queue import Claim
+from service.schemas import EpochRecord, TrainResult, job_spec_adapter
 from service.storage import open_store
 
 
@@ -24,6 +25,17 @@ def result(accuracy: float) -> TrainResult:
         device="cpu",
         torch_version=metadata.version("torch"),
     )
+
+
+def two_claims(db: Database, lease_seconds: float) -> tuple[Claim, Claim]:
+    """Two FC jobs of one shape, submitted and claimed together by worker "w"."""
+    spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
+    with db.write() as session:
+        for _ in range(2):
+            jobs.enqueue(session, spec, default_max_attempts=3)
+    with db.write() as session:
+        first, second = queue.claim(session, "w", lease_seconds, limit=2)
+    return first, second
 
 
 def end_jobs(db: Database, outcomes: dict[str, float | str]) -> list[str]:

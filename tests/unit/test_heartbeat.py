@@ -10,12 +10,12 @@ import time
 import pytest
 from sqlalchemy import select, text
 
-from service import jobs, queue
+from service import jobs
 from service.db import Database
 from service.models import Job
-from service.schemas import job_spec_adapter
 from service.states import Outcome
 from service.training.engine import Live
+from tests.support.queue import two_claims
 from workers.heartbeat import Heartbeat, Held
 
 pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
@@ -24,12 +24,8 @@ HANG_SECONDS = 60  # only a hang (or a heartbeat that waits for the lock first) 
 
 
 def test_a_cancel_is_seen_while_another_process_holds_the_write_lock(settings, db):
-    spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
+    cancelled, other = two_claims(db, 60)
     with db.write() as session:
-        for _ in range(2):
-            jobs.enqueue(session, spec, default_max_attempts=3)
-    with db.write() as session:
-        cancelled, other = queue.claim(session, "w", 60, limit=2)
         jobs.cancel(session, cancelled.job_id)
     helds = [Held(claim, Live()) for claim in (cancelled, other)]
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from sqlalchemy import update
 
-from service import jobs, queue
 from service.models import Job
-from service.schemas import FCSpec, job_spec_adapter
+from service.schemas import FCSpec
 from service.states import Outcome
 from service.training.engine import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors
+from tests.support.queue import two_claims
 from tests.support.training import Recorded, make_spec, trainer_for
 from workers.heartbeat import Heartbeat, Held
 
@@ -82,12 +82,7 @@ def test_in_a_pack_only_the_job_whose_lease_was_lost_leaves(settings):
 
 
 def test_each_heartbeat_moves_the_lease_deadline_on_and_a_lost_lease_stops_the_job(db):
-    spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
-    with db.write() as session:
-        for _ in range(2):
-            jobs.enqueue(session, spec, default_max_attempts=3)
-    with db.write() as session:
-        kept, lost = queue.claim(session, "w", 30, limit=2)
+    kept, lost = two_claims(db, 30)
     assert kept.lease_from <= time.monotonic()
     helds = [Held(claim, Live(lease_until=claim.lease_from + 30)) for claim in (kept, lost)]
     with db.write() as session:  # another worker took `lost` over
