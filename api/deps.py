@@ -17,6 +17,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.limits import KNOWN_CALLER
 from api.strict_query import reject_unknown_query
 from service.auth import OPEN, Caller, Role, TokenStore, authenticate, still_valid
 from service.config import Settings
@@ -58,6 +59,9 @@ async def get_caller(
     store: TokenStore | None = request.app.state.tokens
     if store is None:  # no tokens configured: the open mode (loopback only unless --insecure)
         return OPEN
+    known: Caller | None = request.scope.get("state", {}).get(KNOWN_CALLER)
+    if known is not None:  # this request's token, already checked by the fair-share middleware
+        return known
     if credentials is None:
         raise Unauthorized("this server needs 'Authorization: Bearer <token>'")
     return authenticate(store.tokens(), credentials.credentials)

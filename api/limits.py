@@ -35,6 +35,7 @@ from service.errors import Unauthorized
 EXEMPT = re.compile(r"/healthz(/.*)?")
 STREAMS = re.compile(r"/v1/(jobs/[^/]+/)?events")
 POLICY = "burst"
+KNOWN_CALLER = "mnist_jobs.caller"  # the request state's key for the Caller authenticated here
 BUCKETS_KEPT = 10_000  # callers remembered at once; a full bucket is forgotten first (it is a new one)
 
 
@@ -88,14 +89,18 @@ class TokenBuckets:
 
 
 def caller_key(scope: Scope, tokens: TokenStore | None) -> str:
-    """`token:<id>` for a known token, else `address:<client host>`."""
+    """`token:<id>` for a known token, else `address:<client host>`. A known token's Caller is kept
+    in the request's state (KNOWN_CALLER), so the auth dependency does not check it again."""
     authorization = Headers(scope=scope).get("authorization", "")
     scheme, _, presented = authorization.partition(" ")
     if tokens is not None and scheme.lower() == "bearer" and presented.strip():
         try:
-            return f"token:{authenticate(tokens.tokens(), presented.strip()).id}"
+            caller = authenticate(tokens.tokens(), presented.strip())
         except Unauthorized:
             pass
+        else:
+            scope.setdefault("state", {})[KNOWN_CALLER] = caller
+            return f"token:{caller.id}"
     client = scope.get("client")
     return f"address:{client[0] if client else 'unknown'}"
 
