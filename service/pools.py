@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -81,12 +81,11 @@ class RenderTask:
 
 @dataclass
 class RenderCounts:
-    """What the pool has done, for tests and the attack bench."""
+    """What the pool has done (the tests read it)."""
 
     rendered: int = 0
     joined: int = 0  # requests that waited for a render another request had started
     cached: int = 0
-    refused: dict[str, int] = field(default_factory=lambda: {"busy": 0, "rate": 0})
 
 
 class RenderPool:
@@ -111,7 +110,6 @@ class RenderPool:
             self.counts.joined += 1
         else:
             if len(self._flights) >= self.max_in_flight:
-                self.counts.refused["busy"] += 1
                 raise Overloaded(
                     f"{self.max_in_flight} pictures are being drawn (MNIST_JOBS_RENDER_QUEUE_MAX); retry shortly",
                     retry_after_seconds=RENDER_RETRY_AFTER_SECONDS,
@@ -131,7 +129,6 @@ class RenderPool:
         while times and now - times[0] >= 60:
             times.popleft()
         if len(times) >= self.per_minute:
-            self.counts.refused["rate"] += 1
             raise TooManyRenders(
                 f"this caller started {self.per_minute} new pictures in the last minute "
                 "(MNIST_JOBS_RENDERS_PER_MINUTE); pictures already drawn are still served",
