@@ -297,7 +297,7 @@ def job_start(db: Database, job_id: str, last_event_id: int | None, viewer: Call
             if job is None:
                 return None
             first = events.after(session, last_event_id, limit=PAGE, job_id=job_id)
-            return JobStart(last_event_id, replay=first, status=JobStatus(job.status))
+            return JobStart(last_event_id, replay=first, status=job.status)
         # The newest id first: a change that commits between the two reads is then sent twice at
         # worst (in the snapshot and as an event), never lost (on PostgreSQL each read is its own
         # snapshot; on SQLite the transaction's first read fixes one for both).

@@ -35,7 +35,6 @@ from service import metrics as queries
 from service.auth import Role
 from service.db import Database
 from service.models import utcnow
-from service.states import JobStatus
 
 PREFIX = "mnist_jobs"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other: "OTHER"
@@ -230,7 +229,7 @@ class DatabaseCollector(Collector):
             rise = sum(max(0, job.samples - self._seen.get(job_id, 0)) for job_id, job in current.items())
             self.samples.inc(rise)
             self._total += rise
-        self._seen = {job_id: job.samples for job_id, job in current.items() if not JobStatus(job.status).is_final}
+        self._seen = {job_id: job.samples for job_id, job in current.items() if not job.status.is_final}
         total = self._total
         mono = time.monotonic()
         self._totals.append((mono, total))

@@ -25,7 +25,7 @@ import torch
 from bench.run import REPO
 from mnist_jobs_client.events import EventParser
 
-FENCED_OUT = "lease lost before it could be marked succeeded"  # workers/runner.py, JobRunner.guarded
+FENCED_OUT = "lease lost before it could be marked succeeded"  # workers/writer.py, JobWriter._end
 Point = tuple[int, int] | None  # (epochs done, step within the next epoch) to resume from; None: from scratch
 Event = tuple[str, dict[str, Any]]
 Claim = tuple[int, str]  # a claim's attempt count and worker id, as its `status` event and its history entry show
@@ -106,7 +106,7 @@ def outcomes(ids: list[str], jobs: dict[str, dict[str, Any]], logs: str) -> list
         for j in found
         if j["status"] == "succeeded" and [m["epoch"] for m in j["metrics"]] != list(range(1, j["spec"]["epochs"] + 1))
     ]
-    source = (REPO / "workers" / "runner.py").read_text()
+    source = (REPO / "workers" / "writer.py").read_text()
     logged = "lease lost before it could be marked %s" in source  # the format string the count relies on
     lost = len(ids) - status["succeeded"]
     return [
@@ -114,7 +114,7 @@ def outcomes(ids: list[str], jobs: dict[str, dict[str, Any]], logs: str) -> list
         Row("results published twice (>1 attempt ended `succeeded`)", str(len(twice)), not twice),
         Row(
             "jobs trained to the end by a fenced-out worker (log line)",
-            str(logs.count(FENCED_OUT)) if logged else "log line gone from workers/runner.py: not counted",
+            str(logs.count(FENCED_OUT)) if logged else "log line gone from workers/writer.py: not counted",
             logged and FENCED_OUT not in logs,
         ),
         Row("succeeded jobs without every epoch's metrics exactly once", str(len(gaps)), not gaps),

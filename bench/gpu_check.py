@@ -30,7 +30,8 @@ from service import jobs
 from service.config import Settings
 from service.db import Database, upgrade
 from service.schemas import AnySpec, TrainResult
-from service.training.engine import Trainer, configure_torch
+from service.training.devices import configure_torch
+from service.training.engine import Trainer
 from service.training.tensors import load_tensors
 
 TOLERANCE = 10  # test images of 10,000

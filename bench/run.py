@@ -34,7 +34,8 @@ from service.datasets.catalog import prepare
 from service.schemas import AnySpec, EpochRecord, FCSpec, job_spec_adapter
 from service.states import Outcome
 from service.training.checkpoints import TrainingState
-from service.training.engine import Live, Trainer
+from service.training.control import Live
+from service.training.engine import Trainer
 from service.training.nets import CNN, FC2Layer
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import MnistTensors, load_tensors, permutation

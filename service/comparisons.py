@@ -140,7 +140,7 @@ def cancel(session: Session, comparison_id: str) -> Comparison:
     """Cancel every job of the comparison that has not ended (the ended ones keep their results)."""
     comparison = get(session, comparison_id)
     for job in member_jobs(session, comparison_id):
-        if not JobStatus(job.status).is_final:
+        if not job.status.is_final:
             jobs.cancel(session, job.id)
     return comparison
 
@@ -151,7 +151,7 @@ def jobs_to_delete(session: Session, comparison_id: str) -> list[str]:
     job is queued or running."""
     get(session, comparison_id)
     members = member_jobs(session, comparison_id)
-    active = [job.id for job in members if not JobStatus(job.status).is_final]
+    active = [job.id for job in members if not job.status.is_final]
     if active:
         raise Conflict(
             f"comparison {comparison_id} has {len(active)} job(s) queued or running; cancel it first", field="status"
@@ -176,12 +176,12 @@ def view(comparison: Comparison, members: list[Job], viewer: Caller | None = Non
         if job.cell_position in by_cell:
             by_cell[job.cell_position].append(job)
     cells = [_cell(cell, by_cell[cell.position]) for cell in comparison.cells]
-    counts = {status: sum(job.status == status.value for job in members) for status in JobStatus}
-    ended = sum(JobStatus(job.status).is_final for job in members)
+    counts = {status: sum(job.status is status for job in members) for status in JobStatus}
+    ended = sum(job.status.is_final for job in members)
     under_way = sum(
         Progress.model_validate(job.progress).fraction
         for job in members
-        if job.progress is not None and not JobStatus(job.status).is_final
+        if job.progress is not None and not job.status.is_final
     )
     failed = [f"cell {cell.position} ({_label(cell)}): {cell.failed[0]}" for cell in cells if cell.failed]
     return ComparisonRead(
@@ -228,7 +228,7 @@ def _label(cell: CellRead) -> str:
 
 
 def _cell(cell: ComparisonCell, members: list[Job]) -> CellRead:
-    won = [job for job in members if job.status == JobStatus.succeeded.value and job.test_accuracy is not None]
+    won = [job for job in members if job.status == JobStatus.succeeded and job.test_accuracy is not None]
     values = [job.test_accuracy for job in won if job.test_accuracy is not None]
     summary = summarize(values)
     return CellRead(
@@ -243,7 +243,7 @@ def _cell(cell: ComparisonCell, members: list[Job]) -> CellRead:
         values=values,
         seeds=[job.seed or 0 for job in won],
         job_ids=[job.id for job in members],
-        failed=[f"{job.id}: {job.error or 'failed'}" for job in members if job.status == JobStatus.failed.value],
+        failed=[f"{job.id}: {job.error or 'failed'}" for job in members if job.status == JobStatus.failed],
     )
 
 

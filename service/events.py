@@ -127,7 +127,7 @@ def status(session: Session, *job_ids: str) -> None:
         [
             StatusEvent(
                 job_id=job_id,
-                status=JobStatus(row.status),
+                status=row.status,
                 attempt=row.attempts,
                 worker_id=row.worker_id,
                 error=row.error,
@@ -137,7 +137,7 @@ def status(session: Session, *job_ids: str) -> None:
             if (row := rows.get(job_id)) is not None
         ],
     )
-    if any(row.status == JobStatus.queued.value for row in rows.values()):
+    if any(row.status == JobStatus.queued for row in rows.values()):
         notify_queued(session)  # idle workers wake on the commit (PostgreSQL; SQLite's poll)
 
 

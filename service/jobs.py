@@ -31,7 +31,7 @@ from service.schemas import (
     job_spec_adapter,
     request_fingerprint,
 )
-from service.states import JobStatus, Outcome
+from service.states import JobStatus
 from service.storage import ArtifactStore, StoredFile
 
 SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
@@ -58,7 +58,7 @@ def scoped_key(idempotency_key: str, submitted_by: str | None) -> str:
 
 def active_count(session: Session, submitted_by: str) -> int:
     """The queued and running jobs one token submitted (its queue, for MAX_QUEUED_PER_TOKEN)."""
-    active = (JobStatus.queued.value, JobStatus.running.value)
+    active = (JobStatus.queued, JobStatus.running)
     query = select(func.count()).select_from(Job).where(Job.submitted_by == submitted_by, Job.status.in_(active))
     return session.scalar(query) or 0
 
@@ -97,7 +97,7 @@ def enqueue(
     stored_spec = spec.model_dump(mode="json")
     job = Job(
         id=str(uuid.uuid4()),
-        status=JobStatus.queued.value,
+        status=JobStatus.queued,
         architecture=spec.architecture,
         dataset=spec.dataset,
         spec=stored_spec,
@@ -179,10 +179,10 @@ def cancel(session: Session, job_id: str, caller: Caller | None = None) -> Job:
     job = get(session, job_id)
     if caller is not None:
         caller.require_owner(job.submitted_by)
-    if JobStatus(job.status).is_final:
+    if job.status.is_final:
         raise Conflict(f"job {job_id} is already {job.status}", field="status")
-    if job.status == JobStatus.queued.value:
-        job.status, job.finished_at = JobStatus.cancelled.value, utcnow()
+    if job.status == JobStatus.queued:
+        job.status, job.finished_at = JobStatus.cancelled, utcnow()
     job.cancel_requested = True
     job.updated_at = utcnow()
     session.flush()
@@ -195,7 +195,7 @@ def delete(session: Session, job_id: str, store: ArtifactStore) -> None:
     cannot be removed raise FilesNotRemoved before the row is touched, so the row stays and
     still points at them: nothing is left on disk that no row knows of."""
     job = get(session, job_id)
-    if not JobStatus(job.status).is_final:
+    if not job.status.is_final:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first", field="status")
     store.delete_job(job_id)
     session.delete(job)
@@ -248,7 +248,7 @@ def view(job: Job, viewer: Caller | None = None) -> JobRead:
         id=job.id,
         name=job.name,
         labels={label.key: label.value for label in job.labels},
-        status=JobStatus(job.status),
+        status=job.status,
         architecture=job.architecture,
         dataset=job.dataset,
         created_at=job.created_at,
@@ -274,7 +274,7 @@ def view(job: Job, viewer: Caller | None = None) -> JobRead:
                 started_at=a.started_at,
                 resumed_from_epoch=a.resumed_from_epoch,
                 resumed_from_step=a.resumed_from_step,
-                ended=None if a.outcome is None else Outcome(a.outcome),
+                ended=None if a.outcome is None else a.outcome,
             )
             for a in job.attempt_rows
         ],

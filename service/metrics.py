@@ -34,7 +34,7 @@ class LiveWorker:
 @dataclass(frozen=True)
 class EndedJob:
     id: str
-    status: str
+    status: JobStatus
     architecture: str
     seconds: float  # finished_at - started_at: the last attempt's run, as the job's JSON shows it
     finished_at: datetime
@@ -42,7 +42,7 @@ class EndedJob:
 
 @dataclass(frozen=True)
 class JobSamples:
-    status: str
+    status: JobStatus
     samples: int  # training samples the job had seen at its last recorded step (0: none yet)
 
 
@@ -50,12 +50,12 @@ def jobs_by_status(session: Session) -> dict[JobStatus, int]:
     """Every status with its count (0 for none), from one grouped COUNT."""
     counts = {status: 0 for status in JobStatus}
     for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-        counts[JobStatus(status)] = count
+        counts[status] = count
     return counts
 
 
 def queue_summary(session: Session, now: datetime) -> QueueSummary:
-    queued = Job.status == JobStatus.queued.value
+    queued = Job.status == JobStatus.queued
     row = session.execute(
         select(func.count().filter(Job.run_after <= now), func.min(Job.created_at)).where(queued)
     ).one()
@@ -79,7 +79,7 @@ def ended_since(session: Session, since: datetime) -> list[EndedJob]:
             Job.finished_at > since,
             Job.started_at.is_not(None),
             Job.reused_from.is_(None),
-            Job.status.in_([status.value for status in FINAL_STATUSES]),
+            Job.status.in_(list(FINAL_STATUSES)),
         )
         .order_by(Job.finished_at, Job.id)
     )
@@ -100,7 +100,7 @@ def samples_seen(session: Session, job_ids: Collection[str]) -> dict[str, JobSam
     its highest recorded step (one index seek per job; the rows lag the trainer by at most
     MNIST_JOBS_STEP_METRICS_EVERY steps, written with the heartbeat)."""
     last_step = select(Step.samples).where(Step.job_id == Job.id).order_by(Step.step.desc()).limit(1).scalar_subquery()
-    wanted = Job.status == JobStatus.running.value
+    wanted = Job.status == JobStatus.running
     if job_ids:
         wanted = or_(wanted, Job.id.in_(list(job_ids)))
     rows = session.execute(select(Job.id, Job.status, func.coalesce(last_step, 0)).where(wanted))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,7 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
+from service.states import JobStatus, Outcome
 from service.storage import StoredFile
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 
 def utcnow() -> datetime:
@@ -47,6 +51,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+class TextEnum(TypeDecorator[E]):
+    """A StrEnum stored as its value in a plain string column (no database enum type, so a new
+    state needs no migration), and read back as the enum."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_type: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum_type(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum_type(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[Mapping[object, TypeEngine[Any] | type[TypeEngine[Any]]]] = {
         datetime: UTCDateTime(),
@@ -58,7 +80,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))  # a service.states.JobStatus value
+    status: Mapped[JobStatus] = mapped_column(TextEnum(JobStatus, 16))
     architecture: Mapped[str] = mapped_column(String(8))
     dataset: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]]  # the JobSpec as stored (seed filled in); read back through job_spec_adapter
@@ -221,7 +243,7 @@ class Attempt(Base):
     worker_id: Mapped[str] = mapped_column(String(36))
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
-    outcome: Mapped[str | None] = mapped_column(String(16))  # a service.states.Outcome value
+    outcome: Mapped[Outcome | None] = mapped_column(TextEnum(Outcome, 16))
     resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
 

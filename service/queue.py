@@ -17,10 +17,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Update, and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from service import events
@@ -30,8 +29,6 @@ from service.models import Attempt, Epoch, Job, Step, utcnow
 from service.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
 from service.states import JobStatus, Outcome
 from service.storage import StoredFile
-
-RUNNING = JobStatus.running.value
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ def claim(
     now = db_now(session)
     oldest = (
         select(Job.id)
-        .where(Job.status == JobStatus.queued.value, Job.run_after <= now)
+        .where(Job.status == JobStatus.queued, Job.run_after <= now)
         .order_by(Job.created_at, Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -75,7 +72,7 @@ def claim(
         update(Job)
         .where(Job.id.in_(oldest.scalar_subquery()))
         .values(
-            status=RUNNING,
+            status=JobStatus.running,
             attempts=Job.attempts + 1,
             lease_token=token,
             worker_id=worker_id,
@@ -120,60 +117,61 @@ def seconds_until_runnable(session: Session) -> float | None:
     """How long until a queued job may be claimed: 0 when one may now, None when none is queued. A
     cheap read (the claim index) that lets idle workers skip a claim's write transaction, and
     tells them when a retry's backoff ends (no notification marks that moment)."""
-    soonest = session.scalar(select(func.min(Job.run_after)).where(Job.status == JobStatus.queued.value))
+    soonest = session.scalar(select(func.min(Job.run_after)).where(Job.status == JobStatus.queued))
     if soonest is None:
         return None
     return max((soonest - db_now(session)).total_seconds(), 0.0)
 
 
-def _fenced(session: Session, lease: Lease, **values: Any) -> None:
-    """The guarded write every worker update goes through; raises LeaseLost when it touches no row."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == RUNNING)
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has it
+def held_by(lease: Lease) -> ColumnElement[bool]:
+    """The fence: the job is still running under this lease. Every worker write, and the reaper's
+    requeue, is guarded by it."""
+    return and_(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == JobStatus.running)
+
+
+def fenced(lease: Lease) -> Update:
+    """An UPDATE of the job guarded by the fence; callers add what they write with .values()."""
+    return update(Job).where(held_by(lease)).values(updated_at=utcnow()).execution_options(synchronize_session=False)
+
+
+def _write(session: Session, lease: Lease, statement: Update) -> None:
+    """Run a fenced UPDATE; raises LeaseLost when it touched no row (another worker owns the job)."""
+    if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has it
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+
+
+def _attempt(lease: Lease) -> ColumnElement[bool]:
+    """The attempt row of the lease's claim."""
+    return and_(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token)
 
 
 def attempt_outcome(session: Session, lease: Lease) -> Outcome | None:
     """How the lease's attempt ended (None while it runs)."""
-    outcome = session.scalar(
-        select(Attempt.outcome).where(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token)
-    )
-    return None if outcome is None else Outcome(outcome)
+    return session.scalar(select(Attempt.outcome).where(_attempt(lease)))
 
 
-def update_attempt(session: Session, lease: Lease, **values: Any) -> None:
-    session.execute(
-        update(Attempt).where(Attempt.job_id == lease.job_id, Attempt.lease_token == lease.token).values(**values)
-    )
+def close_attempt(session: Session, lease: Lease, outcome: Outcome, at: datetime) -> None:
+    """Write how the lease's attempt ended, and when."""
+    session.execute(update(Attempt).where(_attempt(lease)).values(ended_at=at, outcome=outcome))
 
 
-def _end(session: Session, lease: Lease, outcome: Outcome, steps: Sequence[StepMetrics] = (), **values: Any) -> None:
-    """A fenced ending: the job's guarded UPDATE, the step losses not yet written, its attempt row
-    closed with `outcome`, and the job's final status event (after its last `step` event)."""
-    _fenced(session, lease, lease_expires_at=None, **values)
+def _end(session: Session, lease: Lease, outcome: Outcome, steps: Sequence[StepMetrics], statement: Update) -> None:
+    """A fenced ending: the job's guarded UPDATE (`statement`, which says what it writes), the step
+    losses not yet written, its attempt row closed with `outcome`, and the job's final status event
+    (after its last `step` event)."""
+    _write(session, lease, statement.values(lease_expires_at=None))
     _replace_steps(session, lease.job_id, steps)
-    update_attempt(session, lease, ended_at=utcnow(), outcome=outcome.value)
+    close_attempt(session, lease, outcome, utcnow())
     events.status(session, lease.job_id)
 
 
 def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Progress | None) -> bool:
     """Renew the lease and store progress; returns whether a cancel was requested."""
     now = db_now(session)
-    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+    renew = fenced(lease).values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
     if progress is not None:
-        values["progress"] = progress.model_dump(mode="json")
-    cancel_requested = session.scalar(
-        update(Job)
-        .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == RUNNING)
-        .values(**values)
-        .returning(Job.cancel_requested)
-        .execution_options(synchronize_session=False)
-    )
+        renew = renew.values(progress=progress.model_dump(mode="json"))
+    cancel_requested = session.scalar(renew.returning(Job.cancel_requested))
     if cancel_requested is None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
     events.progress(session, lease.job_id, progress)
@@ -187,15 +185,17 @@ def cancels_requested(session: Session, leases: Sequence[Lease]) -> set[str]:
     if not tokens:
         return set()
     rows = session.execute(
-        select(Job.id, Job.lease_token).where(Job.id.in_(tokens), Job.status == RUNNING, Job.cancel_requested.is_(True))
+        select(Job.id, Job.lease_token).where(
+            Job.id.in_(tokens), Job.status == JobStatus.running, Job.cancel_requested.is_(True)
+        )
     )
     return {row.id for row in rows if row.lease_token == tokens[row.id]}
 
 
 def note_resume(session: Session, lease: Lease, epoch: int, step: int) -> None:
     """Record on the attempt where its training resumed from."""
-    _fenced(session, lease)
-    update_attempt(session, lease, resumed_from_epoch=epoch, resumed_from_step=step)
+    _write(session, lease, fenced(lease))
+    session.execute(update(Attempt).where(_attempt(lease)).values(resumed_from_epoch=epoch, resumed_from_step=step))
 
 
 def record_epoch(
@@ -204,7 +204,7 @@ def record_epoch(
     """Store an epoch's metrics and its checkpoint, which becomes the point to resume from; with
     `keep`, prune the older checkpoints in the same guarded write (see prune_checkpoints) and return
     the paths of their files, for the caller to remove once this commits."""
-    _fenced(session, lease, resume_path=checkpoint.path, resume_sha256=checkpoint.sha256)
+    _write(session, lease, fenced(lease).values(resume_path=checkpoint.path, resume_sha256=checkpoint.sha256))
     recorded = select(Epoch.checkpoint_path).where(Epoch.job_id == lease.job_id, Epoch.epoch == metrics.epoch)
     if session.scalar(recorded) == checkpoint.path:  # this very write, again: its commit's answer was lost
         return []
@@ -224,9 +224,15 @@ def record_epoch(
     return [] if keep is None else _prune(session, lease.job_id, keep)
 
 
+def kept_checkpoints(session: Session, job_id: str) -> list[StoredFile]:
+    """The job's epoch checkpoints that still have a file (keep_checkpoints prunes some), newest first."""
+    rows = session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch.desc()))
+    return [file for row in rows if (file := row.checkpoint_file()) is not None]
+
+
 def record_steps(session: Session, lease: Lease, steps: Sequence[StepMetrics]) -> None:
     """Store step losses (the heartbeat's batch, or what is left when a job stops or ends)."""
-    _fenced(session, lease)
+    _write(session, lease, fenced(lease))
     _replace_steps(session, lease.job_id, steps)
 
 
@@ -247,7 +253,7 @@ def prune_checkpoints(session: Session, lease: Lease, keep: int) -> list[str]:
     (highest test accuracy, the latest on ties); the others' checkpoint columns become null (their
     metrics stay). Returns the pruned files' paths, for the caller to remove once this commits.
     The job's resume file is never among them: it is the latest epoch's, which is kept."""
-    _fenced(session, lease)
+    _write(session, lease, fenced(lease))
     return _prune(session, lease.job_id, keep)
 
 
@@ -286,56 +292,55 @@ def finish(
 ) -> None:
     """The job succeeded: its result (test_accuracy also in its own column, which lists sort by)
     and the step losses not yet written, in one guarded write."""
-    _end(
-        session,
-        lease,
-        Outcome.succeeded,
-        status=JobStatus.succeeded.value,
+    succeeded = fenced(lease).values(
+        status=JobStatus.succeeded,
         result=result.model_dump(mode="json"),
         test_accuracy=result.test_accuracy,
         finished_at=utcnow(),
-        steps=steps,
         progress=None if progress is None else progress.model_dump(mode="json"),
     )
+    _end(session, lease, Outcome.succeeded, steps, succeeded)
 
 
-def fail(session: Session, lease: Lease, error: str) -> None:
-    _end(session, lease, Outcome.failed, status=JobStatus.failed.value, error=error, finished_at=utcnow())
+def fail(session: Session, lease: Lease, error: str, steps: Sequence[StepMetrics] = ()) -> None:
+    failed = fenced(lease).values(status=JobStatus.failed, error=error, finished_at=utcnow())
+    _end(session, lease, Outcome.failed, steps, failed)
 
 
-def mark_cancelled(session: Session, lease: Lease) -> None:
-    _end(session, lease, Outcome.cancelled, status=JobStatus.cancelled.value, finished_at=utcnow())
+def mark_cancelled(session: Session, lease: Lease, steps: Sequence[StepMetrics] = ()) -> None:
+    cancelled = fenced(lease).values(status=JobStatus.cancelled, finished_at=utcnow())
+    _end(session, lease, Outcome.cancelled, steps, cancelled)
 
 
-def hand_back(session: Session, lease: Lease, resume: StoredFile | None) -> Outcome:
-    """Graceful stop: the job goes back to the queue and this attempt does not count. A cancel that
-    arrived during the shutdown wins: the job ends cancelled instead. Returns which it was."""
-    values: dict[str, Any] = {}
-    if resume is not None:
-        values = {"resume_path": resume.path, "resume_sha256": resume.sha256}
+def _status(status: JobStatus) -> ColumnElement[JobStatus]:
+    """A status as an SQL literal of the column's type (a CASE's branches need one)."""
+    return literal(status, Job.status.type)
+
+
+def hand_back(session: Session, lease: Lease, resume: StoredFile | None, steps: Sequence[StepMetrics] = ()) -> Outcome:
+    """Graceful stop: the step losses not yet written, and the job back to the queue, where this
+    attempt does not count. A cancel that arrived during the shutdown wins: the job ends cancelled
+    instead. Returns which it was."""
     cancelled = Job.cancel_requested.is_(True)
     now = db_now(session)
-    status = session.scalar(
-        update(Job)
-        .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == RUNNING)
-        .values(
-            status=case((cancelled, JobStatus.cancelled.value), else_=JobStatus.queued.value),
-            attempts=case((cancelled, Job.attempts), else_=Job.attempts - 1),
-            finished_at=case((cancelled, now), else_=None),
-            worker_id=case((cancelled, Job.worker_id), else_=None),
-            lease_token=None,
-            lease_expires_at=None,
-            run_after=now,
-            updated_at=now,
-            progress=None,
-            **values,
-        )
-        .returning(Job.status)
-        .execution_options(synchronize_session=False)
+    back = fenced(lease).values(
+        status=case((cancelled, _status(JobStatus.cancelled)), else_=_status(JobStatus.queued)),
+        attempts=case((cancelled, Job.attempts), else_=Job.attempts - 1),
+        finished_at=case((cancelled, now), else_=None),
+        worker_id=case((cancelled, Job.worker_id), else_=None),
+        lease_token=None,
+        lease_expires_at=None,
+        run_after=now,
+        updated_at=now,
+        progress=None,
     )
+    if resume is not None:
+        back = back.values(resume_path=resume.path, resume_sha256=resume.sha256)
+    status = session.scalar(back.returning(Job.status))
     if status is None:
         raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
-    outcome = Outcome.cancelled if status == JobStatus.cancelled.value else Outcome.handed_back
-    update_attempt(session, lease, ended_at=now, outcome=outcome.value)
+    _replace_steps(session, lease.job_id, steps)
+    outcome = Outcome.cancelled if status is JobStatus.cancelled else Outcome.handed_back
+    close_attempt(session, lease, outcome, now)
     events.status(session, lease.job_id)
     return outcome

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, timedelta
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 from service import events
 from service.db import db_now
 from service.models import Job
-from service.queue import RUNNING, Lease, update_attempt
+from service.queue import Lease, close_attempt, held_by
 from service.states import JobStatus, Outcome
 
 
@@ -49,36 +48,31 @@ def reap(
             return []
     expired = session.execute(
         select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts, Job.cancel_requested)
-        .where(Job.status == RUNNING, Job.lease_expires_at < now)
+        .where(Job.status == JobStatus.running, Job.lease_expires_at < now)
         .with_for_update(skip_locked=True)  # a row its worker is writing now is reaped next time
     ).all()
     reaped: list[str] = []
     for job in expired:
-        values: dict[str, Any]
-        if job.cancel_requested:
-            values = {"status": JobStatus.cancelled.value, "finished_at": now}
-        elif job.attempts >= job.max_attempts:
-            values = {
-                "status": JobStatus.failed.value,
-                "finished_at": now,
-                "error": f"worker lost {job.attempts} times (max_attempts {job.max_attempts})",
-            }
-        else:
-            delay = retry_delay(job.attempts, base_seconds, max_seconds)
-            values = {"status": JobStatus.queued.value, "run_after": now + timedelta(seconds=delay), "progress": None}
+        lease = Lease(job.id, job.lease_token)
         # Guarded again by the expiry: a row whose lease was renewed since the SELECT (possible on
         # PostgreSQL under READ COMMITTED) is skipped, never requeued under its live worker, and
         # one such row does not roll back the others' requeues.
-        result = session.execute(
+        ended = (
             update(Job)
-            .where(
-                Job.id == job.id, Job.lease_token == job.lease_token, Job.status == RUNNING, Job.lease_expires_at < now
-            )
-            .values(updated_at=now, lease_token=None, lease_expires_at=None, **values)
+            .where(held_by(lease), Job.lease_expires_at < now)
+            .values(updated_at=now, lease_token=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
-            update_attempt(session, Lease(job.id, job.lease_token), ended_at=now, outcome=Outcome.lease_expired.value)
+        if job.cancel_requested:
+            ended = ended.values(status=JobStatus.cancelled, finished_at=now)
+        elif job.attempts >= job.max_attempts:
+            error = f"worker lost {job.attempts} times (max_attempts {job.max_attempts})"
+            ended = ended.values(status=JobStatus.failed, finished_at=now, error=error)
+        else:
+            delay = timedelta(seconds=retry_delay(job.attempts, base_seconds, max_seconds))
+            ended = ended.values(status=JobStatus.queued, run_after=now + delay, progress=None)
+        if session.execute(ended).rowcount == 1:  # type: ignore[attr-defined]  # CursorResult has it
+            close_attempt(session, lease, Outcome.lease_expired, now)
             events.status(session, job.id)
             reaped.append(job.id)
     return reaped

@@ -56,7 +56,7 @@ def find_original(session: Session, sha256: str, policy: ReusePolicy) -> Job | N
     """The newest succeeded job with this spec hash whose result the policy accepts."""
     candidates = session.scalars(
         select(Job)
-        .where(Job.spec_sha256 == sha256, Job.status == JobStatus.succeeded.value, Job.result.is_not(None))
+        .where(Job.spec_sha256 == sha256, Job.status == JobStatus.succeeded, Job.result.is_not(None))
         .order_by(Job.finished_at.desc())
         .limit(20)
     )
@@ -67,7 +67,7 @@ def adopt(session: Session, job: Job, original: Job, policy: ReusePolicy) -> Non
     """Make the new (flushed, queued) `job` a finished copy of `original`: its result, epochs with
     their kept checkpoints (linked under the new job's folder), and its per-step losses."""
     now = utcnow()
-    job.status, job.started_at, job.finished_at, job.updated_at = JobStatus.succeeded.value, now, now, now
+    job.status, job.started_at, job.finished_at, job.updated_at = JobStatus.succeeded, now, now, now
     job.result, job.test_accuracy, job.reused_from = original.result, original.test_accuracy, original.id
     for row in original.epochs:
         source = row.checkpoint_file()

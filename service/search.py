@@ -44,7 +44,7 @@ class After:
 
 def _filtered(query: Select[tuple[Job]], where: JobFilter) -> Select[tuple[Job]]:
     columns = {
-        Job.status: None if where.status is None else where.status.value,
+        Job.status: where.status,
         Job.architecture: where.architecture,
         Job.dataset: where.dataset,
         Job.name: where.name,

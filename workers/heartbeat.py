@@ -14,7 +14,7 @@ from service.errors import LeaseLost
 from service.queue import Claim
 from service.schemas import StepMetrics
 from service.states import Outcome
-from service.training.engine import Live
+from service.training.control import Live
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Heartbeat(threading.Thread):
     """Every `period` s, one transaction of fenced writes (lease + progress + the step losses the
     loop settled since), one per held job.
 
-    A cancel request sets that job's live.stop_reason to `cancelled`; a lost lease to `lease_lost`
+    A cancel request asks that job's Live to stop as `cancelled`; a lost lease as `lease_lost`
     (and the job gets no more heartbeats). Its own connection: it never waits on the training thread.
     Cancels are read before that write, in a read of their own: the write waits its turn for the
     database's one write lock (behind the API's writes, on SQLite) and renews every held job before
@@ -46,7 +46,7 @@ class Heartbeat(threading.Thread):
         period: float,
         lease_seconds: float,
         worker_id: str,
-        reap: Callable[[], list[str]] | None = None,
+        reap: Callable[[], object] | None = None,
         reap_seconds: float = 5.0,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
@@ -88,19 +88,18 @@ class Heartbeat(threading.Thread):
             if held not in lost:
                 held.live.lease_until = started + self.lease_seconds
         for held in cancelled:
-            if held.live.stop_reason is None:
-                held.live.stop_reason = Outcome.cancelled
+            held.live.request_stop(Outcome.cancelled)
         for held in lost:
             log.warning("job %s: lease lost; stopping its training", held.claim.job_id)
-            held.live.stop_reason = Outcome.lease_lost
+            held.live.request_stop(Outcome.lease_lost)
             self.held.remove(held)
 
     def watch_cancels(self) -> None:
         with self.db.read() as session:
             asked = queue.cancels_requested(session, [held.claim for held in self.held])
         for held in self.held:
-            if held.claim.job_id in asked and held.live.stop_reason is None:
-                held.live.stop_reason = Outcome.cancelled
+            if held.claim.job_id in asked:
+                held.live.request_stop(Outcome.cancelled)
 
     def run(self) -> None:
         while self.held and not self._stop_event.wait(self.period):
@@ -108,8 +107,7 @@ class Heartbeat(threading.Thread):
                 self.beat()
                 if self.reap is not None and time.monotonic() >= self._next_reap:
                     self._next_reap = time.monotonic() + self.reap_seconds
-                    for job_id in self.reap():
-                        log.warning("job %s: lease expired; requeued or ended", job_id)
+                    self.reap()
             except Exception as error:  # the lease covers a few misses
                 if lost_connection(error):  # a restart or a network cut: expected, and said in one line
                     log.warning("heartbeat: database unreachable (%s); retrying", type(error).__name__)

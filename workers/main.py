@@ -20,13 +20,13 @@ from types import FrameType
 import torch
 from sqlalchemy.exc import DBAPIError
 
-from service import logs, queue, registry
+from service import logs, queue, reaper, registry
 from service.config import Settings
 from service.db import Database, lost_connection, require_head
 from service.queue import Claim
 from service.schemas import FCSpec
 from service.states import Outcome
-from service.training.engine import configure_torch, resolve_device
+from service.training.devices import configure_torch, resolve_device
 from service.wakeup import Wakeup
 from workers.data_cache import DataCache
 from workers.runner import JobRunner, log_transition
@@ -40,7 +40,8 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.device = resolve_device(device or settings.device)
         self.db = Database(settings.database_url, reconnect_seconds=settings.db_reconnect_seconds)
-        self.runner = JobRunner(settings, self.db, self.id, self.device, DataCache(settings, self.device))
+        cache = DataCache(settings, self.device)
+        self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=self.reap_expired)
         self.stopping = threading.Event()
         self.wakeup = Wakeup(settings.database_url)
         self.next_reap = 0.0  # time.monotonic() of the next reap
@@ -160,11 +161,24 @@ class Worker:
             )
         return False
 
-    def reap(self) -> None:
-        for job_id in self.runner.reap():
+    def reap_expired(self) -> None:
+        """Requeue (or end) the jobs whose lease expired: from the claim loop, and from the
+        heartbeat while a job runs, so busy workers reap too."""
+        with self.db.write() as session:
+            reaped = reaper.reap(
+                session,
+                base_seconds=self.settings.retry_base_seconds,
+                max_seconds=self.settings.retry_max_seconds,
+                events_keep_seconds=self.settings.events_keep_seconds,
+                restart_grace_seconds=self.settings.lease_seconds,
+            )
+        for job_id in reaped:
             log.warning(
                 "job %s: lease expired; requeued or ended", job_id, extra={"job_id": job_id, "worker_id": self.id}
             )
+
+    def reap(self) -> None:
+        self.reap_expired()
         # An idle worker writes nothing else (it claims only when a read finds work): refresh its
         # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle; and
         # mark the workers silent for longer than a lease (a SIGKILL, a lost host) as gone.

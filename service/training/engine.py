@@ -11,11 +11,11 @@ in the same order, from a private copy of that generator:
 The sample order, batches (last short batch kept), SGD and NLL loss are the tutorial's, so on the
 CPU the final weights are bit-identical to its loop. The loop reads nothing but tensors: no
 per-image transforms, no I/O. The caller learns of progress through a `Live` it polls, stops the
-loop by setting `Live.stop_reason`, and receives every epoch and every stop through `Callbacks`:
-the same interface the packed trainer has (a single job is index 0).
+loop through `Live.request_stop` (control.py, the one stop protocol), and receives every epoch and
+every stop through `Callbacks`: the same interface the packed trainer has (a single job is index 0).
 
 A loss that is not finite fails the job through the same stop path: the trainer itself sets its
-Live's stop reason to `failed` with the reason in `Live.failure` (Live.fail), and the loop stops at
+Live's stop reason to `failed` with the reason in `Live.failure` (Live.request_stop), and the loop stops at
 the next step boundary with on_stop(index, Outcome.failed, checkpoint). The training loss is
 checked where the loop already syncs with the device (every LOSS_REFRESH_SECONDS and at each
 epoch's end), on the running sum, which stays NaN/inf once one step's loss was: the step named is
@@ -32,38 +32,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from service.schemas import AnySpec, EpochRecord, Progress, TrainResult
+from service.schemas import AnySpec, EpochRecord, TrainResult
 from service.states import Outcome
 from service.training.checkpoints import PartialEpoch, TrainingState
+from service.training.control import LOSS_REFRESH_SECONDS, Callbacks, Live
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
-from service.training.steps import StepLosses, samples_seen, sync_figures
+from service.training.steps import samples_seen, sync_figures
 from service.training.tensors import MnistTensors, permutation
-
-LOSS_REFRESH_SECONDS = 0.25  # how often the loop turns its loss into a float (a device sync on GPUs)
-LEASE_WAIT_SECONDS = 0.05  # how often a loop whose lease is in doubt looks for the heartbeat's verdict
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
-def configure_torch(threads: int) -> None:
-    torch.set_num_threads(threads)
-    # Full float32 on GPUs: TF32 would change the numbers the tutorial's loop computes.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
 
 
 def _draw_seed(generator: torch.Generator) -> int:
@@ -89,57 +69,6 @@ def seeded_start(spec: AnySpec) -> tuple[torch.nn.Module, torch.Generator]:
     generator = torch.Generator()
     generator.set_state(torch.get_rng_state())
     return model, generator
-
-
-@dataclass
-class Live:
-    """Shared between the training loop and whoever watches it (a heartbeat thread)."""
-
-    epoch: int = 0
-    step: int = 0
-    steps: int = 0
-    epochs: int = 1
-    loss: float | None = None  # finite or None, never NaN/inf
-    stop_reason: Outcome | None = None  # set by the watcher: the loop stops at the next step boundary
-    lease_until: float = math.inf  # time.monotonic() until which the job's lease is known to hold
-    failure: str | None = None  # why, when the trainer itself set stop_reason to `failed` (fail())
-    step_losses: StepLosses = field(default_factory=StepLosses)  # every N steps' loss, for the heartbeat
-
-    def hold_lease(self) -> None:
-        """Return once the lease is known to hold, or the loop must stop. The heartbeat moves
-        `lease_until` on with every renewal, so in step with it this never waits; after a pause
-        longer than the lease (SIGSTOP, a frozen VM, a suspended laptop) it waits for the heartbeat's
-        verdict: renewed, or lost (a stop), so a worker whose job was reaped meanwhile trains not
-        one more step of it."""
-        while self.stop_reason is None and time.monotonic() >= self.lease_until:
-            time.sleep(LEASE_WAIT_SECONDS)
-
-    def fail(self, failure: str) -> None:
-        """The trainer's own stop: the job fails with `failure` at the next step boundary. A cancel
-        or a lost lease already under way keeps its reason; a hand-back does not (resuming a
-        diverged job would only diverge again)."""
-        if self.stop_reason in (None, Outcome.handed_back):
-            self.failure, self.stop_reason = failure, Outcome.failed
-
-    def show_loss(self, value: float) -> None:
-        self.loss = value if math.isfinite(value) else None
-
-    def progress(self) -> Progress | None:
-        if not self.epoch:
-            return None
-        done = (self.epoch - 1) * self.steps + self.step
-        fraction = min(1.0, done / max(1, self.epochs * self.steps))
-        return Progress(fraction=fraction, epoch=self.epoch, step=self.step, steps=self.steps, loss=self.loss)
-
-
-class Callbacks(Protocol):
-    """What both trainers report, per job index (0 for a single job)."""
-
-    def on_epoch(self, index: int, metrics: EpochRecord, checkpoint: TrainingState) -> None:
-        """An epoch ended; `checkpoint` is the state after it."""
-
-    def on_stop(self, index: int, reason: Outcome, checkpoint: TrainingState) -> None:
-        """The job stopped at a step boundary because its Live asked; `checkpoint` resumes it exactly."""
 
 
 def divergence(what: str, value: float, spec: AnySpec, where: str) -> str:
@@ -245,7 +174,7 @@ class Trainer:
             self.train_seconds += time.perf_counter() - started
             (train_loss_sum,) = sync_figures(loss_sum.view(1), [self.live.step_losses])
             if stopped_at is None and not math.isfinite(train_loss_sum):
-                self.live.fail(train_diverged(train_loss_sum, self.spec, epoch, steps, steps))
+                self.live.request_stop(Outcome.failed, train_diverged(train_loss_sum, self.spec, epoch, steps, steps))
                 stopped_at = steps
             if stopped_at is None:
                 started = time.perf_counter()
@@ -255,7 +184,7 @@ class Trainer:
                 draw_loader_seeds(self.generator)  # the tutorial's shuffling test loader
                 self.test_seconds += time.perf_counter() - started
                 if not math.isfinite(test_loss):
-                    self.live.fail(test_diverged(test_loss, self.spec, epoch))
+                    self.live.request_stop(Outcome.failed, test_diverged(test_loss, self.spec, epoch))
                     stopped_at = steps
             if stopped_at is not None:  # asked to stop, or failed: the one stop path
                 assert self.live.stop_reason is not None
@@ -304,7 +233,7 @@ class Trainer:
                 total, last = sync_figures(stacked, [live.step_losses])
                 live.show_loss(last)
                 if not math.isfinite(total):
-                    live.fail(train_diverged(total, self.spec, epoch, step + 1, steps))
+                    live.request_stop(Outcome.failed, train_diverged(total, self.spec, epoch, step + 1, steps))
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         live.hold_lease()  # and before the evaluation that ends the epoch
         return None if live.stop_reason is None else steps

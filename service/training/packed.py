@@ -19,7 +19,7 @@ the single job's op computes:
   job's own); the reported loss is one F.nll_loss per job, which sums in the single job's order.
   ReLU, log_softmax and SGD are elementwise or per row.
 
-A job whose loss stops being finite (checked as the single-job loop checks it: engine.Live.fail)
+A job whose loss stops being finite (checked as the single-job loop checks it: control.Live.request_stop)
 leaves the pack through the same path as a stopped one, with on_stop(j, Outcome.failed, ...); each
 job's slices are computed apart from the others', so the rest of the pack goes on unchanged.
 Each job's step losses (the same floats it records alone) and confusion matrix are its own too.
@@ -41,11 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.schemas import EpochRecord, FCSpec, TrainResult
+from service.states import Outcome
 from service.training.checkpoints import PartialEpoch, TrainingState
+from service.training.control import LOSS_REFRESH_SECONDS, Callbacks, Live
 from service.training.engine import (
-    LOSS_REFRESH_SECONDS,
-    Callbacks,
-    Live,
     draw_epoch_order,
     draw_loader_seeds,
     seeded_start,
@@ -190,7 +189,9 @@ class PackedFCTrainer:
             self.train_seconds += time.perf_counter() - started
             train_loss_sums = sync_figures(loss_sum, [self.lives[j].step_losses for j in self.active])
             for j in self._diverged(train_loss_sums):
-                self.lives[j].fail(train_diverged(train_loss_sums[j], spec, epoch, steps, steps))
+                self.lives[j].request_stop(
+                    Outcome.failed, train_diverged(train_loss_sums[j], spec, epoch, steps, steps)
+                )
                 self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
             for j in self.active:  # as after every step: no evaluation on a lease in doubt
                 self.lives[j].hold_lease()
@@ -206,7 +207,7 @@ class PackedFCTrainer:
             self.test_seconds += time.perf_counter() - started
             test_losses = test_loss.tolist()
             for j in self._diverged(test_losses):
-                self.lives[j].fail(test_diverged(test_losses[j], spec, epoch))
+                self.lives[j].request_stop(Outcome.failed, test_diverged(test_losses[j], spec, epoch))
                 self._leave(j, epoch - 1, steps, orders, loss_sum, callbacks)
             if not self.active:
                 return {}
@@ -277,7 +278,9 @@ class PackedFCTrainer:
                 for j in self.active:
                     self.lives[j].show_loss(lasts[j])
                 for j in self._diverged(sums):
-                    self.lives[j].fail(train_diverged(sums[j], self.specs[j], epoch, step + 1, steps))
+                    self.lives[j].request_stop(
+                        Outcome.failed, train_diverged(sums[j], self.specs[j], epoch, step + 1, steps)
+                    )
                 refresh_at = time.monotonic() + LOSS_REFRESH_SECONDS
         return loss_sum
 

@@ -31,7 +31,7 @@ from bench.faults import pause_outside_a_write
 from service import jobs, registry
 from service.models import Worker, utcnow
 from service.schemas import job_spec_adapter
-from service.training.engine import configure_torch
+from service.training.devices import configure_torch
 from tests.support.files import immutable
 from tests.support.processes import REPO, wait_until
 from tests.support.settings import settings_env

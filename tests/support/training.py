@@ -12,7 +12,8 @@ from service.db import Database
 from service.schemas import AnySpec, EpochRecord, job_spec_adapter
 from service.states import Outcome
 from service.training.checkpoints import TrainingState
-from service.training.engine import Live, Trainer
+from service.training.control import Live
+from service.training.engine import Trainer
 from service.training.tensors import MnistTensors, load_tensors, permutation
 
 CPU = torch.device("cpu")

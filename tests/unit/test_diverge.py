@@ -11,7 +11,7 @@ import torch
 
 from service.schemas import FCSpec
 from service.states import Outcome
-from service.training.engine import Live
+from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors
 from tests.support.training import CPU, Recorded, make_spec, trainer_for
@@ -52,10 +52,10 @@ def test_the_issues_nan_spec_fails_at_its_first_epoch(settings):
 
 def test_a_cancel_already_asked_for_wins_over_a_divergence():
     live = Live(stop_reason=Outcome.cancelled)
-    live.fail("the training loss became nan")
+    live.request_stop(Outcome.failed, "the training loss became nan")
     assert live.stop_reason is Outcome.cancelled and live.failure is None
     handing_back = Live(stop_reason=Outcome.handed_back)
-    handing_back.fail("the training loss became nan")
+    handing_back.request_stop(Outcome.failed, "the training loss became nan")
     assert handing_back.stop_reason is Outcome.failed, "a diverged job is not resumed"
 
 
@@ -83,17 +83,40 @@ def test_in_a_pack_only_the_diverged_job_leaves_and_the_other_is_bit_identical_t
 
 
 def test_out_of_memory_is_a_readable_failure(settings, db):
-    from workers.data_cache import DataCache
-    from workers.runner import JobRunner, is_out_of_memory
+    from workers.runner import failure_message, is_out_of_memory
 
-    runner = JobRunner(settings, db, "worker", CPU, DataCache(settings, CPU))
     cuda = torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 35.16 GiB. GPU 0 has a total capacity of 8 GiB"
     )
     cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 37748736000 bytes.")
     assert is_out_of_memory(cuda) and is_out_of_memory(cpu) and not is_out_of_memory(RuntimeError("shape mismatch"))
-    assert runner.failure(cuda, []) == (
+    assert failure_message(cuda, [], CPU, settings) == (
         "out of memory on cpu: CUDA out of memory. Tried to allocate 35.16 GiB. GPU 0 has a total capacity of 8 GiB; "
         "lower batch_size, test_batch_size or the model size (n_hidden / n_features)"
     )
-    assert runner.failure(cpu, []).startswith("out of memory on cpu: DefaultCPUAllocator: can't allocate memory")
+    assert failure_message(cpu, [], CPU, settings).startswith(
+        "out of memory on cpu: DefaultCPUAllocator: can't allocate memory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "stands"),
+    [
+        (None, Outcome.cancelled, Outcome.cancelled),
+        (Outcome.handed_back, Outcome.cancelled, Outcome.handed_back),  # the hand-back turns into a cancel in SQL
+        (Outcome.cancelled, Outcome.handed_back, Outcome.cancelled),
+        (Outcome.handed_back, Outcome.failed, Outcome.failed),
+        (Outcome.failed, Outcome.cancelled, Outcome.failed),
+        (Outcome.cancelled, Outcome.lease_lost, Outcome.lease_lost),
+        (Outcome.failed, Outcome.lease_lost, Outcome.lease_lost),
+        (Outcome.lease_lost, Outcome.failed, Outcome.lease_lost),
+        (Outcome.lease_lost, Outcome.handed_back, Outcome.lease_lost),
+    ],
+)
+def test_the_one_stop_protocol_decides_which_reason_stands(first, then, stands):
+    live = Live()
+    if first is not None:
+        assert live.request_stop(first, "why" if first is Outcome.failed else None)
+    assert live.request_stop(then, "diverged") is (stands is then and first is not then)
+    assert live.stop_reason is stands
+    assert (live.failure is not None) is (stands is Outcome.failed)

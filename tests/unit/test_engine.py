@@ -61,7 +61,7 @@ def test_resume_from_a_stop_between_epochs_matches_an_uninterrupted_run(settings
         def on_epoch(self, index, metrics, checkpoint):
             super().on_epoch(index, metrics, checkpoint)
             if metrics.epoch == 2:
-                first.live.stop_reason = Outcome.handed_back  # as a SIGTERM would, before epoch 3 starts
+                first.live.request_stop(Outcome.handed_back)  # as a SIGTERM would, before epoch 3 starts
 
     recorded = StopAfterEpochTwo()
     assert first.run(recorded) == {}, "a stopped job has no result"

@@ -14,7 +14,7 @@ from service import jobs
 from service.db import Database
 from service.models import Job
 from service.states import Outcome
-from service.training.engine import Live
+from service.training.control import Live
 from tests.support.queue import two_claims
 from workers.heartbeat import Heartbeat, Held
 

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from service.models import Job
 from service.schemas import FCSpec
 from service.states import Outcome
-from service.training.engine import Live
+from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors
 from tests.support.queue import two_claims
@@ -44,7 +44,7 @@ def test_a_lost_lease_stops_the_loop_before_its_next_step(settings):
     live, recorded = in_doubt(), Recorded()
     thread = started(trainer_for(settings, make_spec("fc", epochs=2), live=live).run, recorded)
     assert thread.is_alive() and live.step == 0 and not recorded.epochs, "no step trained while in doubt"
-    live.stop_reason = Outcome.lease_lost  # the heartbeat's verdict
+    live.request_stop(Outcome.lease_lost)  # the heartbeat's verdict
     thread.join(30)
     reason, state = recorded.stops[0]
     assert reason is Outcome.lease_lost and state.epoch == 0 and state.partial is not None
@@ -73,7 +73,7 @@ def test_in_a_pack_only_the_job_whose_lease_was_lost_leaves(settings):
     trainer = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives)
     thread = started(trainer.run, recorded)
     assert all(live.step == 0 for live in lives) and not recorded.epochs
-    lives[0].stop_reason = Outcome.lease_lost
+    lives[0].request_stop(Outcome.lease_lost)
     lives[1].lease_until = math.inf
     thread.join(60)
     reason, state = recorded.stops[0]

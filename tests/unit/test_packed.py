@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from service.states import Outcome
-from service.training.engine import Live
+from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors
 from tests.support.training import CPU, Recorded, StopAt, make_spec, reloaded, trainer_for
@@ -73,7 +73,7 @@ def test_a_packed_job_resumes_alone_from_its_checkpoint_to_the_same_bits(setting
 def test_a_job_stopped_before_its_first_step_leaves_the_pack_with_its_start_state(settings):
     specs = pack_specs(2, epochs=1)
     lives = [Live(), Live()]
-    lives[1].stop_reason = Outcome.cancelled
+    lives[1].request_stop(Outcome.cancelled)
     recorded = Recorded()
     results = PackedFCTrainer(specs, load_tensors(settings, "mnist"), CPU, lives).run(recorded)
     assert list(results) == [0] and list(recorded.stops) == [1]
@@ -93,7 +93,7 @@ class StopsAnother(Recorded):
     def on_epoch(self, index: int, metrics, checkpoint) -> None:
         super().on_epoch(index, metrics, checkpoint)
         if index == self.first:
-            self.lives[self.then].stop_reason = Outcome.handed_back
+            self.lives[self.then].request_stop(Outcome.handed_back)
 
 
 def test_a_stop_asked_while_the_pack_ends_its_epoch_leaves_unrecorded_and_resumes_to_the_same_bits(settings):

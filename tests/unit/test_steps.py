@@ -22,7 +22,7 @@ from service.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
 from service.states import JobStatus, Outcome
 from service.storage import LocalStore, StoredFile
 from service.training import checkpoints
-from service.training.engine import Live
+from service.training.control import Live
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.packed import PackedFCTrainer

@@ -19,11 +19,9 @@ from service.models import Epoch
 from service.queue import Claim
 from service.schemas import EpochRecord, job_spec_adapter
 from service.states import Outcome
-from service.storage import StoredFile
+from service.storage import StoredFile, open_store
 from tests.support.queue import result
-from tests.support.training import CPU
-from workers.data_cache import DataCache
-from workers.runner import JobRunner
+from workers.writer import JobWriter
 
 SPEC = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
 EPOCH = EpochRecord(epoch=1, train_loss=1.0, test_loss=1.0, test_accuracy=0.5, correct=100)
@@ -47,11 +45,10 @@ def epochs_and_events(db: Database, job_id: str) -> tuple[list[tuple[int, str | 
 @pytest.mark.databases
 def test_an_ending_written_again_after_it_committed_finds_its_own_and_is_no_lost_lease(settings, db):
     claim = claimed(db)
-    runner = JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU))
-    finish = partial(queue.finish, result=result(0.5), progress=None)
-    assert runner.guarded(claim, Outcome.succeeded, finish) is Outcome.succeeded
-    assert runner.guarded(claim, Outcome.succeeded, finish) is Outcome.succeeded, "the second time finds the first"
-    assert runner.guarded(claim, Outcome.cancelled, queue.mark_cancelled) is Outcome.lease_lost, "not another ending"
+    writer = JobWriter(db, open_store(settings), keep_checkpoints=None)
+    assert writer.finish(claim, result(0.5), None, []) is Outcome.succeeded
+    assert writer.finish(claim, result(0.5), None, []) is Outcome.succeeded, "the second time finds the first"
+    assert writer.cancel(claim, []) is Outcome.lease_lost, "not another ending"
 
 
 @pytest.mark.databases
