@@ -14,15 +14,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.limits import KNOWN_CALLER
 from api.strict_query import reject_unknown_query
 from service.auth import OPEN, Caller, Role, TokenStore, authenticate, still_valid
-from service.config import Settings
+from service.config import PAGE_SIZE_CEILING, Settings
 from service.db import Database
-from service.errors import Unauthorized
+from service.errors import InvalidInput, Unauthorized
 from service.pools import BoundedCalls
 from service.storage import ArtifactStore
 
@@ -42,6 +42,23 @@ async def get_settings(request: Request) -> Settings:
 async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
+
+
+def page_limit(setting: str, default: int) -> Any:
+    """`?limit=` of a list, at most the named page-size setting (a 422 naming query.limit past it).
+    The document's maximum is the ceiling any setting may take; the setting itself is the limit."""
+
+    async def checked(request: Request, limit: int = default) -> int:
+        most: int = getattr(request.app.state.settings, setting)
+        if limit > most:
+            raise InvalidInput(f"limit must be at most {most} (MNIST_JOBS_{setting.upper()})", field="query.limit")
+        return limit
+
+    # Set as an object, not written in the signature: these annotations are strings
+    # (`from __future__ import annotations`), which could not name this call's `setting`.
+    described = f"at most MNIST_JOBS_{setting.upper()}"
+    checked.__annotations__["limit"] = Annotated[int, Query(ge=1, le=PAGE_SIZE_CEILING, description=described)]
+    return Depends(checked)
 
 
 DB = Annotated[Database, Depends(get_db)]
@@ -99,6 +116,8 @@ def require(role: Role) -> Any:
 Reader = Annotated[Caller, require(Role.read)]
 Submitter = Annotated[Caller, require(Role.submit)]
 Admin = Annotated[Caller, require(Role.admin)]
+JobPageLimit = Annotated[int, page_limit("page_size_max", default=50)]
+ComparisonPageLimit = Annotated[int, page_limit("comparison_page_size_max", default=20)]
 
 # What every /v1 router depends on: a caller allowed to read (401 / 403 first), then no query
 # parameter the route does not declare (422).

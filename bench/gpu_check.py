@@ -94,17 +94,8 @@ def on_cpu(specs: list[AnySpec], root: Path) -> list[TrainResult]:
     base = load_tensors(Settings(data_dir=root), "mnist")
     results = []
     for s in specs:
-        data = base if s.permutation_seed is None else base.permuted(_perm(s.permutation_seed))
-        results.append(Trainer(s, data, torch.device("cpu")).run(Discard())[0])
+        results.append(Trainer(s, base.permuted_by(s.permutation_seed), torch.device("cpu")).run(Discard())[0])
     return results
-
-
-def _perm(seed: int) -> torch.Tensor:
-    from service.training.tensors import permutation
-
-    perm = permutation(seed)
-    assert perm is not None
-    return perm
 
 
 def name(s: AnySpec) -> str:

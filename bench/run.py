@@ -88,9 +88,9 @@ class Discard:
 
 
 def engine_epoch(base: MnistTensors, architecture: str, permutation_seed: int | None, seed: int) -> float:
-    perm = permutation(permutation_seed)
-    data = base if perm is None else base.permuted(perm)
-    trainer = Trainer(spec(architecture, permutation_seed, seed), data, torch.device("cpu"))
+    trainer = Trainer(
+        spec(architecture, permutation_seed, seed), base.permuted_by(permutation_seed), torch.device("cpu")
+    )
     trainer.run(Discard())
     return trainer.train_seconds
 

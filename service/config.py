@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The Host names answered by default: this machine's own ("testserver" is Starlette's TestClient).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "testserver")
+PAGE_SIZE_CEILING = 1000  # the most a page-size setting may allow
 
 
 class Settings(BaseSettings):
@@ -63,7 +64,10 @@ class Settings(BaseSettings):
     # API
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    page_size_max: int = 200
+    # The most items one page of a list may ask for (?limit=): jobs, and comparisons (each carries
+    # its jobs' statistics, so their pages are smaller).
+    page_size_max: int = Field(200, ge=1, le=PAGE_SIZE_CEILING)
+    comparison_page_size_max: int = Field(100, ge=1, le=PAGE_SIZE_CEILING)
 
     # Callers. Tokens: "sha256hex role" lines in a file, or "token:role,..." for tests;
     # with none configured the API is open and binds to loopback only.

@@ -17,7 +17,7 @@ from service import events
 from service.auth import Caller, shown_submitter
 from service.cost import estimate
 from service.db import db_now
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, TooMany
 from service.models import Job, JobLabel, Step, utcnow
 from service.reuse import ReusePolicy, adopt, find_original, spec_sha256
 from service.schemas import (
@@ -32,9 +32,10 @@ from service.schemas import (
     request_fingerprint,
 )
 from service.states import JobStatus
-from service.storage import ArtifactStore, StoredFile
+from service.storage import ArtifactStore, StoredFile, read_verified
 
 SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
+QUEUE_FULL_RETRY_SECONDS = 30  # the Retry-After of a token whose queue is full
 
 
 def _same_request(existing: Job, fingerprint: str) -> Job:
@@ -61,6 +62,16 @@ def active_count(session: Session, submitted_by: str) -> int:
     active = (JobStatus.queued, JobStatus.running)
     query = select(func.count()).select_from(Job).where(Job.submitted_by == submitted_by, Job.status.in_(active))
     return session.scalar(query) or 0
+
+
+def ensure_queue_room(session: Session, caller: Caller, limit: int, adding: int = 1) -> None:
+    """A token may have `limit` jobs queued or running (the open mode has no token and no limit)."""
+    if caller.id is not None and active_count(session, caller.id) + adding > limit:
+        raise TooMany(
+            f"this token may have {limit} jobs queued or running; {adding} more would pass that: "
+            "retry when some have ended",
+            retry_after_seconds=QUEUE_FULL_RETRY_SECONDS,
+        )
 
 
 @dataclass(frozen=True)
@@ -282,3 +293,11 @@ def view(job: Job, viewer: Caller | None = None) -> JobRead:
         comparison_id=job.comparison_id,
         reused_from=job.reused_from,
     )
+
+
+def checkpoint_bytes(store: ArtifactStore, epoch: int, file: StoredFile) -> bytes:
+    """A checkpoint's bytes for a download, verified against its recorded sha256."""
+    try:
+        return read_verified(store, file, f"checkpoint for epoch {epoch}")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFound(f"checkpoint file for epoch {epoch} is gone from the artifacts dir", field="epoch") from None

@@ -5,8 +5,6 @@ no copy), so deleting the original never takes files from under a job that reuse
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import PurePosixPath
@@ -15,6 +13,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from mnist_jobs_client.specs import canonical_sha256
 from service.config import Settings
 from service.models import Epoch, Job, Step, utcnow
 from service.states import JobStatus
@@ -23,7 +22,7 @@ from service.storage import ArtifactStore, job_key, open_store
 
 def spec_sha256(spec: dict[str, Any]) -> str:
     """The hash of a stored spec (seed included); migration 0005 keeps a frozen copy of it."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return canonical_sha256(spec)
 
 
 def base_version(version: str) -> str:

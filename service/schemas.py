@@ -8,8 +8,6 @@ trainer reports, the idempotency fingerprint) is defined below.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from pydantic import ConfigDict
@@ -43,6 +41,7 @@ from mnist_jobs_client.specs import (
     FCSpec,
     JobSpec,
     Labels,
+    canonical_sha256,
     job_spec_adapter,
 )
 
@@ -105,4 +104,4 @@ def request_fingerprint(spec: AnySpec) -> str:
     later = {"name": spec.name, "labels": spec.labels, "reuse": spec.reuse or None}
     options = {"max_attempts": spec.max_attempts, **{key: value for key, value in later.items() if value is not None}}
     asked: dict[str, Any] = {**spec.model_dump(mode="json"), **options}
-    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+    return canonical_sha256(asked)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.config import Settings
-from service.errors import FilesNotRemoved
+from service.errors import CheckpointCorrupt, FilesNotRemoved
 
 CHUNK = 1 << 20
 
@@ -214,6 +214,17 @@ class LocalStore:
     def free_bytes(self) -> int:
         private_dirs(self.root)
         return shutil.disk_usage(self.root).free
+
+
+def read_verified(store: ArtifactStore, file: StoredFile, what: str) -> bytes:
+    """The file's bytes, after checking them against the sha256 recorded for it: CheckpointCorrupt
+    (naming `what`) when they differ, so a file that changed is never served nor opened. A file
+    that is gone raises the store's OSError."""
+    data = store.get(file.path)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != file.sha256:
+        raise CheckpointCorrupt(f"{what} is corrupt (sha256 {file.sha256} recorded, {actual} stored)", field="epoch")
+    return data
 
 
 def name_folders(text: str, folders: list[tuple[Path | None, str]]) -> str:

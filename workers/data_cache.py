@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 
 from service.config import Settings
-from service.training.tensors import MnistTensors, load_tensors, permutation
+from service.training.tensors import MnistTensors, load_tensors
 
 PERMUTED_CACHE_SIZE = 2  # permuted copies kept per worker (the base data set is always kept)
 
@@ -27,7 +27,7 @@ class DataCache:
             return self._base[dataset]
         key = (dataset, permutation_seed)
         if key not in self._permuted:
-            self._permuted[key] = self._base[dataset].permuted(permutation(permutation_seed))
+            self._permuted[key] = self._base[dataset].permuted_by(permutation_seed)
             while len(self._permuted) > PERMUTED_CACHE_SIZE:
                 self._permuted.popitem(last=False)
         self._permuted.move_to_end(key)

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Reader, Submitter
-from api.routes.jobs import ensure_queue_room
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, ComparisonPageLimit, Reader, Submitter
 from service import comparisons, jobs
 from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonRead
 from service.cost import check_budget
@@ -28,7 +27,7 @@ def create_comparison(
     """One job per cell and seed, in one transaction; `{"seeds": 5}` alone is the tutorial's
     experiment (FC and CNN, natural and permuted pixels, 5 seeds, 1 epoch)."""
     with db.write() as session:
-        ensure_queue_room(session, caller, settings.max_queued_per_token, adding=request.job_count)
+        jobs.ensure_queue_room(session, caller, settings.max_queued_per_token, adding=request.job_count)
         comparison = comparisons.create(
             session,
             request,
@@ -48,7 +47,7 @@ def create_comparison(
 def list_comparisons(
     db: DB,
     caller: Reader,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: ComparisonPageLimit,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> ComparisonPage:
     """Newest first."""

@@ -12,7 +12,6 @@ has no registered media type, and safetensors none either.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import uuid
 from typing import Annotated, Any
@@ -24,7 +23,6 @@ from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts, helper_call, read_in
 from api.errors import problem
 from api.strict_query import INT64_MAX
 from service import exports, jobs
-from service.errors import Conflict, NotFound
 from service.inference import InferenceClient, ModelFormat
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
@@ -141,18 +139,7 @@ def download_checkpoint(
     latest kept epoch. GET or HEAD; one Range honoured."""
     with db.read() as session:
         saved_epoch, file = jobs.checkpoint(session, str(job_id), epoch)
-    try:
-        data = store.get(file.path)  # checkpoints are small: verified whole, then sent from memory, never re-read
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFound(
-            f"checkpoint file for epoch {saved_epoch} is gone from the artifacts dir", field="epoch"
-        ) from None
-    on_disk = hashlib.sha256(data).hexdigest()
-    if on_disk != file.sha256:
-        raise Conflict(
-            f"checkpoint for epoch {saved_epoch} is corrupt (sha256 {file.sha256} recorded, {on_disk} on disk)",
-            field="epoch",
-        )
+    data = jobs.checkpoint_bytes(store, saved_epoch, file)  # small: verified whole, sent from memory
     return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.pt", OCTET_STREAM)
 
 

@@ -8,36 +8,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy.orm import Session
 
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
-from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, Reader, Submitter
+from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, JobPageLimit, Reader, Submitter
 from api.strict_query import INT64_MAX
 from service import jobs, search
-from service.auth import Caller
 from service.cost import check_budget
-from service.errors import InvalidInput, TooMany
+from service.errors import InvalidInput
 from service.reuse import ReusePolicy
 from service.schemas import LABEL_KEY_PATTERN, MAX_LABELS, SEED_MAX, JobPage, JobRead, JobSpec, StepMetrics, StepPage
 from service.search import NATURAL, JobFilter, Sort
 from service.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
-QUEUE_FULL_RETRY_SECONDS = 30
 MAX_STEPS_PAGE = 10_000
-PERMUTATION_FILTER = "an integer, or none: the jobs on natural pixels"
-SORT_ORDERS = "created_at: newest first; test_accuracy: best first (only jobs that have one)"
-
-
-def ensure_queue_room(session: Session, caller: Caller, limit: int, adding: int = 1) -> None:
-    """A token may have `limit` jobs queued or running (the open mode has no token and no limit)."""
-    if caller.id is not None and jobs.active_count(session, caller.id) + adding > limit:
-        raise TooMany(
-            f"this token may have {limit} jobs queued or running; {adding} more would pass that: "
-            "retry when some have ended",
-            retry_after_seconds=QUEUE_FULL_RETRY_SECONDS,
-        )
 
 
 @router.post(
@@ -56,7 +41,7 @@ def submit_job(
 ) -> JobRead:
     check_budget(spec, settings.max_job_flops, settings.max_job_memory_bytes)
     with db.write() as session:
-        ensure_queue_room(session, caller, settings.max_queued_per_token)
+        jobs.ensure_queue_room(session, caller, settings.max_queued_per_token)
         job, created = jobs.enqueue(
             session,
             spec,
@@ -116,6 +101,7 @@ def aware(value: datetime | None, field: str) -> datetime | None:
 def list_jobs(
     db: DB,
     caller: Reader,
+    limit: JobPageLimit,
     status: JobStatus | None = None,
     architecture: Literal["fc", "cnn"] | None = None,
     dataset: Literal["mnist", "fashion-mnist"] | None = None,
@@ -140,7 +126,6 @@ def list_jobs(
     sort: Annotated[
         Sort, Query(description="created_at: newest first; test_accuracy: best first (finished jobs)")
     ] = "created_at",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> JobPage:
     where = JobFilter(

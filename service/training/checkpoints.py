@@ -7,7 +7,6 @@ database; load() checks it before the file is opened.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 
 from service.errors import CheckpointCorrupt
 from service.schemas import AnySpec, EpochRecord, job_spec_adapter
-from service.storage import ArtifactStore, StoredFile, job_key
+from service.storage import ArtifactStore, StoredFile, job_key, read_verified
 
 FORMAT_VERSION = 1
 
@@ -127,8 +126,5 @@ def save(store: ArtifactStore, key: str, state: TrainingState) -> StoredFile:
 
 def load(store: ArtifactStore, file: StoredFile) -> TrainingState:
     """Open a checkpoint without unpickling arbitrary objects, after checking its sha256."""
-    data = store.get(file.path)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != file.sha256:
-        raise CheckpointCorrupt(f"checkpoint {file.path} has sha256 {actual}, expected {file.sha256}")
+    data = read_verified(store, file, f"checkpoint {file.path}")
     return TrainingState.decode(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))

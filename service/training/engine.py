@@ -43,7 +43,7 @@ from service.training.control import LOSS_REFRESH_SECONDS, Callbacks, Live
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.steps import samples_seen, sync_figures
-from service.training.tensors import MnistTensors, permutation
+from service.training.tensors import MnistTensors
 
 
 def _draw_seed(generator: torch.Generator) -> int:
@@ -120,10 +120,12 @@ class Trainer:
         resume: TrainingState | None = None,
         live: Live | None = None,
     ) -> None:
-        """`data` is already permuted (if the spec says so) and on `device`."""
+        """`data` is already permuted as the spec says (MnistTensors.permuted_by) and on `device`."""
+        if data.permutation_seed != spec.permutation_seed:
+            raise ValueError(f"data permuted by {data.permutation_seed}, the spec asks for {spec.permutation_seed}")
         self.spec, self.data, self.device = spec, data, device
         self.live = live or Live()
-        self.permutation = permutation(spec.permutation_seed)
+        self.permutation = data.permutation
         if resume is None:
             model, self.generator = seeded_start(spec)
         else:

@@ -23,17 +23,29 @@ class MnistTensors:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    permutation_seed: int | None = None  # the pixel order applied (permuted_by); None: natural pixels
+    permutation: torch.Tensor | None = None  # that order, as permutation(permutation_seed) computed it
 
     def to(self, device: torch.device) -> MnistTensors:
-        return MnistTensors(*(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)))
+        train_x, train_y, test_x, test_y = (
+            t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)
+        )
+        return MnistTensors(train_x, train_y, test_x, test_y, self.permutation_seed, self.permutation)
 
-    def permuted(self, permutation: torch.Tensor) -> MnistTensors:
-        """Every image's flattened pixels reordered by `permutation`, done once per data set."""
+    def permuted_by(self, seed: int | None) -> MnistTensors:
+        """Every image's flattened pixels reordered by the permutation of `seed` (itself for None):
+        the one place a data set's permutation is computed, once per data set and seed. The copy
+        carries the order, for the checkpoints of the jobs that train on it."""
+        if seed is None:
+            return self
+        if self.permutation_seed is not None:
+            raise ValueError("this data set is already permuted")
+        order = permutation(seed)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            return x.view(len(x), -1)[:, permutation.to(x.device)].view_as(x).contiguous()
+            return x.view(len(x), -1)[:, order.to(x.device)].view_as(x).contiguous()
 
-        return MnistTensors(apply(self.train_x), self.train_y, apply(self.test_x), self.test_y)
+        return MnistTensors(apply(self.train_x), self.train_y, apply(self.test_x), self.test_y, seed, order)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
     assert checkpoint["epoch"] == 2 and checkpoint["spec"] == job["spec"]
     model = build_model(job_spec_adapter.validate_python(checkpoint["spec"]))
     model.load_state_dict(checkpoint["state_dict"])
-    data = load_tensors(settings, "mnist").permuted(checkpoint["permutation"])
+    data = load_tensors(settings, "mnist").permuted_by(job["spec"]["permutation_seed"])
+    assert data.permutation is not None and torch.equal(checkpoint["permutation"], data.permutation)
     correct = evaluate(model, data.test_x, data.test_y, 1000).correct
     assert correct == result["correct"], "the downloaded model reproduces the stored accuracy exactly"
 

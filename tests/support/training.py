@@ -14,7 +14,7 @@ from service.states import Outcome
 from service.training.checkpoints import TrainingState
 from service.training.control import Live
 from service.training.engine import Trainer
-from service.training.tensors import MnistTensors, load_tensors, permutation
+from service.training.tensors import MnistTensors, load_tensors
 
 CPU = torch.device("cpu")
 
@@ -29,9 +29,7 @@ def make_spec(
 
 def job_data(settings: Settings, spec: AnySpec) -> MnistTensors:
     """The data a single job trains on: permuted once if its spec says so (as the worker's cache does)."""
-    data = load_tensors(settings, spec.dataset)
-    perm = permutation(spec.permutation_seed)
-    return data if perm is None else data.permuted(perm)
+    return load_tensors(settings, spec.dataset).permuted_by(spec.permutation_seed)
 
 
 def trainer_for(

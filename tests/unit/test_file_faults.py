@@ -89,7 +89,7 @@ def test_a_corrupt_checkpoint_is_never_served_and_a_missing_one_is_404(client, s
     response = client.get(listed["url"])
     assert response.status_code == 409 and response.headers["content-type"] == PROBLEM
     assert response.json()["detail"] == (
-        f"checkpoint for epoch 1 is corrupt (sha256 {listed['sha256']} recorded, {on_disk} on disk)"
+        f"checkpoint for epoch 1 is corrupt (sha256 {listed['sha256']} recorded, {on_disk} stored)"
     )
     assert "etag" not in response.headers, "nothing of the file's is sent"
 

@@ -183,3 +183,19 @@ def test_the_app_refuses_unknown_query_parameters(client):
     assert client.get("/v1/jobs", params={"limit": 5}).status_code == 200
     response = client.get("/v1/jobs", params={"limt": 5})
     assert response.status_code == 422 and response.json()["field"] == "query.limt"
+
+
+def test_page_sizes_are_the_settings_and_past_them_a_problem_names_query_limit(settings):
+    from api.app import create_app
+
+    settings = settings.model_copy(update={"page_size_max": 300, "comparison_page_size_max": 3})
+    migrate(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs", params={"limit": 300}).status_code == 200, "past the old fixed 200"
+        assert client.get("/v1/comparisons", params={"limit": 3}).status_code == 200
+        for path, limit, most in (("/v1/jobs", 301, 300), ("/v1/comparisons", 4, 3)):
+            response = client.get(path, params={"limit": limit})
+            assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+            assert response.json()["field"] == "query.limit" and f"at most {most}" in response.json()["detail"]
+        params = {p["name"]: p for p in client.get("/openapi.json").json()["paths"]["/v1/jobs"]["get"]["parameters"]}
+        assert params["limit"]["schema"]["maximum"] == 1000 and params["limit"]["schema"]["default"] == 50

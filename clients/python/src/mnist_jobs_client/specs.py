@@ -13,6 +13,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+
+def canonical_sha256(value: object) -> str:
+    """sha256 of a JSON value written with sorted keys: the one way a spec (or a part of it) is
+    hashed, by the pack key, the idempotency fingerprint and the result-reuse hash. Stored hashes
+    depend on this exact form (json.dumps' default separators)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 SEED_MAX = 2**63 - 1  # fits SQLite's and JSON's signed 64-bit integers, and torch.manual_seed
 DATASETS = ("mnist", "fashion-mnist")
 INPUT_SIZE = 28 * 28
@@ -66,8 +74,7 @@ class _SpecBase(BaseModel):
     @property
     def pack_key(self) -> str:
         """Equal for jobs with the same shapes and schedule, which may train as one stacked model."""
-        shape = self.model_dump(mode="json", exclude=set(self.PER_JOB_FIELDS))
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+        return canonical_sha256(self.model_dump(mode="json", exclude=set(self.PER_JOB_FIELDS)))
 
     @property
     def trained_seed(self) -> int:
