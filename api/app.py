@@ -20,13 +20,14 @@ from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
 from api.limits import CallerLimits
 from api.routes import comparisons, datasets, downloads, events, jobs, pictures, predict, workers
-from service import __version__, auth
-from service.config import Settings
-from service.db import Database, require_head
-from service.inference import InferenceClient
-from service.pictures import PictureCache
-from service.pools import BoundedCalls, RenderPool
-from service.storage import open_store
+from service import __version__
+from service.inference.client import InferenceClient
+from service.pictures.render import PictureCache
+from service.platform import auth
+from service.platform.config import Settings
+from service.platform.db import Database, require_head
+from service.platform.pools import BoundedCalls, RenderPool
+from service.storage.store import open_store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

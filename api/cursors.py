@@ -13,8 +13,8 @@ import math
 import uuid
 from datetime import UTC, datetime
 
-from service.errors import InvalidInput
-from service.search import After
+from service.jobs.search import After
+from service.platform.errors import InvalidInput
 
 MAX_CURSOR_CHARS = 300  # ours are about 100-130 characters; this keeps nesting bombs from the JSON decoder
 

@@ -28,14 +28,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Scope
 
-from service.comparison_schemas import (
+from service.comparisons.schemas import (
     ARCHITECTURES,
     DEFAULT_PERMUTATION_SEED,
     DEFAULT_SEEDS,
     MAX_COMPARISON_JOBS,
 )
-from service.schemas import job_spec_adapter
-from service.states import JobStatus
+from service.jobs.schemas import job_spec_adapter
+from service.platform.states import JobStatus
 
 HERE = Path(__file__).parent
 STATIC_URL = "/static"

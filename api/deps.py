@@ -19,12 +19,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.limits import KNOWN_CALLER
 from api.strict_query import reject_unknown_query
-from service.auth import OPEN, Caller, Role, TokenStore, authenticate, still_valid
-from service.config import PAGE_SIZE_CEILING, Settings
-from service.db import Database
-from service.errors import InvalidInput, Unauthorized
-from service.pools import BoundedCalls
-from service.storage import ArtifactStore
+from service.platform.auth import OPEN, Caller, Role, TokenStore, authenticate, still_valid
+from service.platform.config import PAGE_SIZE_CEILING, Settings
+from service.platform.db import Database
+from service.platform.errors import InvalidInput, Unauthorized
+from service.platform.pools import BoundedCalls
+from service.storage.store import ArtifactStore
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service.errors import NotFound
+from service.platform.errors import NotFound
 
 STATIC_DIR = Path(fastapi_offline.__file__).parent / "static"
 STATIC_FILES = {  # name -> media type; nothing else under /docs/static is served

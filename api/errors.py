@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from service.db import lost_connection
-from service.errors import (
+from service.platform.db import lost_connection
+from service.platform.errors import (
     CheckpointCorrupt,
     Conflict,
     DataUnavailable,

@@ -30,14 +30,15 @@ from typing import Any
 import anyio
 from sse_starlette import ServerSentEvent
 
-from service import events, jobs
-from service.auth import Caller
-from service.db import Database
-from service.errors import NotFound
-from service.events import StoredEvent
-from service.models import Job
-from service.schemas import JobRead
-from service.states import JobStatus
+from service.jobs import lifecycle
+from service.jobs.schemas import JobRead
+from service.platform import events
+from service.platform.auth import Caller
+from service.platform.db import Database
+from service.platform.errors import NotFound
+from service.platform.events import StoredEvent
+from service.platform.models import Job
+from service.platform.states import JobStatus
 
 log = logging.getLogger(__name__)
 PAGE = 500  # events read per query, by the broadcaster and by a replay
@@ -290,7 +291,7 @@ class JobStart:
 
 def job_start(db: Database, job_id: str, last_event_id: int | None, viewer: Caller) -> JobStart | None:
     """None when the job is gone (deleted since the route found it). The snapshot is the job as
-    `viewer` may see it (jobs.view)."""
+    `viewer` may see it (lifecycle.view)."""
     with db.read() as session:
         if last_event_id is not None and events.resumable(session, last_event_id):
             job = session.get(Job, job_id)
@@ -303,7 +304,7 @@ def job_start(db: Database, job_id: str, last_event_id: int | None, viewer: Call
         # snapshot; on SQLite the transaction's first read fixes one for both).
         latest = events.latest_id(session)
         try:
-            return JobStart(latest, view=jobs.view(jobs.get(session, job_id), viewer))
+            return JobStart(latest, view=lifecycle.view(lifecycle.get(session, job_id), viewer))
         except NotFound:
             return None
 

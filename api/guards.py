@@ -11,7 +11,7 @@
   browser asks first, and CORS answers).
 - RequestId (outermost): every answer, the guards' 400/413/415 included, carries an X-Request-ID:
   the caller's when it is sane (1-64 of [A-Za-z0-9._-]), a fresh uuid4 hex otherwise. The id is in
-  a contextvar (service.logs.request_id) while the request runs, and service.logs.RequestIdFilter
+  a contextvar (service.platform.logs.request_id) while the request runs, and service.platform.logs.RequestIdFilter
   puts it on every log record (uvicorn's access lines too, through log_config()). It is also where
   an exception no handler took ends: Starlette's ServerErrorMiddleware sits outside every user
   middleware, answers text/plain without the id and raises again, and uvicorn then drops the
@@ -31,9 +31,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem, service_error, unexpected_error
-from service.errors import ServiceError, TooLarge, UnsupportedMedia
-from service.logs import LogFormat, request_id, uvicorn_config
-from service.logs import RequestIdFilter as RequestIdFilter  # re-exported: its old home
+from service.platform.errors import ServiceError, TooLarge, UnsupportedMedia
+from service.platform.logs import LogFormat, request_id, uvicorn_config
+from service.platform.logs import RequestIdFilter as RequestIdFilter  # re-exported: its old home
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON = "application/json"
@@ -83,7 +83,7 @@ class RequestId:
 
 
 def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
-    """uvicorn's logging config with the request id on every line (service.logs, shared with the worker)."""
+    """uvicorn's logging config with the request id on every line (service.platform.logs, shared with the worker)."""
     return uvicorn_config(log_format)
 
 

@@ -28,9 +28,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
-from service.auth import TokenStore, authenticate
-from service.config import Settings
-from service.errors import Unauthorized
+from service.platform.auth import TokenStore, authenticate
+from service.platform.config import Settings
+from service.platform.errors import Unauthorized
 
 EXEMPT = re.compile(r"/healthz(/.*)?")
 STREAMS = re.compile(r"/v1/(jobs/[^/]+/)?events")

@@ -3,7 +3,7 @@
 Two sources:
 - HttpMetrics, an ASGI middleware: every answer counted by method, route template (e.g.
   `/v1/jobs/{job_id}`, never the raw path, so the series stay few) and status, with its latency.
-- DatabaseCollector, read at scrape time from the database the workers write (service/metrics.py
+- DatabaseCollector, read at scrape time from the database the workers write (service/platform/metrics.py
   holds the SQL): jobs by status, the queue, the workers' heartbeats, and two figures fed from
   what changed since the previous scrape: the job duration histogram (jobs that ended since) and
   the training samples counter (how far each job's recorded steps moved).
@@ -31,10 +31,10 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import require
-from service import metrics as queries
-from service.auth import Role
-from service.db import Database
-from service.models import utcnow
+from service.platform import metrics as queries
+from service.platform.auth import Role
+from service.platform.db import Database
+from service.platform.models import utcnow
 
 PREFIX = "mnist_jobs"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other: "OTHER"

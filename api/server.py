@@ -31,7 +31,7 @@ import h11
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.config import Settings
+from service.platform.config import Settings
 
 REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 400: "Bad Request"}
 # After a refusal the connection is half-closed and what the client still sends is read and

@@ -213,7 +213,7 @@ async def hammer(
 
 
 def helper_pid(t: Target) -> int | None:
-    return next((p for p in descendants(t.api_pid) if "service.training.inference" in command(p)), None)
+    return next((p for p in descendants(t.api_pid) if "service.inference.helper" in command(p)), None)
 
 
 def resume_helper(pid: int) -> None:

@@ -63,7 +63,7 @@ def command(pid: int) -> str:
 def role(cmdline: str, parent_role: str) -> str:
     """A short name for a descendant of the API process (the render processes are the forkserver's
     children, forked: their command line is the forkserver's)."""
-    if "service.training.inference" in cmdline:
+    if "service.inference.helper" in cmdline:
         return "inference helper"
     if "resource_tracker" in cmdline:
         return "resource tracker"

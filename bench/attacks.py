@@ -134,7 +134,13 @@ def attack(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             assert service.api is not None
             service.api.kill()
             crashes.append("the API did not stop within 30 s of SIGTERM")
-    return {"phases": phases, "probe": samples, "crashes": crashes, "job_id": job_id, "api_log": service.logs("api")}
+    return {
+        "phases": phases,
+        "probe": samples,
+        "crashes": crashes,
+        "job_id": job_id,
+        "api_log": service.logs("api"),
+    }
 
 
 def main() -> None:

@@ -46,10 +46,10 @@ import httpx
 from sqlalchemy import select
 
 from bench.fault_service import LIMITS_OFF, Service, prepare_data, service_env
-from service.db import Database
-from service.events import EventKind
-from service.models import Event
-from service.schemas import JobPage, JobRead
+from service.jobs.schemas import JobPage, JobRead
+from service.platform.db import Database
+from service.platform.events import EventKind
+from service.platform.models import Event
 
 PACK_LABEL = "bench"
 FLOOD_SPEC = {"architecture": "cnn", "epochs": 1}

@@ -1,4 +1,4 @@
-"""Claims per second: `--processes` OS processes each claim (service.queue.claim, one job per write
+"""Claims per second: `--processes` OS processes each claim (service.queue.leases.claim, one job per write
 transaction) until the queue is empty, on SQLite and on PostgreSQL.
 
     python -m bench.claims [--processes 16] [--jobs 400] [--url URL ...]
@@ -21,11 +21,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from service import jobs, queue
-from service.db import Database, upgrade
-from service.models import Attempt, Job
-from service.schemas import job_spec_adapter
-from service.states import JobStatus
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.platform.db import Database, upgrade
+from service.platform.models import Attempt, Job
+from service.platform.states import JobStatus
+from service.queue import leases
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Result:
 def enqueue(database: Database, count: int) -> list[str]:
     spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
     with database.write() as session:
-        return [jobs.enqueue(session, spec, default_max_attempts=3)[0].id for _ in range(count)]
+        return [lifecycle.enqueue(session, spec, default_max_attempts=3)[0].id for _ in range(count)]
 
 
 def claim_until_empty(url: str, worker: str, start: Barrier, out: multiprocessing.Queue[list[str]]) -> None:
@@ -70,7 +71,7 @@ def claim_until_empty(url: str, worker: str, start: Barrier, out: multiprocessin
     start.wait()
     while True:
         with database.write() as session:
-            found = queue.claim(session, worker, lease_seconds=600)
+            found = leases.claim(session, worker, lease_seconds=600)
         if not found:
             break
         claimed.extend(claim.job_id for claim in found)

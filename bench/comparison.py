@@ -27,7 +27,7 @@ import torch
 from bench import textbook
 from bench.run import TUTORIAL_JOBS, data_dir, start_serve
 from mnist_jobs_client.cli.compare import render
-from service.comparison_schemas import ComparisonRead
+from service.comparisons.schemas import ComparisonRead
 
 
 def textbook_runs(root: Path) -> dict[str, float]:

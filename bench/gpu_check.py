@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from bench.run import REPO, TUTORIAL_JOBS, Discard, data_dir, spec
-from service import jobs
-from service.config import Settings
-from service.db import Database, upgrade
-from service.schemas import AnySpec, TrainResult
+from service.jobs import lifecycle
+from service.jobs.schemas import AnySpec, TrainResult
+from service.platform.config import Settings
+from service.platform.db import Database, upgrade
 from service.training.devices import configure_torch
 from service.training.engine import Trainer
 from service.training.tensors import load_tensors
@@ -44,12 +44,12 @@ def run_worker(specs: list[AnySpec], root: Path, tmp: Path, device: str, pack_si
     """Queue `specs` in a fresh SQLite file, let one real worker process train them all, and return
     each job's result and the size of the pack it was trained in (from the worker's JSON log lines)."""
     tmp.mkdir(parents=True)
-    url = f"sqlite:///{tmp / 'jobs.db'}"
+    url = f"sqlite:///{tmp / 'lifecycle.db'}"
     upgrade(url)
     db = Database(url)
     try:
         with db.write() as session:
-            ids = [jobs.enqueue(session, s, default_max_attempts=1)[0].id for s in specs]
+            ids = [lifecycle.enqueue(session, s, default_max_attempts=1)[0].id for s in specs]
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MNIST_JOBS_")},
             "MNIST_JOBS_DATABASE_URL": url,
@@ -79,7 +79,7 @@ def run_worker(specs: list[AnySpec], root: Path, tmp: Path, device: str, pack_si
         answers = []
         with db.read() as session:
             for job_id in ids:
-                job = jobs.get(session, job_id)
+                job = lifecycle.get(session, job_id)
                 if job.status != "succeeded" or job.result is None:
                     sys.exit(f"job {job_id} ended {job.status}: {job.error}")
                 answers.append({"result": TrainResult.model_validate(job.result), "pack": packs.get(job_id)})

@@ -109,7 +109,7 @@ class Server:
 
     def migrated(self, url: str) -> None:
         """Replace the (empty) test database at `url` by a copy of the head template."""
-        from service.db import current_revision, upgrade
+        from service.platform.db import current_revision, upgrade
 
         if current_revision(url) is not None:
             upgrade(url)  # already migrated (a second fixture asked): as upgrade() on a SQLite file

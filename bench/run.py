@@ -29,10 +29,10 @@ import httpx
 import torch
 
 from bench import textbook
-from service.config import Settings
 from service.datasets.catalog import prepare
-from service.schemas import AnySpec, EpochRecord, FCSpec, job_spec_adapter
-from service.states import Outcome
+from service.jobs.schemas import AnySpec, EpochRecord, FCSpec, job_spec_adapter
+from service.platform.config import Settings
+from service.platform.states import Outcome
 from service.training.checkpoints import TrainingState
 from service.training.control import Live
 from service.training.engine import Trainer

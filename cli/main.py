@@ -21,9 +21,9 @@ import click
 
 from cli import supervisor
 from mnist_jobs_client.cli import main as client_main
-from service.config import LOOPBACK_HOSTS, Settings
-from service.logs import LOG_FORMATS
-from service.schemas import DATASETS
+from service.jobs.schemas import DATASETS
+from service.platform.config import LOOPBACK_HOSTS, Settings
+from service.platform.logs import LOG_FORMATS
 
 log = logging.getLogger("mnist_jobs.serve")
 
@@ -39,7 +39,7 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
     """Refuse to serve an open API beyond this machine; say plainly when it is open at all."""
-    from service import auth
+    from service.platform import auth
 
     if auth.configured(settings):
         if settings.api_tokens_file is not None and not settings.api_tokens_file.exists():
@@ -73,7 +73,7 @@ def check_exposure(host: str, insecure: bool, settings: Settings) -> None:
 def check_tokens_file(path: Path) -> None:
     """A tokens file that cannot be read or parsed stops the server before it listens; the message
     names the line by number only (the line may hold a secret)."""
-    from service import auth
+    from service.platform import auth
 
     try:
         auth.list_tokens(path)
@@ -117,7 +117,7 @@ def serve(
     host: str | None, port: int | None, workers: int | None, device: str | None, log_format: str | None, insecure: bool
 ) -> None:
     """Migrate the database, then run the API and the worker processes."""
-    from service import logs
+    from service.platform import logs
 
     settings = with_log_format(log_format, Settings())
     log_config = logs.uvicorn_config(settings.log_format)  # each line with the id of the request it is about
@@ -129,7 +129,7 @@ def serve(
 
     from api.app import create_app
     from api.server import uvicorn_options
-    from service.db import upgrade
+    from service.platform.db import upgrade
 
     upgrade(settings.database_url)
     # One worker per GPU, or per core on a CPU-only host, unless a count was asked for.
@@ -176,7 +176,7 @@ def worker(device: str | None, all_gpus: bool, check: bool, max_jobs: int | None
     if all_gpus:
         if max_jobs is not None:  # a kept-running pool restarts a worker that stops after N jobs
             sys.exit("mnist-jobs worker: --max-jobs is for one worker; it does not go with --all-gpus")
-        from service import logs
+        from service.platform import logs
 
         logs.setup(logs.worker_config(settings.log_format))
         try:
@@ -200,7 +200,7 @@ def data(action: str, dataset: str | None, source_dir: str | None) -> None:
 
     from service.datasets import catalog as datasets
     from service.datasets.sources import StderrProgress
-    from service.errors import DataUnavailable
+    from service.platform.errors import DataUnavailable
 
     settings = Settings()
     if action == "status":
@@ -231,12 +231,12 @@ def db(action: str, file: Path | None) -> None:
     consistent copy of a live SQLite database, taken while jobs run)."""
     from sqlalchemy.engine import make_url
 
-    from service.db import current_revision, head_revision, upgrade
+    from service.platform.db import current_revision, head_revision, upgrade
 
     settings = Settings()
     if action == "backup":
-        from service import backup
-        from service.errors import InvalidInput
+        from service.platform import backup
+        from service.platform.errors import InvalidInput
 
         if file is None:
             raise click.UsageError("db backup needs the FILE to write")
@@ -279,7 +279,7 @@ def _tokens(action: str, file: str | None, run: Callable[[Path], None]) -> None:
 @TOKENS_FILE
 def tokens_create(role: str, expires: str | None, file: str | None) -> None:
     """Make a token, print it once, append its sha256 and role (and expiry) to the file."""
-    from service import auth
+    from service.platform import auth
 
     try:
         lifetime = None if expires is None else auth.parse_duration(expires)
@@ -301,7 +301,7 @@ def tokens_create(role: str, expires: str | None, file: str | None) -> None:
 @TOKENS_FILE
 def tokens_list(file: str | None) -> None:
     """Token ids, roles and expiries (UTC)."""
-    from service import auth
+    from service.platform import auth
 
     def run(path: Path) -> None:
         now = auth.now_utc()
@@ -318,7 +318,7 @@ def tokens_list(file: str | None) -> None:
 @TOKENS_FILE
 def tokens_revoke(token_id: str, file: str | None) -> None:
     """Remove the token whose id starts with ID."""
-    from service import auth
+    from service.platform import auth
 
     def run(path: Path) -> None:
         gone = auth.revoke(path, token_id)
@@ -329,7 +329,7 @@ def tokens_revoke(token_id: str, file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m cli`: the one `mnist-jobs`, with the server's commands added directly."""
-    from service.errors import SchemaOutOfDate
+    from service.platform.errors import SchemaOutOfDate
 
     try:
         client_main(argv, commands=cli.commands.values())

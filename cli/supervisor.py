@@ -18,7 +18,7 @@ import threading
 import time
 from types import FrameType
 
-from service.config import Settings
+from service.platform.config import Settings
 
 WORKER_RESTART_DELAY_SECONDS = 2.0
 log = logging.getLogger("mnist_jobs.supervisor")
@@ -138,9 +138,9 @@ def worker_health(settings: Settings) -> str | None:
     """Why this host's workers are unhealthy, or None: at least one registered from this host (a
     container's hostname is its own) and not stopped, and each seen within a lease (the silence
     after which the others mark a worker gone). The container's health check (docker-compose.yml)."""
-    from service import metrics
-    from service.db import Database
-    from service.models import utcnow
+    from service.platform import metrics
+    from service.platform.db import Database
+    from service.platform.models import utcnow
 
     host, db = socket.gethostname(), Database(settings.database_url)
     try:

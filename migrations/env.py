@@ -1,9 +1,9 @@
-"""Alembic environment: runs migrations on the URL set by service.db.alembic_config (or alembic.ini)."""
+"""Alembic environment: runs migrations on the URL set by service.platform.db.alembic_config (or alembic.ini)."""
 
 from alembic import context
 
-from service.db import make_engine
-from service.models import Base
+from service.platform.db import make_engine
+from service.platform.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,7 +24,7 @@ def run_migrations_online() -> None:
     # The service's own engine: on SQLite its BEGIN IMMEDIATE serialises concurrent upgrades.
     url = config.get_main_option("sqlalchemy.url")
     if url is None:
-        raise RuntimeError("no sqlalchemy.url: set it in alembic.ini or use service.db.alembic_config")
+        raise RuntimeError("no sqlalchemy.url: set it in alembic.ini or use service.platform.db.alembic_config")
     engine = make_engine(url)
     try:
         with engine.connect() as connection:

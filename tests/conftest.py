@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from bench import postgres
 from bench.synthetic import write_mnist
-from service.config import Settings
-from service.db import Database
+from service.platform.config import Settings
+from service.platform.db import Database
 from tests.support.processes import LiveServer, Workers
 from tests.support.settings import make_settings, migrate
 

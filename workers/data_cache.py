@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import torch
 
-from service.config import Settings
+from service.platform.config import Settings
 from service.training.tensors import MnistTensors, load_tensors
 
 PERMUTED_CACHE_SIZE = 2  # permuted copies kept per worker (the base data set is always kept)

@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import queue, registry
-from service.db import Database, lost_connection
-from service.errors import LeaseLost
-from service.queue import Claim
-from service.schemas import StepMetrics
-from service.states import Outcome
+from service.jobs.schemas import StepMetrics
+from service.platform.db import Database, lost_connection
+from service.platform.errors import LeaseLost
+from service.platform.states import Outcome
+from service.queue import leases, registry
+from service.queue.leases import Claim
 from service.training.control import Live
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,14 @@ class Heartbeat(threading.Thread):
                 for held in self.held:
                     try:
                         with session.begin_nested():
-                            if queue.heartbeat(session, held.claim, self.lease_seconds, held.live.progress()):
+                            if leases.heartbeat(session, held.claim, self.lease_seconds, held.live.progress()):
                                 cancelled.append(held)
                             # Taken only now that this job's row is locked by the write above: a stop
                             # that takes the rest and ends the job commits after these, not before.
                             steps = held.live.step_losses.take()
                             if steps:
                                 taken.append((held, steps))
-                                queue.record_steps(session, held.claim, steps)
+                                leases.record_steps(session, held.claim, steps)
                     except LeaseLost:  # a lost lease writes nothing, step losses included
                         lost.append(held)
                 current = self.held[0].claim.job_id if self.held else None
@@ -96,7 +96,7 @@ class Heartbeat(threading.Thread):
 
     def watch_cancels(self) -> None:
         with self.db.read() as session:
-            asked = queue.cancels_requested(session, [held.claim for held in self.held])
+            asked = leases.cancels_requested(session, [held.claim for held in self.held])
         for held in self.held:
             if held.claim.job_id in asked:
                 held.live.request_stop(Outcome.cancelled)

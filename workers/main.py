@@ -20,14 +20,15 @@ from types import FrameType
 import torch
 from sqlalchemy.exc import DBAPIError
 
-from service import logs, queue, reaper, registry
-from service.config import Settings
-from service.db import Database, lost_connection, require_head
-from service.queue import Claim
-from service.schemas import FCSpec
-from service.states import Outcome
+from service.jobs.schemas import FCSpec
+from service.platform import logs
+from service.platform.config import Settings
+from service.platform.db import Database, lost_connection, require_head
+from service.platform.states import Outcome
+from service.queue import leases, reaper, registry
+from service.queue.leases import Claim
+from service.queue.wakeup import Wakeup
 from service.training.devices import configure_torch, resolve_device
-from service.wakeup import Wakeup
 from workers.data_cache import DataCache
 from workers.runner import JobRunner, log_transition
 
@@ -120,19 +121,19 @@ class Worker:
     def claim(self) -> list[Claim]:
         """The oldest runnable job, plus (if it can pack) more queued jobs of its exact shape."""
         with self.db.read() as session:  # a read: idle workers take no write lock
-            self.next_runnable = queue.seconds_until_runnable(session)
+            self.next_runnable = leases.seconds_until_runnable(session)
         if self.next_runnable != 0:
             return []
         if not self.room_on_disk():
             return []
         lease = self.settings.lease_seconds
         with self.db.write() as session:
-            claims = queue.claim(session, self.id, lease)
+            claims = leases.claim(session, self.id, lease)
             # Only FC packs: on the CPU the CNN's time goes to per-element work (pooling,
             # convolution) that stacking does not shrink (see bench/RESULTS.md).
             first = claims[0] if claims else None
             if first and self.settings.pack_size > 1 and isinstance(first.spec, FCSpec) and first.resume is None:
-                claims += queue.claim(
+                claims += leases.claim(
                     session, self.id, lease, limit=self.settings.pack_size - 1, pack_key=first.spec.pack_key
                 )
             registry.seen(session, self.id, current_job_id=first.job_id if first else None)

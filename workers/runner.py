@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 import torch
 
-from service import queue
-from service.config import Settings, heartbeat_period
-from service.db import Database, lost_connection
-from service.errors import CheckpointCorrupt, DataUnavailable
-from service.queue import Claim
-from service.schemas import EpochRecord, FCSpec, TrainResult
-from service.states import Outcome
-from service.storage import ArtifactStore, StoredFile, name_folders, open_store
+from service.jobs.schemas import EpochRecord, FCSpec, TrainResult
+from service.platform.config import Settings, heartbeat_period
+from service.platform.db import Database, lost_connection
+from service.platform.errors import CheckpointCorrupt, DataUnavailable
+from service.platform.states import Outcome
+from service.queue import leases
+from service.queue.leases import Claim
+from service.storage.store import ArtifactStore, StoredFile, name_folders, open_store
 from service.training import checkpoints
 from service.training.checkpoints import TrainingState
 from service.training.control import Live
@@ -141,7 +141,7 @@ def resume_point(db: Database, store: ArtifactStore, claim: Claim) -> TrainingSt
     if (state := try_checkpoint(store, claim, resume)) is not None:
         return state
     with db.read() as session:  # read only when the resume file fails to verify
-        kept = queue.kept_checkpoints(session, claim.job_id)
+        kept = leases.kept_checkpoints(session, claim.job_id)
     for file in kept:
         if file.path != resume.path and (state := try_checkpoint(store, claim, file)) is not None:
             log.warning("job %s: resuming from the checkpoint of epoch %d instead", claim.job_id, state.epoch)
@@ -181,7 +181,7 @@ def failure_message(exc: Exception, claims: list[Claim], device: torch.device, s
 
 def log_transition(claim: Claim, worker_id: str, transition: str, reason: str | None = None, **fields: object) -> None:
     """One line per job transition (claimed, or how it ended): job id, attempt, worker, and why it
-    failed; the same as structured fields for JSON lines (service/logs.py)."""
+    failed; the same as structured fields for JSON lines (service/platform/logs.py)."""
     extra = {"job_id": claim.job_id, "attempt": claim.attempt, "worker_id": worker_id, "transition": transition}
     because = ""
     if reason is not None:

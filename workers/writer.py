@@ -1,6 +1,6 @@
 """The worker's writes for the jobs it holds, and the checkpoint files they point at.
 
-Each write is one fenced service.queue call that takes everything it writes (an ending takes the
+Each write is one fenced service.queue.leases call that takes everything it writes (an ending takes the
 step losses not written yet), made through Database.write_again_if_cut: a write whose commit's
 answer was lost to a cut connection is made again, and one that then finds the lease gone asks
 how the attempt ended, so a write that had committed is not mistaken for a lost lease. A worker
@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
-from service import queue
-from service.db import Database
-from service.errors import LeaseLost
-from service.queue import Claim
-from service.schemas import EpochRecord, Progress, StepMetrics, TrainResult
-from service.states import Outcome
-from service.storage import ArtifactStore, StoredFile
+from service.jobs.schemas import EpochRecord, Progress, StepMetrics, TrainResult
+from service.platform.db import Database
+from service.platform.errors import LeaseLost
+from service.platform.states import Outcome
+from service.queue import leases
+from service.queue.leases import Claim
+from service.storage.store import ArtifactStore, StoredFile
 from service.training import checkpoints
 from service.training.checkpoints import TrainingState
 
@@ -32,7 +32,7 @@ class JobWriter:
         self.db, self.store, self.keep_checkpoints = db, store, keep_checkpoints
 
     def note_resume(self, claim: Claim, epoch: int, step: int) -> None:
-        self.db.write_again_if_cut(lambda session: queue.note_resume(session, claim, epoch, step))
+        self.db.write_again_if_cut(lambda session: leases.note_resume(session, claim, epoch, step))
 
     def record_epoch(self, claim: Claim, metrics: EpochRecord, state: TrainingState) -> bool:
         """Save the epoch's checkpoint and record it (pruning older ones, keep_checkpoints);
@@ -40,7 +40,7 @@ class JobWriter:
         file = self.save(claim, metrics.epoch, state)
         keep = self.keep_checkpoints
         try:
-            pruned = self.db.write_again_if_cut(lambda s: queue.record_epoch(s, claim, metrics, file, keep))
+            pruned = self.db.write_again_if_cut(lambda s: leases.record_epoch(s, claim, metrics, file, keep))
         except LeaseLost:
             log.warning("job %s: lease lost; epoch %d not recorded, training stops", claim.job_id, metrics.epoch)
             self.remove(claim, [file.path])
@@ -51,13 +51,13 @@ class JobWriter:
     def finish(
         self, claim: Claim, result: TrainResult, progress: Progress | None, steps: Sequence[StepMetrics]
     ) -> Outcome:
-        return self._end(claim, Outcome.succeeded, lambda s: queue.finish(s, claim, result, progress, steps))
+        return self._end(claim, Outcome.succeeded, lambda s: leases.finish(s, claim, result, progress, steps))
 
     def fail(self, claim: Claim, error: str, steps: Sequence[StepMetrics]) -> Outcome:
-        return self._end(claim, Outcome.failed, lambda s: queue.fail(s, claim, error, steps))
+        return self._end(claim, Outcome.failed, lambda s: leases.fail(s, claim, error, steps))
 
     def cancel(self, claim: Claim, steps: Sequence[StepMetrics]) -> Outcome:
-        return self._end(claim, Outcome.cancelled, lambda s: queue.mark_cancelled(s, claim, steps))
+        return self._end(claim, Outcome.cancelled, lambda s: leases.mark_cancelled(s, claim, steps))
 
     def hand_back(self, claim: Claim, state: TrainingState, steps: Sequence[StepMetrics]) -> Outcome:
         """Save the mid-epoch state and give the job back to the queue (or end it cancelled, when a
@@ -70,7 +70,7 @@ class JobWriter:
             log.warning("job %s: mid-epoch checkpoint not written (%s); handing back without it", claim.job_id, exc)
             file = None
         try:
-            return self.db.write_again_if_cut(lambda s: queue.hand_back(s, claim, file, steps))
+            return self.db.write_again_if_cut(lambda s: leases.hand_back(s, claim, file, steps))
         except LeaseLost:
             ended = self.ended_by_itself(claim)
             if ended in (Outcome.handed_back, Outcome.cancelled):
@@ -94,7 +94,7 @@ class JobWriter:
         """How the claim's attempt ended, when a fenced ending found its lease gone: an ending written
         again because its commit's answer was lost finds its own."""
         with self.db.read() as session:
-            return queue.attempt_outcome(session, claim)
+            return leases.attempt_outcome(session, claim)
 
     def save(self, claim: Claim, epoch: int | None, state: TrainingState) -> StoredFile:
         return checkpoints.save(self.store, checkpoints.checkpoint_key(claim.job_id, claim.token, epoch), state)

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Query, Response
 from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, ComparisonPageLimit, Reader, Submitter
-from service import comparisons, jobs
-from service.comparison_schemas import ComparisonCreate, ComparisonPage, ComparisonRead
-from service.cost import check_budget
-from service.errors import NotFound
-from service.reuse import ReusePolicy
+from service.comparisons import grid
+from service.comparisons.schemas import ComparisonCreate, ComparisonPage, ComparisonRead
+from service.jobs import lifecycle
+from service.jobs.cost import check_budget
+from service.jobs.reuse import ReusePolicy
+from service.platform.errors import NotFound
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], dependencies=V1_ROUTER_DEPENDENCIES)
 
@@ -27,8 +28,8 @@ def create_comparison(
     """One job per cell and seed, in one transaction; `{"seeds": 5}` alone is the tutorial's
     experiment (FC and CNN, natural and permuted pixels, 5 seeds, 1 epoch)."""
     with db.write() as session:
-        jobs.ensure_queue_room(session, caller, settings.max_queued_per_token, adding=request.job_count)
-        comparison = comparisons.create(
+        lifecycle.ensure_queue_room(session, caller, settings.max_queued_per_token, adding=request.job_count)
+        comparison = grid.create(
             session,
             request,
             default_max_attempts=settings.max_attempts,
@@ -38,7 +39,7 @@ def create_comparison(
                 check_budget, max_flops=settings.max_job_flops, max_memory_bytes=settings.max_job_memory_bytes
             ),
         )
-        view = comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
+        view = grid.view(comparison, grid.member_jobs(session, comparison.id), caller)
     response.headers["Location"] = f"/v1/comparisons/{view.id}"
     return view
 
@@ -53,10 +54,10 @@ def list_comparisons(
     """Newest first."""
     after = cursors.decode(cursor) if cursor else None
     with db.read() as session:
-        page = comparisons.list_comparisons(
+        page = grid.list_comparisons(
             session, limit=limit + 1, after=None if after is None else (after.created_at, after.id)
         )
-        items = [comparisons.view(c, comparisons.member_jobs(session, c.id), caller) for c in page[:limit]]
+        items = [grid.view(c, grid.member_jobs(session, c.id), caller) for c in page[:limit]]
     next_cursor = cursors.encode(items[-1].created_at, items[-1].id) if len(page) > limit else None
     return ComparisonPage(items=items, next_cursor=next_cursor)
 
@@ -64,17 +65,17 @@ def list_comparisons(
 @router.get("/{comparison_id}", response_model=ComparisonRead)
 def get_comparison(comparison_id: uuid.UUID, db: DB, caller: Reader) -> ComparisonRead:
     with db.read() as session:
-        comparison = comparisons.get(session, str(comparison_id))
-        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
+        comparison = grid.get(session, str(comparison_id))
+        return grid.view(comparison, grid.member_jobs(session, comparison.id), caller)
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonRead)
 def cancel_comparison(comparison_id: uuid.UUID, db: DB, caller: Submitter) -> ComparisonRead:
     """Cancels every job that has not ended; running ones stop at their next step."""
     with db.write() as session:
-        caller.require_owner(comparisons.get(session, str(comparison_id)).submitted_by)
-        comparison = comparisons.cancel(session, str(comparison_id))
-        return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id), caller)
+        caller.require_owner(grid.get(session, str(comparison_id)).submitted_by)
+        comparison = grid.cancel(session, str(comparison_id))
+        return grid.view(comparison, grid.member_jobs(session, comparison.id), caller)
 
 
 @router.delete("/{comparison_id}", status_code=204)
@@ -82,13 +83,13 @@ def delete_comparison(comparison_id: uuid.UUID, db: DB, store: Artifacts, _calle
     """Deletes the comparison and all its jobs with their files (409 while any job has not ended).
     One transaction per job, files first: a failure leaves the rest, each with its files."""
     with db.read() as session:
-        job_ids = comparisons.jobs_to_delete(session, str(comparison_id))
+        job_ids = grid.jobs_to_delete(session, str(comparison_id))
     for job_id in job_ids:
         try:
             with db.write() as session:
-                jobs.delete(session, job_id, store)
+                lifecycle.delete(session, job_id, store)
         except NotFound:
             pass  # deleted meanwhile, by itself or by another request for this comparison
     with db.write() as session:
-        comparisons.remove(session, str(comparison_id))
+        grid.remove(session, str(comparison_id))
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import V1_ROUTER_DEPENDENCIES, AppSettings
 from service.datasets import catalog
-from service.schemas import DATASETS, DatasetRead
+from service.jobs.schemas import DATASETS, DatasetRead
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=V1_ROUTER_DEPENDENCIES)
 

@@ -22,8 +22,9 @@ from fastapi import APIRouter, Query, Request, Response
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts, helper_call, read_in_thread
 from api.errors import problem
 from api.strict_query import INT64_MAX
-from service import exports, jobs
-from service.inference import InferenceClient, ModelFormat
+from service.inference import exports
+from service.inference.client import InferenceClient, ModelFormat
+from service.jobs import lifecycle
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
 OCTET_STREAM = "application/octet-stream"
@@ -138,8 +139,8 @@ def download_checkpoint(
     """The checkpoint file (torch.load(..., weights_only=True) opens it) of `epoch`, else of the
     latest kept epoch. GET or HEAD; one Range honoured."""
     with db.read() as session:
-        saved_epoch, file = jobs.checkpoint(session, str(job_id), epoch)
-    data = jobs.checkpoint_bytes(store, saved_epoch, file)  # small: verified whole, sent from memory
+        saved_epoch, file = lifecycle.checkpoint(session, str(job_id), epoch)
+    data = lifecycle.checkpoint_bytes(store, saved_epoch, file)  # small: verified whole, sent from memory
     return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.pt", OCTET_STREAM)
 
 
@@ -156,7 +157,7 @@ async def download_model(
 ) -> Response:
     """The model of `epoch`'s checkpoint (else the latest kept epoch's) as ONNX or safetensors, made
     on the first request and stored with the job. GET or HEAD; one Range honoured."""
-    saved_epoch, checkpoint = await read_in_thread(db, jobs.checkpoint, str(job_id), epoch)
+    saved_epoch, checkpoint = await read_in_thread(db, lifecycle.checkpoint, str(job_id), epoch)
     found = await anyio.to_thread.run_sync(exports.stored_model, store, str(job_id), saved_epoch, checkpoint, format)
     if found is None:  # the first request: the helper exports it, through its bounded queue
         inference: InferenceClient = request.app.state.inference

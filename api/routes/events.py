@@ -1,7 +1,7 @@
 """/v1/jobs/{id}/events and /v1/events: job changes as they happen, as server-sent events.
 
 A job's stream starts with `event: job` (the job as GET /v1/jobs/{id} answers it), then sends its
-events (status, progress, step, epoch: service/events.py) and ends after its final status. The
+events (status, progress, step, epoch: service/platform/events.py) and ends after its final status. The
 stream of all jobs never ends, unless its caller's token is revoked or expires: every stream of
 such a token ends within about a second, with a last comment saying why. Both resume after an
 event id: the Last-Event-ID header (which EventSource sends when it reconnects) or
@@ -23,9 +23,9 @@ from sse_starlette import EventSourceResponse
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, CallerCheck, Reader
 from api.events import SEP, Broadcaster, all_stream, job_stream, keep_alive
 from api.strict_query import INT64_MAX
-from service import jobs
-from service.config import Settings
-from service.events import PAYLOADS, EventKind
+from service.jobs import lifecycle
+from service.platform.config import Settings
+from service.platform.events import PAYLOADS, EventKind
 
 router = APIRouter(tags=["events"], dependencies=V1_ROUTER_DEPENDENCIES)
 SHUTDOWN_GRACE_SECONDS = 2.0  # for a stream to end itself once the server is stopping
@@ -125,7 +125,7 @@ def stream_job_events(
     events since then instead of the snapshot (the snapshot again when they were pruned meanwhile:
     MNIST_JOBS_EVENTS_KEEP_SECONDS)."""
     with db.read() as session:
-        jobs.get(session, str(job_id))  # a 404 problem, before the stream starts
+        lifecycle.get(session, str(job_id))  # a 404 problem, before the stream starts
     after = last_event_id if last_event_id_header is None else last_event_id_header
     return response(partial(job_stream, get_hub(request), db, check, caller, str(job_id), after), settings)
 

@@ -13,13 +13,22 @@ from api import cursors
 from api.cursors import MAX_CURSOR_CHARS
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Admin, AppSettings, Artifacts, JobPageLimit, Reader, Submitter
 from api.strict_query import INT64_MAX
-from service import jobs, search
-from service.cost import check_budget
-from service.errors import InvalidInput
-from service.reuse import ReusePolicy
-from service.schemas import LABEL_KEY_PATTERN, MAX_LABELS, SEED_MAX, JobPage, JobRead, JobSpec, StepMetrics, StepPage
-from service.search import NATURAL, JobFilter, Sort
-from service.states import JobStatus
+from service.jobs import lifecycle, search
+from service.jobs.cost import check_budget
+from service.jobs.reuse import ReusePolicy
+from service.jobs.schemas import (
+    LABEL_KEY_PATTERN,
+    MAX_LABELS,
+    SEED_MAX,
+    JobPage,
+    JobRead,
+    JobSpec,
+    StepMetrics,
+    StepPage,
+)
+from service.jobs.search import NATURAL, JobFilter, Sort
+from service.platform.errors import InvalidInput
+from service.platform.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
 MAX_STEPS_PAGE = 10_000
@@ -41,8 +50,8 @@ def submit_job(
 ) -> JobRead:
     check_budget(spec, settings.max_job_flops, settings.max_job_memory_bytes)
     with db.write() as session:
-        jobs.ensure_queue_room(session, caller, settings.max_queued_per_token)
-        job, created = jobs.enqueue(
+        lifecycle.ensure_queue_room(session, caller, settings.max_queued_per_token)
+        job, created = lifecycle.enqueue(
             session,
             spec,
             default_max_attempts=settings.max_attempts,
@@ -50,7 +59,7 @@ def submit_job(
             submitted_by=caller.id,
             reuse=ReusePolicy.from_settings(settings),
         )
-        view = jobs.view(job, caller)
+        view = lifecycle.view(job, caller)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{view.id}"
     return view
@@ -145,7 +154,7 @@ def list_jobs(
     after = cursors.decode(cursor, with_accuracy=by_accuracy) if cursor else None
     with db.read() as session:
         page = search.list_jobs(session, where, sort=sort, limit=limit + 1, after=after)
-        items = [jobs.view(job, caller) for job in page[:limit]]
+        items = [lifecycle.view(job, caller) for job in page[:limit]]
     next_cursor = None
     if len(page) > limit:
         last = page[limit - 1]
@@ -162,7 +171,7 @@ def list_job_metrics(
 ) -> StepPage:
     """The training loss every MNIST_JOBS_STEP_METRICS_EVERY steps, oldest first."""
     with db.read() as session:
-        rows = jobs.steps(session, str(job_id), from_step=from_step, limit=limit + 1)
+        rows = lifecycle.steps(session, str(job_id), from_step=from_step, limit=limit + 1)
     items = [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows[:limit]]
     return StepPage(items=items, next_from_step=rows[limit].step if len(rows) > limit else None)
 
@@ -170,7 +179,7 @@ def list_job_metrics(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: uuid.UUID, db: DB, caller: Reader) -> JobRead:
     with db.read() as session:
-        return jobs.view(jobs.get(session, str(job_id)), caller)
+        return lifecycle.view(lifecycle.get(session, str(job_id)), caller)
 
 
 @router.post(
@@ -182,7 +191,7 @@ def cancel_job(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter)
     with db.write() as session:
         # One read of the job for the owner check and the cancel: the write lock, which a pack's
         # cancels take one after another, is held no longer than it must be.
-        view = jobs.view(jobs.cancel(session, str(job_id), caller), caller)
+        view = lifecycle.view(lifecycle.cancel(session, str(job_id), caller), caller)
     response.status_code = 202 if view.status is JobStatus.running else 200
     return view
 
@@ -190,5 +199,5 @@ def cancel_job(job_id: uuid.UUID, response: Response, db: DB, caller: Submitter)
 @router.delete("/{job_id}", status_code=204)
 def delete_job(job_id: uuid.UUID, db: DB, store: Artifacts, _caller: Admin) -> Response:
     with db.write() as session:  # files first: if they stay, so does the row (a 500 naming the cause)
-        jobs.delete(session, str(job_id), store)
+        lifecycle.delete(session, str(job_id), store)
     return Response(status_code=204)

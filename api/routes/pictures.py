@@ -1,9 +1,9 @@
 """The pictures people look at, as PNG: sample digits (and their permuted versions), a job's curves
 and confusion matrix, a comparison's summary. Drawn on request in the app's render processes
-(service.pools: bounded, one render per picture however many ask, a per-caller rate of new ones;
+(service.platform.pools: bounded, one render per picture however many ask, a per-caller rate of new ones;
 matplotlib's Agg backend, no torch) and cached on disk by content, so a repeat costs a read. The
 routes are async: a render in progress holds no request thread. A permutation is drawn by the
-inference helper process (service.inference), torch's own randperm, through its bounded queue."""
+inference helper process (service.inference.client), torch's own randperm, through its bounded queue."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.orm import Session
 
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, AppSettings, Reader, helper_call, read_in_thread
-from service import comparisons, jobs, pictures
-from service.comparison_schemas import ComparisonRead
+from service.comparisons import grid
+from service.comparisons.schemas import ComparisonRead
 from service.datasets.samples import test_pins
-from service.errors import Conflict
-from service.pools import RenderPool, RenderTask
-from service.schemas import DATASETS, SEED_MAX, EpochMetrics, JobRead, StepMetrics
+from service.jobs import lifecycle
+from service.jobs.schemas import DATASETS, SEED_MAX, EpochMetrics, JobRead, StepMetrics
+from service.pictures import render
+from service.platform.errors import Conflict
+from service.platform.pools import RenderPool, RenderTask
 
 router = APIRouter(tags=["pictures"], dependencies=V1_ROUTER_DEPENDENCIES)
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -75,7 +77,7 @@ async def draw_samples(
         order = None
         if permutation_seed is not None:
             order = await helper_call(request, request.app.state.inference.permutation, permutation_seed)
-        return RenderTask(pictures.dataset_samples_png, (settings, name, count, order, permutation_seed))
+        return RenderTask(render.dataset_samples_png, (settings, name, count, order, permutation_seed))
 
     pins = await anyio.to_thread.run_sync(test_pins, settings, name)  # the content drawn, without reading it
     key = {"picture": "samples", "dataset": name, "pins": pins, "count": count, "permutation_seed": permutation_seed}
@@ -83,8 +85,8 @@ async def draw_samples(
 
 
 def curves_data(session: Session, job_id: str) -> tuple[JobRead, list[StepMetrics]]:
-    job = jobs.view(jobs.get(session, job_id))
-    rows = jobs.steps(session, job_id, from_step=0, limit=MAX_CURVE_STEPS)
+    job = lifecycle.view(lifecycle.get(session, job_id))
+    rows = lifecycle.steps(session, job_id, from_step=0, limit=MAX_CURVE_STEPS)
     return job, [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows]
 
 
@@ -96,11 +98,11 @@ async def draw_curves(request: Request, db: DB, caller: Reader, job_id: uuid.UUI
     epochs: list[EpochMetrics] = job.metrics
     title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)}, seed {job.spec.seed})"
     key = {"picture": "curves", "title": title, "steps": steps, "epochs": epochs}
-    return await png(request, caller, key, ready(RenderTask(pictures.curves_png, (steps, epochs, title))))
+    return await png(request, caller, key, ready(RenderTask(render.curves_png, (steps, epochs, title))))
 
 
 def job_view(session: Session, job_id: str) -> JobRead:
-    return jobs.view(jobs.get(session, job_id))
+    return lifecycle.view(lifecycle.get(session, job_id))
 
 
 @router.get("/v1/jobs/{job_id}/confusion.png", response_class=Response, responses=PNG_RESPONSE)
@@ -115,12 +117,12 @@ async def draw_confusion(request: Request, db: DB, caller: Reader, job_id: uuid.
     # The accuracy is drawn under the title (confusion_png's subtitle), not in it.
     title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)})"
     key = {"picture": "confusion", "title": title, "matrix": matrix}
-    return await png(request, caller, key, ready(RenderTask(pictures.confusion_png, (matrix, title))))
+    return await png(request, caller, key, ready(RenderTask(render.confusion_png, (matrix, title))))
 
 
 def summary_data(session: Session, comparison_id: str) -> ComparisonRead:
-    comparison = comparisons.get(session, comparison_id)
-    return comparisons.view(comparison, comparisons.member_jobs(session, comparison.id))
+    comparison = grid.get(session, comparison_id)
+    return grid.view(comparison, grid.member_jobs(session, comparison.id))
 
 
 @router.get("/v1/comparisons/{comparison_id}/summary.png", response_class=Response, responses=PNG_RESPONSE)
@@ -130,7 +132,7 @@ async def draw_summary(request: Request, db: DB, caller: Reader, comparison_id: 
     name = shown.name or f"Comparison {shown.id[:8]}"
     title = f"{name}: test accuracy over seeds {shown.seeds} ({shown.status.value})"
     key = {"picture": "summary", "title": title, "cells": shown.cells}
-    return await png(request, caller, key, ready(RenderTask(pictures.summary_png, (shown.cells, title))))
+    return await png(request, caller, key, ready(RenderTask(render.summary_png, (shown.cells, title))))
 
 
 def _pixels(permutation_seed: int | None) -> str:

@@ -2,7 +2,7 @@
 
 The image comes as JSON (`{"pixels": [784 ints 0..255]}`) or as a raw PNG body (image/png), made
 8-bit grayscale with Pillow. The model runs in the app's inference helper process
-(service/inference.py), so torch stays out of the API process, through the helper's bounded queue
+(service/inference/client.py), so torch stays out of the API process, through the helper's bounded queue
 (MNIST_JOBS_PREDICT_QUEUE_MAX; a full queue is a 503 with Retry-After): the route is async, so a
 slow or stalled helper holds no request thread. Any read token may predict.
 """
@@ -20,9 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from api.deps import DB, V1_ROUTER_DEPENDENCIES, Artifacts, helper_call, read_in_thread
-from service import jobs
-from service.inference import IMAGE_SIDE, InferenceClient, PredictRequest, PredictResponse
-from service.schemas import INPUT_SIZE
+from service.inference.client import IMAGE_SIDE, InferenceClient, PredictRequest, PredictResponse
+from service.jobs import lifecycle
+from service.jobs.schemas import INPUT_SIZE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=V1_ROUTER_DEPENDENCIES)
 JSON, PNG = "application/json", "image/png"
@@ -92,7 +92,7 @@ async def predict(
     store: Artifacts,
 ) -> PredictResponse:
     """The digit the job's latest kept checkpoint predicts, and the probability of each digit."""
-    epoch, file = await read_in_thread(db, jobs.checkpoint, str(job_id), None)
+    epoch, file = await read_in_thread(db, lifecycle.checkpoint, str(job_id), None)
     inference: InferenceClient = request.app.state.inference
     [prediction] = await helper_call(request, inference.predict, store.local_path(file.path), file.sha256, [pixels])
     return PredictResponse(job_id=str(job_id), epoch=epoch, **prediction.model_dump())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import DB, V1_ROUTER_DEPENDENCIES
-from service import registry
-from service.schemas import WorkerRead
+from service.jobs.schemas import WorkerRead
+from service.queue import registry
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"], dependencies=V1_ROUTER_DEPENDENCIES)
 

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
 from service.datasets import sources
 from service.datasets.sources import FILES, data_dir_label
-from service.errors import DataUnavailable
-from service.schemas import DatasetRead
-from service.storage import sha256_file, write_bytes_atomic
+from service.jobs.schemas import DatasetRead
+from service.platform.config import Settings
+from service.platform.errors import DataUnavailable
+from service.storage.store import sha256_file, write_bytes_atomic
 
 MARKER = "prepared.json"  # in the data set's folder, beside raw/: what the last preparation verified
 LOCK = ".prepare.lock"

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from service.storage import sha256_file
+from service.storage.store import sha256_file
 
 try:
     from numpy._core.multiarray import _reconstruct

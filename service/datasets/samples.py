@@ -11,10 +11,10 @@ import zlib
 
 import numpy as np
 
-from service.config import Settings
 from service.datasets import catalog
 from service.datasets.sources import FILES, DataSet, data_dir_relative
-from service.errors import DataUnavailable, InvalidInput, NotFound
+from service.platform.config import Settings
+from service.platform.errors import DataUnavailable, InvalidInput, NotFound
 
 TEST_IMAGES, TEST_LABELS = FILES[2], FILES[3]
 UNSIGNED_BYTE = 0x08  # the IDX type code of every MNIST-format file

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from service.config import Settings
-from service.errors import DataUnavailable
-from service.storage import CHUNK, atomic_path, name_folders, sha256_file
+from service.platform.config import Settings
+from service.platform.errors import DataUnavailable
+from service.storage.store import CHUNK, atomic_path, name_folders, sha256_file
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from service.errors import CheckpointCorrupt
-from service.schemas import AnySpec, EpochRecord, job_spec_adapter
-from service.storage import ArtifactStore, StoredFile, job_key, read_verified
+from service.jobs.schemas import AnySpec, EpochRecord, job_spec_adapter
+from service.platform.errors import CheckpointCorrupt
+from service.storage.store import ArtifactStore, StoredFile, job_key, read_verified
 
 FORMAT_VERSION = 1
 

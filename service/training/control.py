@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.schemas import EpochRecord, Progress
-from service.states import Outcome
+from service.jobs.schemas import EpochRecord, Progress
+from service.platform.states import Outcome
 from service.training.checkpoints import TrainingState
 from service.training.steps import StepLosses
 

@@ -36,8 +36,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from service.schemas import AnySpec, EpochRecord, TrainResult
-from service.states import Outcome
+from service.jobs.schemas import AnySpec, EpochRecord, TrainResult
+from service.platform.states import Outcome
 from service.training.checkpoints import PartialEpoch, TrainingState
 from service.training.control import LOSS_REFRESH_SECONDS, Callbacks, Live
 from service.training.evaluation import evaluate

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from service.inference import ModelFormat
-from service.schemas import INPUT_SIZE, FCSpec
+from service.inference.client import ModelFormat
+from service.jobs.schemas import INPUT_SIZE, FCSpec
 from service.training.checkpoints import TrainingState
 from service.training.nets import build_model
 from service.training.tensors import MEAN, STD, permutation

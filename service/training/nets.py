@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from mnist_jobs_client.nets import CNN, FC2Layer
-from service.schemas import INPUT_SIZE, N_CLASSES, AnySpec, FCSpec
+from service.jobs.schemas import INPUT_SIZE, N_CLASSES, AnySpec, FCSpec
 
 __all__ = ["CNN", "FC2Layer", "build_model"]
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.schemas import EpochRecord, FCSpec, TrainResult
-from service.states import Outcome
+from service.jobs.schemas import EpochRecord, FCSpec, TrainResult
+from service.platform.states import Outcome
 from service.training.checkpoints import PartialEpoch, TrainingState
 from service.training.control import LOSS_REFRESH_SECONDS, Callbacks, Live
 from service.training.engine import (

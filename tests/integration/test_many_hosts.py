@@ -17,10 +17,10 @@ from sqlalchemy import select, text
 
 import service
 from api.app import create_app
-from service import jobs
-from service.models import Job
-from service.schemas import job_spec_adapter
-from service.states import JobStatus
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.platform.models import Job
+from service.platform.states import JobStatus
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.databases("postgresql")
@@ -44,7 +44,7 @@ def run_one(db, worker, workers, spec: dict[str, object], timeout: float) -> str
     """Submit `spec` and wait until it ends: its id (the test fails, with the worker's log, unless
     it succeeded within `timeout`)."""
     with db.write() as session:
-        job, _ = jobs.enqueue(session, job_spec_adapter.validate_python(spec), default_max_attempts=3)
+        job, _ = lifecycle.enqueue(session, job_spec_adapter.validate_python(spec), default_max_attempts=3)
     job_id = job.id
 
     assert wait_until(lambda: finished(db, job_id), timeout=timeout) == JobStatus.succeeded.value, workers.log(worker)
@@ -101,7 +101,7 @@ def test_workers_busy_and_idle_ride_out_a_database_restart(db, workers, postgres
         pytest.skip("the server was given by URL (MNIST_JOBS_TEST_POSTGRES_URL): not ours to restart")
     busy = workers.start()
     with db.write() as session:
-        job, _ = jobs.enqueue(
+        job, _ = lifecycle.enqueue(
             session,
             job_spec_adapter.validate_python({"architecture": "cnn", "epochs": 4, "batch_size": 8, "seed": 5}),
             # One attempt: a write in flight when the connection broke is written again once the
@@ -131,7 +131,7 @@ def test_an_epoch_write_cut_off_in_flight_is_written_again_and_costs_no_attempt(
     worker = workers.start()
     with db.write() as session:
         spec = job_spec_adapter.validate_python({"architecture": "fc", "epochs": 4, "seed": 8})
-        job, _ = jobs.enqueue(session, spec, default_max_attempts=1)
+        job, _ = lifecycle.enqueue(session, spec, default_max_attempts=1)
     wait_until(lambda: running(db, job.id), timeout=60)
 
     def waiting_epoch_write() -> int | None:
@@ -151,6 +151,6 @@ def test_an_epoch_write_cut_off_in_flight_is_written_again_and_costs_no_attempt(
     assert wait_until(lambda: finished(db, job.id), timeout=60) == JobStatus.succeeded.value, workers.log(worker)
     assert "write cut off" in workers.log(worker)
     with db.read() as session:
-        view = jobs.view(jobs.get(session, job.id))
+        view = lifecycle.view(lifecycle.get(session, job.id))
     assert [attempt.ended for attempt in view.history] == ["succeeded"]
     assert [epoch.epoch for epoch in view.metrics] == [1, 2, 3, 4]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from service import auth
+from service.platform import auth
 from tests.support.processes import LiveServer, run_cli
 from tests.support.settings import settings_env
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from service.db import Database
+from service.platform.db import Database
 
 CHILDREN = ("job_labels", "steps", "epochs", "attempts", "events")
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from bench.postgres import free_port as free_port  # one copy (bench/postgres.py); tests take it from here
-from service.config import Settings
+from service.platform.config import Settings
 from tests.support.settings import settings_env
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 from bench import postgres
-from service.config import Settings
-from service.db import upgrade
-from service.storage import private_dirs
+from service.platform.config import Settings
+from service.platform.db import upgrade
+from service.storage.store import private_dirs
 
 
 def make_settings(tmp_path: Path, data_root: Path, checksums: dict[str, str]) -> Settings:

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from service.config import Settings
-from service.db import Database
-from service.schemas import AnySpec, EpochRecord, job_spec_adapter
-from service.states import Outcome
+from service.jobs.schemas import AnySpec, EpochRecord, job_spec_adapter
+from service.platform.config import Settings
+from service.platform.db import Database
+from service.platform.states import Outcome
 from service.training.checkpoints import TrainingState
 from service.training.control import Live
 from service.training.engine import Trainer
@@ -87,10 +87,10 @@ class StopAt(Live):
 def run_queued(settings: Settings, db: Database) -> dict[str, Outcome]:
     """Claim what is queued and train it to its end with the worker's own runner, in this process:
     job id -> how it ended (for API tests that need a real trained job without a worker process)."""
-    from service import queue
+    from service.queue import leases
     from workers.data_cache import DataCache
     from workers.runner import JobRunner
 
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+        claims = leases.claim(session, "worker-1", settings.lease_seconds)
     return JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims)

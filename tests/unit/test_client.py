@@ -32,12 +32,12 @@ from PIL import Image
 from bench.synthetic import make_digits
 from mnist_jobs_client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout
 from mnist_jobs_client.events import Display, EventParser
-from service import queue, registry
-from service.comparison_schemas import ComparisonCreate, ComparisonProgress
-from service.config import Settings
-from service.db import Database
-from service.schemas import CNNSpec, FCSpec, JobRead, Progress
-from service.states import JobStatus
+from service.comparisons.schemas import ComparisonCreate, ComparisonProgress
+from service.jobs.schemas import CNNSpec, FCSpec, JobRead, Progress
+from service.platform.config import Settings
+from service.platform.db import Database
+from service.platform.states import JobStatus
+from service.queue import leases, registry
 from service.training.nets import build_model
 from service.training.tensors import normalise
 from tests.support.processes import REPO, free_port
@@ -168,15 +168,15 @@ def wait_while_a_worker_ends_it(
     progress (and `ready` is set): the job ends while wait() follows it."""
     job = api.submit({"architecture": "fc"})
     with db.write() as session:
-        (claim,) = queue.claim(session, "worker-1", 60)
-        queue.heartbeat(session, claim, 60, RUNNING)
+        (claim,) = leases.claim(session, "worker-1", 60)
+        leases.heartbeat(session, claim, 60, RUNNING)
     seen: list[Progress] = []
     shown = threading.Event()
 
     def worker() -> None:
         assert shown.wait(60) and (ready is None or ready.wait(60))
         with db.write() as session:
-            queue.finish(session, claim, result(0.9), Progress(fraction=1.0, epoch=1, step=10, steps=10, loss=0.5))
+            leases.finish(session, claim, result(0.9), Progress(fraction=1.0, epoch=1, step=10, steps=10, loss=0.5))
 
     def callback(progress: Progress) -> None:
         seen.append(progress)
@@ -338,7 +338,7 @@ def train(api: Client, settings: Settings, db: Database, spec: dict[str, Any]) -
 
     job_id = api.submit(spec).id
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+        claims = leases.claim(session, "worker-1", settings.lease_seconds)
     assert JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims) == {job_id: "succeeded"}
     return job_id
 

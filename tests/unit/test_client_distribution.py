@@ -17,8 +17,8 @@ from mnist_jobs_client.cli import cli
 from mnist_jobs_client.cli.exits import MEANING, Exit, code_for
 from mnist_jobs_client.errors import ServerUnreachable
 from mnist_jobs_client.wire import with_scheme
-from service.config import Settings
-from service.db import Database
+from service.platform.config import Settings
+from service.platform.db import Database
 from tests.support.job_ids import rename_job
 from tests.support.training import run_queued
 from tests.support.transports import FlipsAByte

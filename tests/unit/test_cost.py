@@ -1,13 +1,13 @@
-"""The job cost estimate (service/cost.py) and the per-job budget: numbers, refusals, admissions."""
+"""The job cost estimate (service/jobs/cost.py) and the per-job budget: numbers, refusals, admissions."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.config import Settings
-from service.cost import DATA_BYTES, check_budget, estimate, over_budget
-from service.errors import InvalidInput
-from service.schemas import job_spec_adapter
+from service.jobs.cost import DATA_BYTES, check_budget, estimate, over_budget
+from service.jobs.schemas import job_spec_adapter
+from service.platform.config import Settings
+from service.platform.errors import InvalidInput
 
 DEFAULTS = Settings()
 

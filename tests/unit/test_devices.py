@@ -11,8 +11,8 @@ from sqlalchemy import update
 
 from cli.main import main
 from cli.supervisor import plan_workers, worker_health
-from service import registry
-from service.models import Worker, utcnow
+from service.platform.models import Worker, utcnow
+from service.queue import registry
 
 
 @pytest.mark.parametrize(

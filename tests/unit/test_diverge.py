@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from service.schemas import FCSpec
-from service.states import Outcome
+from service.jobs.schemas import FCSpec
+from service.platform.states import Outcome
 from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors

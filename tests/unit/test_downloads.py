@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
 from bench.synthetic import make_digits
-from service.config import Settings
-from service.db import Database
-from service.schemas import job_spec_adapter
+from service.jobs.schemas import job_spec_adapter
+from service.platform.config import Settings
+from service.platform.db import Database
 from service.training.nets import build_model
 from tests.support.settings import make_settings, migrate
 from tests.support.training import run_queued

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bench import textbook
-from service.errors import CheckpointCorrupt
-from service.states import Outcome
-from service.storage import LocalStore, StoredFile
+from service.platform.errors import CheckpointCorrupt
+from service.platform.states import Outcome
+from service.storage.store import LocalStore, StoredFile
 from service.training import checkpoints
 from service.training.evaluation import evaluate
 from service.training.nets import build_model

@@ -19,16 +19,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, update
 
 from api.events import GAP_WAIT_SECONDS, Broadcaster
-from service import events, jobs, queue, reaper
-from service.db import Database, alembic_config, make_engine, upgrade
-from service.errors import LeaseLost
-from service.events import StatusEvent, StoredEvent
-from service.models import Event, Job, utcnow
-from service.queue import Claim
-from service.reuse import ReusePolicy
-from service.schemas import EpochRecord, Progress, StepMetrics, job_spec_adapter
-from service.states import JobStatus
-from service.storage import StoredFile
+from service.jobs import lifecycle
+from service.jobs.reuse import ReusePolicy
+from service.jobs.schemas import EpochRecord, Progress, StepMetrics, job_spec_adapter
+from service.platform import events
+from service.platform.db import Database, alembic_config, make_engine, upgrade
+from service.platform.errors import LeaseLost
+from service.platform.events import StatusEvent, StoredEvent
+from service.platform.models import Event, Job, utcnow
+from service.platform.states import JobStatus
+from service.queue import leases, reaper
+from service.queue.leases import Claim
+from service.storage.store import StoredFile
 from tests.support.queue import result
 from tests.support.settings import migrate
 
@@ -72,13 +74,13 @@ def db(fast) -> Iterator[Database]:
 def submit(db: Database, **fields: Any) -> str:
     spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1, **fields})
     with db.write() as session:
-        job, _ = jobs.enqueue(session, spec, default_max_attempts=3)
+        job, _ = lifecycle.enqueue(session, spec, default_max_attempts=3)
         return job.id
 
 
 def claim(db: Database) -> Claim:
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", 60)
+        claims = leases.claim(session, "worker-1", 60)
     assert len(claims) == 1
     return claims[0]
 
@@ -86,17 +88,17 @@ def claim(db: Database) -> Claim:
 def train(db: Database, lease: Claim) -> None:
     """A heartbeat with progress and step losses, then an epoch recorded."""
     with db.write() as session:
-        queue.heartbeat(session, lease, 60, PROGRESS)
-        queue.record_steps(session, lease, [StepMetrics(step=5, epoch=1, samples=320, loss=0.7)])
+        leases.heartbeat(session, lease, 60, PROGRESS)
+        leases.record_steps(session, lease, [StepMetrics(step=5, epoch=1, samples=320, loss=0.7)])
     with db.write() as session:
         record = EpochRecord(epoch=1, train_loss=0.6, test_loss=0.5, test_accuracy=0.9, correct=180)
-        queue.record_epoch(session, lease, record, StoredFile("jobs/x/1.pt", "a" * 64, 10))
+        leases.record_epoch(session, lease, record, StoredFile("jobs/x/1.pt", "a" * 64, 10))
 
 
 def finish(db: Database, lease: Claim) -> None:
     last = [StepMetrics(step=10, epoch=1, samples=600, loss=0.4)]
     with db.write() as session:
-        queue.finish(session, lease, result(0.9), PROGRESS.model_copy(update={"fraction": 1.0}), steps=last)
+        leases.finish(session, lease, result(0.9), PROGRESS.model_copy(update={"fraction": 1.0}), steps=last)
 
 
 def stored(db: Database, job_id: str | None = None, after: int = 0) -> list[StoredEvent]:
@@ -216,20 +218,20 @@ def test_each_change_writes_its_event_in_its_transaction_the_end_after_the_last_
 def test_a_fenced_write_that_raises_lease_lost_leaves_no_event(db):
     first, second = submit(db), submit(db, seed=2)
     with db.write() as session:
-        held, lost = queue.claim(session, "worker-1", 60, limit=2)
+        held, lost = leases.claim(session, "worker-1", 60, limit=2)
     with db.write() as session:  # another claim took `lost` since
         session.execute(update(Job).where(Job.id == lost.job_id).values(lease_token="someone-else"))
     before = stored(db)
 
     def steps_then_fail() -> None:  # the runner's last write: the step losses left, then the ending
         with db.write() as session:
-            queue.record_steps(session, held, [StepMetrics(step=5, epoch=1, samples=320, loss=0.7)])
-            queue.fail(session, lost, "boom")
+            leases.record_steps(session, held, [StepMetrics(step=5, epoch=1, samples=320, loss=0.7)])
+            leases.fail(session, lost, "boom")
 
     with pytest.raises(LeaseLost):
         steps_then_fail()
     with pytest.raises(LeaseLost), db.write() as session:
-        queue.heartbeat(session, lost, 60, PROGRESS)
+        leases.heartbeat(session, lost, 60, PROGRESS)
     assert stored(db) == before, "the step event written before the lost lease was rolled back with it"
     assert {e.job_id for e in before} == {first, second}
 
@@ -238,7 +240,7 @@ def test_every_status_change_has_its_event(db, fast):
     job_id = submit(db)
     lease = claim(db)
     with db.write() as session:
-        queue.hand_back(session, lease, None)  # queued again
+        leases.hand_back(session, lease, None)  # queued again
     lease = claim(db)
     with db.write() as session:  # the worker died: its lease expires, the reaper requeues the job
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -246,9 +248,9 @@ def test_every_status_change_has_its_event(db, fast):
         session.execute(update(Job).where(Job.id == job_id).values(run_after=utcnow()))
     lease = claim(db)
     with db.write() as session:
-        jobs.cancel(session, job_id)  # running: flagged
+        lifecycle.cancel(session, job_id)  # running: flagged
     with db.write() as session:
-        queue.mark_cancelled(session, lease)
+        leases.mark_cancelled(session, lease)
     assert statuses(db, job_id) == [
         ("queued", False), ("running", False), ("queued", False), ("running", False), ("queued", False),
         ("running", False), ("running", True), ("cancelled", True),
@@ -256,19 +258,19 @@ def test_every_status_change_has_its_event(db, fast):
 
     queued = submit(db, seed=3)
     with db.write() as session:
-        jobs.cancel(session, queued)
+        lifecycle.cancel(session, queued)
     assert statuses(db, queued) == [("queued", False), ("cancelled", True)]
     failing = submit(db, seed=4)
     lease = claim(db)
     with db.write() as session:
-        queue.fail(session, lease, "boom")
+        leases.fail(session, lease, "boom")
     assert statuses(db, failing)[-1] == ("failed", False)
 
     original = submit(db, seed=5, reuse=True)
     finish(db, claim(db))
     with db.write() as session:  # the same spec again: answered by reuse, created succeeded
         spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 5, "reuse": True})
-        copy, created = jobs.enqueue(session, spec, default_max_attempts=3, reuse=ReusePolicy.from_settings(fast))
+        copy, created = lifecycle.enqueue(session, spec, default_max_attempts=3, reuse=ReusePolicy.from_settings(fast))
         assert created and copy.reused_from == original
     assert statuses(db, copy.id) == [("succeeded", False)]
 
@@ -394,7 +396,7 @@ def test_a_slow_client_is_dropped_and_holds_up_no_other(app, client, db):
         assert quick_reader.event().data["status"] == "running"
         for step in range(1, 21):  # the quick client reads each event; nobody reads the slow one
             with db.write() as session:
-                queue.heartbeat(session, lease, 60, PROGRESS.model_copy(update={"step": step}))
+                leases.heartbeat(session, lease, 60, PROGRESS.model_copy(update={"step": step}))
             assert quick_reader.event().data["step"] == step
         behind = slow_reader.rest()  # only now is the slow stream read again
     assert slow_reader.ended, "the slow stream was ended"

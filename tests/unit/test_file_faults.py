@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from service import queue
-from service.models import Attempt, Epoch, Job
-from service.states import JobStatus, Outcome
+from service.platform.models import Attempt, Epoch, Job
+from service.platform.states import JobStatus, Outcome
+from service.queue import leases
 from tests.support.files import immutable
 from tests.support.training import CPU
 
@@ -44,7 +44,7 @@ def run_next(settings, db) -> dict[str, Outcome]:
     from workers.runner import JobRunner
 
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+        claims = leases.claim(session, "worker-1", settings.lease_seconds)
     assert claims, "a job to run"
     return JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims)
 

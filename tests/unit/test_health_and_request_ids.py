@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.guards import RequestIdFilter, log_config
-from service.db import upgrade
+from service.platform.db import upgrade
 
 PROBLEM = "application/problem+json"
 

@@ -10,10 +10,10 @@ import time
 import pytest
 from sqlalchemy import select, text
 
-from service import jobs
-from service.db import Database
-from service.models import Job
-from service.states import Outcome
+from service.jobs import lifecycle
+from service.platform.db import Database
+from service.platform.models import Job
+from service.platform.states import Outcome
 from service.training.control import Live
 from tests.support.queue import two_claims
 from workers.heartbeat import Heartbeat, Held
@@ -26,7 +26,7 @@ HANG_SECONDS = 60  # only a hang (or a heartbeat that waits for the lock first) 
 def test_a_cancel_is_seen_while_another_process_holds_the_write_lock(settings, db):
     cancelled, other = two_claims(db, 60)
     with db.write() as session:
-        jobs.cancel(session, cancelled.job_id)
+        lifecycle.cancel(session, cancelled.job_id)
     helds = [Held(claim, Live()) for claim in (cancelled, other)]
 
     holding, release = threading.Event(), threading.Event()

@@ -7,10 +7,10 @@ import pytest
 from alembic import command
 from sqlalchemy import select
 
-from service import queue
-from service.db import alembic_config, current_revision, head_revision
-from service.models import Epoch
-from service.states import Outcome
+from service.platform.db import alembic_config, current_revision, head_revision
+from service.platform.models import Epoch
+from service.platform.states import Outcome
+from service.queue import leases
 from tests.support.training import CPU
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.databases]  # on SQLite and PostgreSQL
@@ -28,7 +28,7 @@ def run_next(settings, db) -> dict[str, Outcome]:
     from workers.runner import JobRunner
 
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+        claims = leases.claim(session, "worker-1", settings.lease_seconds)
     assert claims, "a job to run"
     return JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from sqlalchemy import update
 
-from service.models import Job
-from service.schemas import FCSpec
-from service.states import Outcome
+from service.jobs.schemas import FCSpec
+from service.platform.models import Job
+from service.platform.states import Outcome
 from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors

@@ -1,4 +1,4 @@
-"""Log lines as text or JSON (service/logs.py): the request id on every line about a request, and a
+"""Log lines as text or JSON (service/platform/logs.py): the request id on every line about a request, and a
 worker's line for each job transition, with the reason when a job fails."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import jobs, logs, queue
-from service.logs import JsonFormatter, RequestIdFilter
-from service.schemas import job_spec_adapter
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.platform import logs
+from service.platform.logs import JsonFormatter, RequestIdFilter
+from service.queue import leases
 from tests.support.settings import local_sources_only, migrate
 from tests.support.training import CPU
 
@@ -110,13 +112,13 @@ def test_an_api_requests_lines_carry_its_request_id(settings, json_lines):
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_the_uvicorn_config_puts_the_id_on_every_line_in_either_format(log_format):
     config = logs.uvicorn_config(log_format)
-    assert config["filters"]["request_id"]["()"] == "service.logs.RequestIdFilter"
+    assert config["filters"]["request_id"]["()"] == "service.platform.logs.RequestIdFilter"
     assert all(handler["filters"] == ["request_id"] for handler in config["handlers"].values())
     assert config["root"]["handlers"] == ["default"]
     for name in ("default", "access"):
         formatter = config["formatters"][name]
         if log_format == "json":
-            assert formatter == {"()": "service.logs.JsonFormatter"}
+            assert formatter == {"()": "service.platform.logs.JsonFormatter"}
         else:
             assert "%(request_id)s" in formatter["fmt"]
 
@@ -127,15 +129,17 @@ def test_a_worker_logs_each_job_transition_and_why_a_job_failed(settings, db, tm
 
     nowhere = local_sources_only(settings, tmp_path, mnist_data[1])  # an empty data dir, no source to fill it
     with db.write() as session:
-        job, _ = jobs.enqueue(session, job_spec_adapter.validate_python({"architecture": "fc"}), default_max_attempts=3)
+        job, _ = lifecycle.enqueue(
+            session, job_spec_adapter.validate_python({"architecture": "fc"}), default_max_attempts=3
+        )
         job_id = job.id
     with db.write() as session:
-        (claim,) = queue.claim(session, "worker-7", 60)
+        (claim,) = leases.claim(session, "worker-7", 60)
     log_transition(claim, "worker-7", "claimed")  # what the worker's loop logs as it claims
     outcomes = JobRunner(nowhere, db, "worker-7", CPU, DataCache(nowhere, CPU)).run([claim])
     assert outcomes == {job_id: "failed"}
     with db.read() as session:
-        error = jobs.get(session, job_id).error
+        error = lifecycle.get(session, job_id).error
     assert error and "mnist" in error
     lines = [line for line in parsed(json_lines) if line.get("job_id") == job_id]
     assert [line["transition"] for line in lines] == ["claimed", "failed"]

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from service import queue, registry
-from service.models import Job, utcnow
-from service.schemas import StepMetrics
+from service.jobs.schemas import StepMetrics
+from service.platform.models import Job, utcnow
+from service.queue import leases, registry
 from tests.support.queue import end_jobs, result
 from tests.support.settings import migrate
 
@@ -47,7 +47,7 @@ def test_the_job_gauges_count_each_status_and_the_runnable_queue(db, client):
     ids = [submit(client) for _ in range(5)]
     end_jobs(db, {ids[0]: 0.9, ids[1]: "boom"})  # the other three go back to the queue
     with db.write() as session:  # one of them runs, one waits out a backoff
-        queue.claim(session, "worker-1", 60)
+        leases.claim(session, "worker-1", 60)
         backoff = utcnow() + timedelta(minutes=5)
         session.execute(update(Job).where(Job.id == ids[4]).values(run_after=backoff))
         # the oldest queued job was submitted a minute ago
@@ -106,19 +106,19 @@ def test_training_samples_count_how_far_the_recorded_steps_moved_between_scrapes
     for _ in range(2):
         submit(client)
     with db.write() as session:
-        one, two = queue.claim(session, "worker-1", 60, limit=2)
-        queue.record_steps(session, one, steps(1, 10))  # trained before the first scrape: its baseline
+        one, two = leases.claim(session, "worker-1", 60, limit=2)
+        leases.record_steps(session, one, steps(1, 10))  # trained before the first scrape: its baseline
     first = scrape(client)
     assert value(first, "mnist_jobs_training_samples_total") == 0
     assert value(first, "mnist_jobs_training_samples_per_second") is None, "one scrape gives no rate yet"
     with db.write() as session:
-        queue.record_steps(session, one, steps(11, 30))  # 20 steps more
-        queue.record_steps(session, two, steps(1, 5))  # first seen now
+        leases.record_steps(session, one, steps(11, 30))  # 20 steps more
+        leases.record_steps(session, two, steps(1, 5))  # first seen now
     second = scrape(client)
     assert value(second, "mnist_jobs_training_samples_total") == 64 * 25
     assert (value(second, "mnist_jobs_training_samples_per_second") or 0) > 0
     with db.write() as session:  # `one` ends with its last steps; it still counts, once
-        queue.finish(session, one, result(0.9), None, steps(31, 40))
+        leases.finish(session, one, result(0.9), None, steps(31, 40))
     third = scrape(client)
     assert value(third, "mnist_jobs_training_samples_total") == 64 * 35
     assert value(scrape(client), "mnist_jobs_training_samples_total") == 64 * 35

@@ -19,14 +19,15 @@ from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, inspect, select, text
 
-from service import jobs, queue
-from service.cost import estimate
-from service.db import Database, alembic_config, current_revision, head_revision, make_engine, upgrade
-from service.errors import SchemaOutOfDate
-from service.models import Base, Job
-from service.queue import Lease
-from service.reuse import spec_sha256
-from service.schemas import job_spec_adapter
+from service.jobs import lifecycle
+from service.jobs.cost import estimate
+from service.jobs.reuse import spec_sha256
+from service.jobs.schemas import job_spec_adapter
+from service.platform.db import Database, alembic_config, current_revision, head_revision, make_engine, upgrade
+from service.platform.errors import SchemaOutOfDate
+from service.platform.models import Base, Job
+from service.queue import leases
+from service.queue.leases import Lease
 
 pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 
@@ -184,10 +185,10 @@ def test_upgrade_moves_every_job_metric_checkpoint_and_attempt_and_downgrade_mov
             assert (job.seed, job.permutation_seed) == (job.spec["seed"], job.spec["permutation_seed"])
             assert job.test_accuracy == (job.result["test_accuracy"] if job.result else None)
             assert job.spec_sha256 == spec_sha256(job.spec)
-        running = jobs.get(session, "45a824fc-2d09-4e77-b9c7-45881cd735c3")
+        running = lifecycle.get(session, "45a824fc-2d09-4e77-b9c7-45881cd735c3")
         assert running.status == "running" and running.attempt_rows[-1].lease_token == running.lease_token
     with database.write() as session:  # the running attempt's worker can still write through its lease
-        assert queue.heartbeat(session, Lease(running.id, running.lease_token), 60, None) is False
+        assert leases.heartbeat(session, Lease(running.id, running.lease_token), 60, None) is False
     database.dispose()
 
     command.downgrade(alembic_config(url), "0001")

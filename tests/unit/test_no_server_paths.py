@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import queue, registry
-from service.db import Database, upgrade
+from service.platform.db import Database, upgrade
+from service.queue import leases, registry
 from tests.support.training import CPU
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,7 @@ def run_next(settings, db: Database) -> None:
     from workers.runner import JobRunner
 
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", settings.lease_seconds)
+        claims = leases.claim(session, "worker-1", settings.lease_seconds)
     JobRunner(settings, db, "worker-1", CPU, DataCache(settings, CPU)).run(claims)
 
 

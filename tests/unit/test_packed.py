@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.states import Outcome
+from service.platform.states import Outcome
 from service.training.control import Live
 from service.training.packed import PackedFCTrainer
 from service.training.tensors import load_tensors

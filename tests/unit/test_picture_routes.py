@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from service import queue
-from service.schemas import StepMetrics
+from service.jobs.schemas import StepMetrics
+from service.queue import leases
 from tests.support.queue import end_jobs, result
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -51,15 +51,15 @@ def test_curves_confusion_and_summary(client, db):
     assert refused.status_code == 409 and refused.json()["field"] == "status"
 
     with db.write() as session:
-        claims = queue.claim(session, "worker-1", 60, limit=100)
+        claims = leases.claim(session, "worker-1", 60, limit=100)
         mine = next(claim for claim in claims if claim.job_id == job_id)
         steps = [StepMetrics(step=s, epoch=1, samples=64 * s, loss=2.3 / s) for s in range(50, 951, 50)]
-        queue.record_steps(session, mine, steps)
+        leases.record_steps(session, mine, steps)
         matrix = [[900 if row == col else 10 for col in range(10)] for row in range(10)]
-        queue.finish(session, mine, result(0.9).model_copy(update={"confusion": matrix}), None)
+        leases.finish(session, mine, result(0.9).model_copy(update={"confusion": matrix}), None)
         for claim in claims:
             if claim is not mine:
-                queue.hand_back(session, claim, None)
+                leases.hand_back(session, claim, None)
     end_jobs(db, dict.fromkeys(comparison["job_ids"][1:], 0.8))
 
     assert client.get(f"/v1/jobs/{job_id}").json()["result"]["confusion"] == matrix
@@ -70,7 +70,7 @@ def test_curves_confusion_and_summary(client, db):
     assert client.get(f"/v1/comparisons/{job_id}/summary.png").status_code == 404
 
 
-# The render pool (service.pools): off the request threads, one render per picture, bounded ----
+# The render pool (service.platform.pools): off the request threads, one render per picture, bounded ----
 
 
 def test_concurrent_requests_for_one_new_picture_share_one_render(client):

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from bench.synthetic import idx_uint8, make_digits, write_mnist
-from service import pictures
 from service.datasets.samples import read_test_samples
 from service.datasets.sources import FILES
-from service.errors import DataUnavailable, InvalidInput, NotFound
-from service.pictures import (
+from service.jobs.schemas import CellRead, EpochMetrics, StepMetrics
+from service.pictures import render as rendering
+from service.pictures.render import (
     PictureCache,
     confusion_png,
     curves_png,
@@ -29,7 +29,7 @@ from service.pictures import (
     samples_png,
     summary_png,
 )
-from service.schemas import CellRead, EpochMetrics, StepMetrics
+from service.platform.errors import DataUnavailable, InvalidInput, NotFound
 from tests.support.settings import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ def test_the_cache_renders_once_per_key_and_stores_privately(tmp_path):
     assert cache.get("a", lambda: render("again")) == PNG_SIGNATURE + b"a"
     assert cache.get("b", lambda: render("b")) == PNG_SIGNATURE + b"b"
     assert calls == ["a", "b"]
-    digest = hashlib.sha256(f"render-v{pictures.RENDER_VERSION}\na".encode()).hexdigest()
+    digest = hashlib.sha256(f"render-v{rendering.RENDER_VERSION}\na".encode()).hexdigest()
     path = cache.folder / f"{digest}.png"
     assert path.read_bytes() == PNG_SIGNATURE + b"a"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(cache.folder.stat().st_mode) == 0o700
@@ -286,7 +286,7 @@ def test_a_new_render_version_or_a_damaged_file_renders_again(tmp_path, monkeypa
     cache.get("k", render)
     cache.path("k").write_bytes(b"half a fi")  # not a PNG: never served
     cache.get("k", render)
-    monkeypatch.setattr(pictures, "RENDER_VERSION", pictures.RENDER_VERSION + 1)
+    monkeypatch.setattr(rendering, "RENDER_VERSION", rendering.RENDER_VERSION + 1)
     cache.get("k", render)
     cache.get("k", render)
     assert calls == [1, 2, 3]
@@ -311,7 +311,7 @@ def test_a_cache_that_cannot_write_still_returns_the_picture(tmp_path):
 
 
 def test_importing_the_pictures_and_the_samples_does_not_import_torch():
-    code = "import sys, service.pictures, service.datasets.samples; print('torch' in sys.modules)"
+    code = "import sys, service.pictures.render, service.datasets.samples; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", result.stderr

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
 
-from service import jobs, queue, reaper
-from service.db import Database, db_now
-from service.models import Job, utcnow
-from service.schemas import job_spec_adapter
-from service.states import JobStatus
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.platform.db import Database, db_now
+from service.platform.models import Job, utcnow
+from service.platform.states import JobStatus
+from service.queue import leases, reaper
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.databases("postgresql")
@@ -29,14 +30,14 @@ def test_two_transactions_racing_one_idempotency_key_get_the_same_job_and_one_ro
     committed), B's INSERT waits on the unique index; A commits; B's INSERT fails, its savepoint
     is rolled back and B answers with A's job."""
     searched: dict[str, list[Any]] = {}
-    by_key = jobs._by_key
+    by_key = lifecycle._by_key
 
     def recording(session, key):
         found = by_key(session, key)
         searched.setdefault(threading.current_thread().name, []).append(found)
         return found
 
-    monkeypatch.setattr(jobs, "_by_key", recording)
+    monkeypatch.setattr(lifecycle, "_by_key", recording)
     first, second = Database(db.url), Database(db.url)
     results: dict[str, tuple[str, bool]] = {}
     a_inserted, a_may_commit = threading.Event(), threading.Event()
@@ -44,7 +45,7 @@ def test_two_transactions_racing_one_idempotency_key_get_the_same_job_and_one_ro
 
     def a() -> None:
         with first.write() as session:
-            job, created = jobs.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
+            job, created = lifecycle.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
             results["a"] = (job.id, created)
             a_inserted.set()
             assert a_may_commit.wait(60)
@@ -53,7 +54,7 @@ def test_two_transactions_racing_one_idempotency_key_get_the_same_job_and_one_ro
         assert a_inserted.wait(60)
         with second.write() as session:
             b_pid.append(session.scalar(text("SELECT pg_backend_pid()")))
-            job, created = jobs.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
+            job, created = lifecycle.enqueue(session, SPEC, default_max_attempts=3, idempotency_key=KEY)
             results["b"] = (job.id, created)
 
     threads = [threading.Thread(target=a, name="a"), threading.Thread(target=b, name="b")]
@@ -82,15 +83,15 @@ def test_leases_run_on_the_servers_clock_not_on_a_skewed_hosts(db, monkeypatch):
     """A host whose clock is an hour ahead neither reaps a live lease nor hands out a lease
     that expires an hour late; its run_after waits on the server's time."""
     with db.write() as session:
-        job_id = jobs.enqueue(session, SPEC, default_max_attempts=3)[0].id
+        job_id = lifecycle.enqueue(session, SPEC, default_max_attempts=3)[0].id
         server_now = db_now(session)
     assert abs(server_now - utcnow()) < timedelta(seconds=5), "one machine: the clocks agree here"
 
     skewed = utcnow() + timedelta(hours=1)
-    for module in ("service.queue", "service.jobs", "service.models"):
+    for module in ("service.queue.leases", "service.jobs.lifecycle", "service.platform.models"):
         monkeypatch.setattr(f"{module}.utcnow", lambda: skewed, raising=False)
     with db.write() as session:
-        claim = queue.claim(session, "worker-a", lease_seconds=60)[0]
+        claim = leases.claim(session, "worker-a", lease_seconds=60)[0]
     with db.read() as session:
         expires = session.scalar(select(Job.lease_expires_at).where(Job.id == job_id))
     assert expires is not None and expires < utcnow() + timedelta(minutes=5), "a 60 s lease on the server's clock"
@@ -98,7 +99,7 @@ def test_leases_run_on_the_servers_clock_not_on_a_skewed_hosts(db, monkeypatch):
     with db.write() as session:  # the skewed host's reaper: the lease has 60 s left on the server
         assert reaper.reap(session, base_seconds=1, max_seconds=1) == []
     with db.write() as session:
-        assert queue.heartbeat(session, claim, 60, None) is False
+        assert leases.heartbeat(session, claim, 60, None) is False
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     with db.write() as session:
         assert reaper.reap(session, base_seconds=30, max_seconds=30) == [job_id]
@@ -133,9 +134,9 @@ def test_for_one_lease_after_the_server_restarts_no_lease_is_reaped(db, postgres
     if postgres_server.ctl is None:
         pytest.skip("the server was given by URL (MNIST_JOBS_TEST_POSTGRES_URL): not ours to restart")
     with db.write() as session:
-        job, _ = jobs.enqueue(session, SPEC, default_max_attempts=3)
+        job, _ = lifecycle.enqueue(session, SPEC, default_max_attempts=3)
     with db.write() as session:
-        queue.claim(session, "waiting-worker", 0.5)
+        leases.claim(session, "waiting-worker", 0.5)
     postgres_server.restart(down_seconds=1)  # the lease runs out while the server is down
 
     with db.write() as session:

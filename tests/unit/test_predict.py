@@ -28,13 +28,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.synthetic import make_digits
-from service import jobs
-from service.config import Settings
-from service.db import Database
-from service.errors import PredictionUnavailable
-from service.inference import InferenceClient
-from service.schemas import SEED_MAX, job_spec_adapter
-from service.training import inference as helper
+from service.inference import helper
+from service.inference.client import InferenceClient
+from service.jobs import lifecycle
+from service.jobs.schemas import SEED_MAX, job_spec_adapter
+from service.platform.config import Settings
+from service.platform.db import Database
+from service.platform.errors import PredictionUnavailable
 from service.training.nets import build_model
 from service.training.tensors import permutation
 from tests.support.processes import wait_until
@@ -63,7 +63,7 @@ class Served:
 
     def checkpoint(self, name: str) -> tuple[Path, str]:
         with self.db.read() as session:
-            _epoch, file = jobs.checkpoint(session, self.jobs[name], None)
+            _epoch, file = lifecycle.checkpoint(session, self.jobs[name], None)
         return self.settings.artifacts_dir / file.path, file.sha256
 
 

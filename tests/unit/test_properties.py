@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from api.cursors import decode, encode
 from api.routes.jobs import aware, parse_permutation_seed
-from service.cost import estimate
-from service.errors import InvalidInput
-from service.schemas import SEED_MAX, CNNSpec, FCSpec, job_spec_adapter
+from service.jobs.cost import estimate
+from service.jobs.schemas import SEED_MAX, CNNSpec, FCSpec, job_spec_adapter
+from service.platform.errors import InvalidInput
 
 PROPERTY = settings(
     max_examples=300, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]

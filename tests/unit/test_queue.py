@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from service import jobs, queue, reaper
-from service.errors import Conflict, LeaseLost
-from service.models import Epoch, Job, utcnow
-from service.queue import Claim
-from service.schemas import EpochRecord, Progress, TrainResult, job_spec_adapter
-from service.states import JobStatus, Outcome
-from service.storage import StoredFile
+from service.jobs import lifecycle
+from service.jobs.schemas import EpochRecord, Progress, TrainResult, job_spec_adapter
+from service.platform.errors import Conflict, LeaseLost
+from service.platform.models import Epoch, Job, utcnow
+from service.platform.states import JobStatus, Outcome
+from service.queue import leases, reaper
+from service.queue.leases import Claim
+from service.storage.store import StoredFile
 
 pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 
@@ -36,14 +37,14 @@ def spec(**fields):
 
 def submit(db, **fields) -> str:
     with db.write() as session:
-        job, created = jobs.enqueue(session, spec(**fields), default_max_attempts=3)
+        job, created = lifecycle.enqueue(session, spec(**fields), default_max_attempts=3)
         assert created
         return job.id
 
 
 def claim_one(db, worker: str = WORKER_A, lease_seconds: float = 60) -> Claim:
     with db.write() as session:
-        claims = queue.claim(session, worker, lease_seconds)
+        claims = leases.claim(session, worker, lease_seconds)
     assert len(claims) == 1
     return claims[0]
 
@@ -56,7 +57,7 @@ def set_row(db, job_id: str, **values) -> None:
 def row(db, job_id: str) -> dict[str, Any]:
     """Every column of the job, its epoch rows and its attempt rows: a snapshot to compare."""
     with db.read() as session:
-        job = jobs.get(session, job_id)
+        job = lifecycle.get(session, job_id)
         columns = {c.key: getattr(job, c.key) for c in Job.__table__.columns}
         columns["epoch_rows"] = [(e.epoch, e.checkpoint_path, e.checkpoint_sha256) for e in job.epochs]
         columns["history"] = [{c.key: getattr(a, c.key) for c in a.__table__.columns} for a in job.attempt_rows]
@@ -99,7 +100,7 @@ def test_a_stale_lease_token_writes_nothing(db):
     job_id = submit(db)
     stale = claim_one(db, WORKER_A)
     with db.write() as session:
-        queue.record_epoch(session, stale, epoch_row(1), checkpoint_file("epoch-001"))
+        leases.record_epoch(session, stale, epoch_row(1), checkpoint_file("epoch-001"))
     expire(db, job_id)
     assert reap(db) == [job_id]
     set_row(db, job_id, run_after=utcnow())
@@ -109,13 +110,13 @@ def test_a_stale_lease_token_writes_nothing(db):
     assert before["worker_id"] == WORKER_B and before["attempts"] == 2
 
     writes = [
-        lambda s: queue.heartbeat(s, stale, 60, Progress(fraction=0.9, epoch=1, step=1, steps=1)),
-        lambda s: queue.note_resume(s, stale, 5, 5),
-        lambda s: queue.record_epoch(s, stale, epoch_row(2), checkpoint_file("stale", "b")),
-        lambda s: queue.finish(s, stale, RESULT, None),
-        lambda s: queue.fail(s, stale, "stale worker failed"),
-        lambda s: queue.mark_cancelled(s, stale),
-        lambda s: queue.hand_back(s, stale, checkpoint_file("stale-resume", "c")),
+        lambda s: leases.heartbeat(s, stale, 60, Progress(fraction=0.9, epoch=1, step=1, steps=1)),
+        lambda s: leases.note_resume(s, stale, 5, 5),
+        lambda s: leases.record_epoch(s, stale, epoch_row(2), checkpoint_file("stale", "b")),
+        lambda s: leases.finish(s, stale, RESULT, None),
+        lambda s: leases.fail(s, stale, "stale worker failed"),
+        lambda s: leases.mark_cancelled(s, stale),
+        lambda s: leases.hand_back(s, stale, checkpoint_file("stale-resume", "c")),
     ]
     for write in writes:
         with pytest.raises(LeaseLost):
@@ -125,10 +126,10 @@ def test_a_stale_lease_token_writes_nothing(db):
 
     # The current owner still writes; once the job has ended, even its token is stale.
     with db.write() as session:
-        queue.finish(session, fresh, RESULT, None)
+        leases.finish(session, fresh, RESULT, None)
     with pytest.raises(LeaseLost):
         with db.write() as session:
-            queue.heartbeat(session, fresh, 60, None)
+            leases.heartbeat(session, fresh, 60, None)
     after = row(db, job_id)
     assert after["status"] == "succeeded"
     assert [(a["worker_id"], a["attempt"], a["outcome"]) for a in after["history"]] == [
@@ -158,7 +159,7 @@ def test_reaper_leaves_a_lease_until_it_has_expired(db):
     assert after["run_after"] >= reaped_at + timedelta(seconds=BACKOFF["base_seconds"])
     assert after["history"][-1]["outcome"] == Outcome.lease_expired.value
     with db.write() as session:
-        assert queue.claim(session, WORKER_B, 60) == [], "not claimable before its backoff ends"
+        assert leases.claim(session, WORKER_B, 60) == [], "not claimable before its backoff ends"
 
 
 def test_reaper_never_touches_a_lease_renewed_after_it_lapsed(db):
@@ -166,7 +167,7 @@ def test_reaper_never_touches_a_lease_renewed_after_it_lapsed(db):
     claim = claim_one(db)
     expire(db, job_id, timedelta(seconds=5))
     with db.write() as session:  # the worker was only late: its heartbeat lands before any reaper
-        queue.heartbeat(session, claim, 60, None)
+        leases.heartbeat(session, claim, 60, None)
     before = row(db, job_id)
     assert reap(db) == []
     assert row(db, job_id) == before and before["status"] == "running"
@@ -185,14 +186,14 @@ def test_reaper_fails_a_job_lost_max_attempts_times(db):
     assert [h["outcome"] for h in job["history"]] == ["lease expired", "lease expired"]
     set_row(db, job_id, run_after=utcnow())
     with db.write() as session:
-        assert queue.claim(session, WORKER_B, 60) == []
+        assert leases.claim(session, WORKER_B, 60) == []
 
 
 def test_reaper_cancels_a_lost_job_whose_cancel_was_requested(db):
     job_id = submit(db)
     claim_one(db)
     with db.write() as session:
-        assert jobs.cancel(session, job_id).status == "running"
+        assert lifecycle.cancel(session, job_id).status == "running"
     expire(db, job_id)
     assert reap(db) == [job_id]
     job = row(db, job_id)
@@ -205,11 +206,11 @@ def test_reaper_leaves_finished_and_queued_rows_alone(db):
         claim = claim_one(db)
         with db.write() as session:
             if status == "succeeded":
-                queue.finish(session, claim, RESULT, None)
+                leases.finish(session, claim, RESULT, None)
             elif status == "failed":
-                queue.fail(session, claim, "boom")
+                leases.fail(session, claim, "boom")
             else:
-                queue.mark_cancelled(session, claim)
+                leases.mark_cancelled(session, claim)
         # Even with a stale expiry and token left on the row, a final job is not the reaper's.
         set_row(db, job_id, lease_expires_at=utcnow() - timedelta(hours=1), lease_token="left-over")
     queued = submit(db)
@@ -260,7 +261,7 @@ def test_hand_back_restores_attempts_and_keeps_the_resume_point(db):
     claim = claim_one(db)
     assert row(db, job_id)["attempts"] == 1
     with db.write() as session:
-        assert queue.hand_back(session, claim, checkpoint_file("resume", "d")) is Outcome.handed_back
+        assert leases.hand_back(session, claim, checkpoint_file("resume", "d")) is Outcome.handed_back
     job = row(db, job_id)
     assert job["status"] == "queued" and job["attempts"] == 0
     assert job["lease_token"] is None and job["worker_id"] is None and job["lease_expires_at"] is None
@@ -269,7 +270,7 @@ def test_hand_back_restores_attempts_and_keeps_the_resume_point(db):
     again = claim_one(db, WORKER_B)  # claimable at once, with no backoff
     assert again.attempt == 1 and again.resume == StoredFile("jobs/x/resume.pt", "d" * 64)
     with db.write() as session:
-        queue.note_resume(session, again, 3, 17)
+        leases.note_resume(session, again, 3, 17)
     history = row(db, job_id)["history"]
     assert [(h["worker_id"], h["outcome"]) for h in history] == [(WORKER_A, "handed back"), (WORKER_B, None)]
     assert (history[-1]["resumed_from_epoch"], history[-1]["resumed_from_step"]) == (3, 17)
@@ -279,8 +280,8 @@ def test_hand_back_of_a_job_cancelled_meanwhile_ends_it(db):
     job_id = submit(db)
     claim = claim_one(db)
     with db.write() as session:
-        jobs.cancel(session, job_id)
-        assert queue.hand_back(session, claim, checkpoint_file("r", "e")) is Outcome.cancelled
+        lifecycle.cancel(session, job_id)
+        assert leases.hand_back(session, claim, checkpoint_file("r", "e")) is Outcome.cancelled
     job = row(db, job_id)
     assert job["status"] == "cancelled" and job["finished_at"] is not None and job["attempts"] == 1
     assert job["history"][-1]["outcome"] == "cancelled"
@@ -290,14 +291,14 @@ def test_a_re_run_epoch_replaces_the_row_a_lost_attempt_wrote(db):
     job_id = submit(db)
     first = claim_one(db)
     with db.write() as session:
-        queue.record_epoch(session, first, epoch_row(1), checkpoint_file("first", "a"))
+        leases.record_epoch(session, first, epoch_row(1), checkpoint_file("first", "a"))
     expire(db, job_id)
     reap(db)
     set_row(db, job_id, run_after=utcnow())
     second = claim_one(db, WORKER_B)
     with db.write() as session:
-        queue.record_epoch(session, second, epoch_row(1), checkpoint_file("second", "b"))
-        queue.record_epoch(session, second, epoch_row(2), checkpoint_file("second-2", "c"))
+        leases.record_epoch(session, second, epoch_row(1), checkpoint_file("second", "b"))
+        leases.record_epoch(session, second, epoch_row(2), checkpoint_file("second-2", "c"))
     assert row(db, job_id)["epoch_rows"] == [(1, "jobs/x/second.pt", "b" * 64), (2, "jobs/x/second-2.pt", "c" * 64)]
 
 
@@ -305,8 +306,8 @@ def test_a_pack_claim_gives_each_job_its_typed_spec(db):
     fc = [submit(db, architecture="fc", seed=s, permutation_seed=s or None) for s in range(3)]
     submit(db, architecture="fc", n_hidden=16)
     with db.write() as session:
-        first = queue.claim(session, WORKER_A, 60)[0]
-        rest = queue.claim(session, WORKER_A, 60, limit=10, pack_key=first.spec.pack_key)
+        first = leases.claim(session, WORKER_A, 60)[0]
+        rest = leases.claim(session, WORKER_A, 60, limit=10, pack_key=first.spec.pack_key)
     assert [c.job_id for c in [first, *rest]] == fc
     assert [c.spec.seed for c in [first, *rest]] == [0, 1, 2]
     assert all(
@@ -322,7 +323,7 @@ def test_claim_takes_each_job_once_and_oldest_first(db):
         claimed.append(claim_one(db, worker).job_id)
     assert claimed == ids
     with db.write() as session:
-        assert queue.claim(session, WORKER_B, 60) == []
+        assert leases.claim(session, WORKER_B, 60) == []
 
 
 @pytest.mark.databases("sqlite")
@@ -352,19 +353,19 @@ def test_a_claim_that_waited_for_the_write_lock_grants_a_full_lease(db):
 
 def test_idempotency_key_same_body_same_job_other_body_conflict(db):
     with db.write() as session:
-        first, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
+        first, created = lifecycle.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
         assert created
     with db.write() as session:
-        again, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
+        again, created = lifecycle.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-1")
         assert not created and again.id == first.id
     with pytest.raises(Conflict) as error:
         with db.write() as session:
-            jobs.enqueue(session, spec(epochs=3), default_max_attempts=3, idempotency_key="k-1")
+            lifecycle.enqueue(session, spec(epochs=3), default_max_attempts=3, idempotency_key="k-1")
     assert error.value.field == "Idempotency-Key"
     with db.write() as session:
-        _, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-2")
+        _, created = lifecycle.enqueue(session, spec(epochs=2), default_max_attempts=3, idempotency_key="k-2")
         assert created
-        _, created = jobs.enqueue(session, spec(epochs=2), default_max_attempts=3)
+        _, created = lifecycle.enqueue(session, spec(epochs=2), default_max_attempts=3)
         assert created
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 3
@@ -381,8 +382,8 @@ def record(db, lease, accuracies: list[float], *, keep: int) -> list[list[str]]:
     for epoch, accuracy in enumerate(accuracies, start=1):
         metrics = EpochRecord(epoch=epoch, train_loss=1.0, test_loss=1.0, test_accuracy=accuracy, correct=1)
         with db.write() as session:
-            queue.record_epoch(session, lease, metrics, checkpoint_file(f"epoch-{epoch:03d}", str(epoch)))
-            pruned.append(queue.prune_checkpoints(session, lease, keep))
+            leases.record_epoch(session, lease, metrics, checkpoint_file(f"epoch-{epoch:03d}", str(epoch)))
+            pruned.append(leases.prune_checkpoints(session, lease, keep))
     return pruned
 
 
@@ -413,8 +414,8 @@ def test_pruning_keeps_the_last_epochs_and_the_best_and_every_epochs_metrics(db)
         assert (pruned_rows.checkpoint_size_bytes, pruned_rows.checkpoint_sha256) == (None, None)
         assert pruned_rows.test_accuracy == 0.5
     with db.write() as session:
-        assert queue.prune_checkpoints(session, lease, 2) == [], "pruning again prunes nothing"
-        assert queue.prune_checkpoints(session, lease, 1) == ["jobs/x/epoch-006.pt"], "the best and the last"
+        assert leases.prune_checkpoints(session, lease, 2) == [], "pruning again prunes nothing"
+        assert leases.prune_checkpoints(session, lease, 1) == ["jobs/x/epoch-006.pt"], "the best and the last"
     assert saved_epochs(db, job_id) == [4, 7]
 
 
@@ -426,6 +427,6 @@ def test_a_lost_lease_prunes_nothing(db):
     assert reap(db) == [job_id]
     before = row(db, job_id)
     with pytest.raises(LeaseLost), db.write() as session:
-        queue.prune_checkpoints(session, stale, 1)
+        leases.prune_checkpoints(session, stale, 1)
     assert row(db, job_id) == before
     assert saved_epochs(db, job_id) == [1, 2, 3]

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import update
 
 import service
-from service import registry
-from service.models import Worker, utcnow
+from service.platform.models import Worker, utcnow
+from service.queue import registry
 
 pytestmark = pytest.mark.databases  # each test once on SQLite, once on PostgreSQL
 

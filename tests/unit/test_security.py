@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth
-from service.errors import Unauthorized
+from service.platform import auth
+from service.platform.errors import Unauthorized
 from tests.support.settings import migrate
 
 PROBLEM = "application/problem+json"
@@ -185,7 +185,7 @@ def test_an_idempotency_key_is_per_token(client):
 
 
 def test_jobs_record_the_token_that_submitted_them(client, db):
-    from service.jobs import get
+    from service.jobs.lifecycle import get
 
     job_id = submit(client, "a")
     with db.read() as session:

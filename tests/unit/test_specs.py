@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import CNNSpec, FCSpec, job_spec_adapter, request_fingerprint
+from service.jobs.schemas import CNNSpec, FCSpec, job_spec_adapter, request_fingerprint
 from service.training.nets import build_model
 
 

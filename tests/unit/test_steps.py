@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from sqlalchemy import select, update
 
-from service import jobs, queue, reaper
-from service.errors import LeaseLost
-from service.models import Job, Step, utcnow
-from service.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
-from service.states import JobStatus, Outcome
-from service.storage import LocalStore, StoredFile
+from service.jobs import lifecycle
+from service.jobs.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
+from service.platform.errors import LeaseLost
+from service.platform.models import Job, Step, utcnow
+from service.platform.states import JobStatus, Outcome
+from service.queue import leases, reaper
+from service.storage.store import LocalStore, StoredFile
 from service.training import checkpoints
 from service.training.control import Live
 from service.training.evaluation import evaluate
@@ -235,9 +236,9 @@ def step(n: int, loss: float = 1.0) -> StepMetrics:
 def submit_and_claim(db, worker: str = "worker-a"):
     spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1})
     with db.write() as session:
-        jobs.enqueue(session, spec, default_max_attempts=3)
+        lifecycle.enqueue(session, spec, default_max_attempts=3)
     with db.write() as session:
-        return queue.claim(session, worker, 60)[0]
+        return leases.claim(session, worker, 60)[0]
 
 
 def stored_steps(db, job_id: str) -> list[tuple[int, float]]:
@@ -246,7 +247,7 @@ def stored_steps(db, job_id: str) -> list[tuple[int, float]]:
     return [(row.step, row.loss) for row in rows]
 
 
-def lose_lease(db, claim) -> queue.Claim:
+def lose_lease(db, claim) -> leases.Claim:
     """Expire the claim's lease, reap it, and let another worker claim the job."""
     with db.write() as session:
         session.execute(
@@ -256,23 +257,23 @@ def lose_lease(db, claim) -> queue.Claim:
         assert reaper.reap(session, base_seconds=0.0, max_seconds=0.0) == [claim.job_id]
     with db.write() as session:
         session.execute(update(Job).where(Job.id == claim.job_id).values(run_after=utcnow()))
-        return queue.claim(session, "worker-b", 60)[0]
+        return leases.claim(session, "worker-b", 60)[0]
 
 
 @pytest.mark.databases
 def test_record_steps_is_fenced_and_a_retry_replaces_the_steps_it_trains_again(db):
     stale = submit_and_claim(db)
     with db.write() as session:
-        queue.record_steps(session, stale, [step(n) for n in range(1, 6)])
+        leases.record_steps(session, stale, [step(n) for n in range(1, 6)])
     assert stored_steps(db, stale.job_id) == [(n, 1.0) for n in range(1, 6)]
 
     fresh = lose_lease(db, stale)
     with pytest.raises(LeaseLost), db.write() as session:
-        queue.record_steps(session, stale, [step(6)])
+        leases.record_steps(session, stale, [step(6)])
     assert stored_steps(db, stale.job_id) == [(n, 1.0) for n in range(1, 6)], "a fenced-out worker writes nothing"
 
     with db.write() as session:  # resumed from step 2: steps 3 on are trained again
-        queue.record_steps(session, fresh, [step(3, 2.0), step(4, 2.0)])
+        leases.record_steps(session, fresh, [step(3, 2.0), step(4, 2.0)])
     assert stored_steps(db, stale.job_id) == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
 
 
@@ -280,7 +281,7 @@ def test_record_steps_is_fenced_and_a_retry_replaces_the_steps_it_trains_again(d
 def test_finish_sets_test_accuracy_and_writes_the_last_steps_in_its_transaction(db):
     claim = submit_and_claim(db)
     with db.write() as session:
-        queue.finish(session, claim, RESULT, None, steps=[step(5), step(10)])
+        leases.finish(session, claim, RESULT, None, steps=[step(5), step(10)])
     with db.read() as session:
         job = session.get(Job, claim.job_id)
         assert job is not None and job.status == JobStatus.succeeded.value and job.test_accuracy == 0.75
@@ -289,7 +290,7 @@ def test_finish_sets_test_accuracy_and_writes_the_last_steps_in_its_transaction(
     other = submit_and_claim(db)
     fresh = lose_lease(db, other)
     with pytest.raises(LeaseLost), db.write() as session:
-        queue.finish(session, other, RESULT, None, steps=[step(5)])
+        leases.finish(session, other, RESULT, None, steps=[step(5)])
     assert stored_steps(db, other.job_id) == []
     with db.read() as session:
         job = session.get(Job, fresh.job_id)
@@ -333,11 +334,11 @@ def quiet_runner(settings, db, every: int) -> JobRunner:
     return JobRunner(quiet, db, "worker-a", CPU, DataCache(quiet, CPU))
 
 
-def claim_spec(db, **fields) -> queue.Claim:
+def claim_spec(db, **fields) -> leases.Claim:
     spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 1, **fields})
     with db.write() as session:
-        jobs.enqueue(session, spec, default_max_attempts=3)
-        return queue.claim(session, "worker-a", 3600)[0]
+        lifecycle.enqueue(session, spec, default_max_attempts=3)
+        return leases.claim(session, "worker-a", 3600)[0]
 
 
 @pytest.mark.databases

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from service.db import Database, upgrade
-from service.storage import LocalStore, sha256_file
+from service.platform.db import Database, upgrade
+from service.storage.store import LocalStore, sha256_file
 
 
 def mode(path: Path) -> int:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api import errors
 from api.strict_query import reject_unknown_query
-from service.schemas import job_spec_adapter
+from service.jobs.schemas import job_spec_adapter
 from tests.support.settings import migrate
 
 PROBLEM = "application/problem+json"
@@ -124,7 +124,7 @@ async def validation_problem(body: object, cap: int = 3) -> dict[str, object]:
     from pydantic import ValidationError
     from starlette.requests import Request
 
-    from service.config import Settings
+    from service.platform.config import Settings
 
     app = FastAPI()
     app.state.settings = Settings(max_validation_errors=cap)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth
-from service.errors import Unauthorized
+from service.platform import auth
+from service.platform.errors import Unauthorized
 from tests.support.settings import migrate
 
 SECRET = "do-not-log-this-line"  # a broken line may hold a plain token: it is never repeated
@@ -76,7 +76,7 @@ def test_a_file_that_breaks_while_serving_keeps_only_what_both_versions_allow(se
     reader, reader_known = auth.create(path, auth.Role.read)
     settings = settings.model_copy(update={"api_tokens": None, "api_tokens_file": path})
     migrate(settings.database_url)
-    caplog.set_level(logging.ERROR, logger="service.auth")
+    caplog.set_level(logging.ERROR, logger="service.platform.auth")
     with TestClient(create_app(settings)) as client:
 
         def status(token: str) -> int:

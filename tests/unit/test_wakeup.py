@@ -8,9 +8,9 @@ import logging
 import pytest
 from sqlalchemy import text
 
-from service import jobs
-from service.schemas import job_spec_adapter
-from service.wakeup import Wakeup
+from service.jobs import lifecycle
+from service.jobs.schemas import job_spec_adapter
+from service.queue.wakeup import Wakeup
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.databases
@@ -26,7 +26,7 @@ class Abort(Exception):
 def enqueue(db, *, commit: bool = True) -> None:
     try:
         with db.write() as session:
-            jobs.enqueue(session, SPEC, default_max_attempts=3)
+            lifecycle.enqueue(session, SPEC, default_max_attempts=3)
             if not commit:
                 raise Abort
     except Abort:

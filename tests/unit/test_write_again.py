@@ -12,14 +12,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from service import events, jobs, queue
-from service.db import Database
-from service.events import EventKind
-from service.models import Epoch
-from service.queue import Claim
-from service.schemas import EpochRecord, job_spec_adapter
-from service.states import Outcome
-from service.storage import StoredFile, open_store
+from service.jobs import lifecycle
+from service.jobs.schemas import EpochRecord, job_spec_adapter
+from service.platform import events
+from service.platform.db import Database
+from service.platform.events import EventKind
+from service.platform.models import Epoch
+from service.platform.states import Outcome
+from service.queue import leases
+from service.queue.leases import Claim
+from service.storage.store import StoredFile, open_store
 from tests.support.queue import result
 from workers.writer import JobWriter
 
@@ -29,9 +31,9 @@ EPOCH = EpochRecord(epoch=1, train_loss=1.0, test_loss=1.0, test_accuracy=0.5, c
 
 def claimed(db: Database) -> Claim:
     with db.write() as session:
-        jobs.enqueue(session, SPEC, default_max_attempts=3)
+        lifecycle.enqueue(session, SPEC, default_max_attempts=3)
     with db.write() as session:
-        (claim,) = queue.claim(session, "worker-1", 60)
+        (claim,) = leases.claim(session, "worker-1", 60)
     return claim
 
 
@@ -57,7 +59,7 @@ def test_an_epoch_written_again_after_it_committed_changes_nothing_and_publishes
     file = StoredFile(f"jobs/{claim.job_id}/epoch-001-{claim.token[:8]}.pt", "a" * 64, 1)
     for _ in range(2):
         with db.write() as session:
-            assert queue.record_epoch(session, claim, EPOCH, file, keep=1) == []
+            assert leases.record_epoch(session, claim, EPOCH, file, keep=1) == []
     assert epochs_and_events(db, claim.job_id) == ([(1, file.path)], 1)
 
 
@@ -86,7 +88,7 @@ def cut_once(postgres_server, write):
 def test_a_fenced_write_whose_session_was_ended_is_written_again_once(db, patient_db, postgres_server):
     claim = claimed(db)
     file = StoredFile(f"jobs/{claim.job_id}/epoch-001-{claim.token[:8]}.pt", "a" * 64, 1)
-    body, tries = cut_once(postgres_server, partial(queue.record_epoch, lease=claim, metrics=EPOCH, checkpoint=file))
+    body, tries = cut_once(postgres_server, partial(leases.record_epoch, lease=claim, metrics=EPOCH, checkpoint=file))
     assert patient_db.write_again_if_cut(body) == []
     assert len(tries) == 2, "the first try was cut off"
     assert epochs_and_events(db, claim.job_id) == ([(1, file.path)], 1)
@@ -95,7 +97,7 @@ def test_a_fenced_write_whose_session_was_ended_is_written_again_once(db, patien
 @pytest.mark.databases("postgresql")
 def test_without_reconnect_seconds_a_cut_write_raises(db, postgres_server):
     claim = claimed(db)
-    body, tries = cut_once(postgres_server, partial(queue.note_resume, lease=claim, epoch=1, step=5))
+    body, tries = cut_once(postgres_server, partial(leases.note_resume, lease=claim, epoch=1, step=5))
     with pytest.raises(OperationalError):
         db.write_again_if_cut(body)
     assert len(tries) == 1

@@ -28,11 +28,11 @@ from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.models import Event, Job, utcnow
-from service.schemas import EpochMetrics, Progress, StepMetrics
-from service.states import JobStatus
-from service.wakeup import notify_queued
+from service.jobs.schemas import EpochMetrics, Progress, StepMetrics
+from service.platform.config import Settings
+from service.platform.models import Event, Job, utcnow
+from service.platform.states import JobStatus
+from service.queue.wakeup import notify_queued
 
 KEEP_SECONDS_DEFAULT: float = Settings.model_fields["events_keep_seconds"].default
 
@@ -103,7 +103,7 @@ class StoredEvent:
         return isinstance(self.payload, StatusEvent) and self.payload.status.is_final
 
 
-# Writing: called by service.queue and service.jobs inside the write they describe.
+# Writing: called by service.queue.leases and service.jobs.lifecycle inside the write they describe.
 
 
 def _append(session: Session, payloads: Sequence[Payload]) -> None:

@@ -24,8 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
-from service.states import JobStatus, Outcome
-from service.storage import StoredFile
+from service.platform.states import JobStatus, Outcome
+from service.storage.store import StoredFile
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -111,7 +111,7 @@ class Job(Base):
 
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # jobs.scoped_key
     request_sha256: Mapped[str | None] = mapped_column(String(64))
-    submitted_by: Mapped[str | None] = mapped_column(String(12))  # token id (service.auth); None: open mode
+    submitted_by: Mapped[str | None] = mapped_column(String(12))  # token id (service.platform.auth); None: open mode
 
     name: Mapped[str | None] = mapped_column(String(200))
     # Copies of spec and result fields, for filters and sorting (set at enqueue and at finish).
@@ -266,7 +266,7 @@ class Worker(Base):
 
 
 class Event(Base):
-    """One change to a job, written in the transaction of the change (service/events.py): the outbox
+    """One change to a job, written in the transaction of the change (service/platform/events.py): the outbox
     the API's live streams read. Ids only grow, in commit order (SQLite has one writer at a time).
     AUTOINCREMENT: without it SQLite reuses the ids of pruned newest rows (an idle hour prunes them
     all), and a client resuming after its last id would skip the new events that took them."""
@@ -275,7 +275,7 @@ class Event(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))  # a deleted job's go with it
-    kind: Mapped[str] = mapped_column(String(16))  # a service.events.EventKind value
+    kind: Mapped[str] = mapped_column(String(16))  # a service.platform.events.EventKind value
     data: Mapped[dict[str, Any]]  # the kind's payload model, as JSON
     created_at: Mapped[datetime]
 

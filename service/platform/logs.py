@@ -71,7 +71,7 @@ QUIETER = {"alembic.runtime.plugins": {"level": "WARNING"}}
 def worker_config(log_format: LogFormat, level: str = "INFO") -> dict[str, Any]:
     """A dictConfig for a worker process: everything to stderr, as text or JSON lines."""
     text = {"format": "%(asctime)s worker[%(process)d] %(levelname)s %(message)s"}
-    formatter = {"()": "service.logs.JsonFormatter"} if log_format == "json" else text
+    formatter = {"()": "service.platform.logs.JsonFormatter"} if log_format == "json" else text
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -88,11 +88,11 @@ def uvicorn_config(log_format: LogFormat) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG  # the API's process alone has uvicorn to hand
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"request_id": {"()": "service.logs.RequestIdFilter"}}
+    config["filters"] = {"request_id": {"()": "service.platform.logs.RequestIdFilter"}}
     for handler in config["handlers"].values():
         handler["filters"] = ["request_id"]
     if log_format == "json":
-        config["formatters"] = {name: {"()": "service.logs.JsonFormatter"} for name in ("default", "access")}
+        config["formatters"] = {name: {"()": "service.platform.logs.JsonFormatter"} for name in ("default", "access")}
     else:
         config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
         config["formatters"]["access"]["fmt"] = (

@@ -1,4 +1,4 @@
-"""The worker's side of the queue: claim, heartbeat, fenced endings, hand back (service/reaper.py
+"""The worker's side of the queue: claim, heartbeat, fenced endings, hand back (service/queue/reaper.py
 requeues the jobs whose lease expired).
 
 Every function takes a session inside a transaction its caller opened (one per worker step). A
@@ -7,8 +7,8 @@ BEGIN IMMEDIATE, on PostgreSQL the subquery locks with SKIP LOCKED, so two worke
 same job. After a claim every write of the worker is fenced: an UPDATE guarded by id AND
 lease_token AND status = 'running'. When it touches no row the worker has lost the job, and the
 rows it would have added (an epoch, step losses, the end of its attempt) are not written either,
-nor the events (service.events) that each change appends in the same transaction. Leases and
-run_after are measured on the database's clock (service.db.db_now).
+nor the events (service.platform.events) that each change appends in the same transaction. Leases and
+run_after are measured on the database's clock (service.platform.db.db_now).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Update, and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from service import events
-from service.db import db_now
-from service.errors import LeaseLost
-from service.models import Attempt, Epoch, Job, Step, utcnow
-from service.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
-from service.states import JobStatus, Outcome
-from service.storage import StoredFile
+from service.jobs.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
+from service.platform import events
+from service.platform.db import db_now
+from service.platform.errors import LeaseLost
+from service.platform.models import Attempt, Epoch, Job, Step, utcnow
+from service.platform.states import JobStatus, Outcome
+from service.storage.store import StoredFile
 
 
 @dataclass(frozen=True)

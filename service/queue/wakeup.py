@@ -1,7 +1,7 @@
 """Waking idle workers when a job is queued: PostgreSQL's LISTEN/NOTIFY, with polling as the fallback.
 
 Every write that leaves a job queued (a submit, a comparison, a hand-back, a reaped lease) records a
-`status` event in its transaction (service/events.py), which calls `notify_queued`: on PostgreSQL a
+`status` event in its transaction (service/platform/events.py), which calls `notify_queued`: on PostgreSQL a
 `pg_notify` that the server delivers when, and only if, that transaction commits. Each worker's
 `Wakeup` listens on a connection of its own, in a daemon thread, and its idle wait ends on the
 first notification. While the listener is connected an idle worker needs no poll; it still wakes

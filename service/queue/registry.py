@@ -18,8 +18,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service import __version__
-from service.db import db_now
-from service.models import Worker
+from service.platform.db import db_now
+from service.platform.models import Worker
 
 
 def register(session: Session, worker_id: str, *, host: str, pid: int, device: str, torch_version: str) -> None:

@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import Job, Step, Worker
-from service.states import FINAL_STATUSES, JobStatus
+from service.platform.models import Job, Step, Worker
+from service.platform.states import FINAL_STATUSES, JobStatus
 
 
 @dataclass(frozen=True)

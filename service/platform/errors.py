@@ -37,7 +37,7 @@ class ServiceError(Exception):
 
 
 class NotFound(ServiceError):
-    """Raised by lookups (service.jobs) when the id, epoch or file asked for does not exist."""
+    """Raised by lookups (service.jobs.lifecycle) when the id, epoch or file asked for does not exist."""
 
     title = "Not found"
 
@@ -113,13 +113,13 @@ class TooMany(ServiceError):
 
 class TooManyRenders(TooMany):
     """Raised when a caller has started MNIST_JOBS_RENDERS_PER_MINUTE uncached pictures in the last
-    minute (service.pools): each costs seconds of a render process."""
+    minute (service.platform.pools): each costs seconds of a render process."""
 
     title = "Too many renders"
 
 
 class Overloaded(ServiceError):
-    """Raised by service.pools when a bounded pool has as much work as it takes: more calls waiting
+    """Raised by service.platform.pools when a bounded pool has as much work as it takes: more calls waiting
     on the inference helper than MNIST_JOBS_PREDICT_QUEUE_MAX, or more renders in flight than
     MNIST_JOBS_RENDER_QUEUE_MAX. Nothing was started; a retry after Retry-After may succeed."""
 
@@ -131,7 +131,7 @@ class Overloaded(ServiceError):
 
 
 class FilesNotRemoved(ServiceError):
-    """Raised by service.storage when a job's files could not all be removed (a read-only or
+    """Raised by service.storage.store when a job's files could not all be removed (a read-only or
     foreign-owned artifacts dir): the job's row is kept, so nothing is left on disk that no row
     points at. The server's own fault, hence a 500."""
 
@@ -139,7 +139,7 @@ class FilesNotRemoved(ServiceError):
 
 
 class PredictionUnavailable(ServiceError):
-    """Raised by service.inference when the inference helper process cannot answer: it would not
+    """Raised by service.inference.client when the inference helper process cannot answer: it would not
     start, stopped twice in a row, hung past MNIST_JOBS_PREDICT_TIMEOUT_SECONDS, or failed in a way
     that is not the checkpoint's fault. A retry may succeed (a hung helper is replaced)."""
 
@@ -147,7 +147,7 @@ class PredictionUnavailable(ServiceError):
 
 
 class LeaseLost(ServiceError):
-    """Raised by service.queue when a worker's fenced write touched no row: another worker owns the
+    """Raised by service.queue.leases when a worker's fenced write touched no row: another worker owns the
     job now, or it ended. The worker then writes nothing more for that job."""
 
     title = "Lease lost"

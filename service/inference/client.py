@@ -1,6 +1,6 @@
 """Predictions for the API without torch in its process: a client for the inference helper.
 
-The helper (service/training/inference.py) is one child process per client, started on first use,
+The helper (service/inference/helper.py) is one child process per client, started on first use,
 speaking line-delimited JSON over its stdin/stdout; the models below are both sides' contract.
 Calls take turns (a lock). A call waits at most `timeout_seconds` for its turn (then 503, the helper
 left alone), and at most `timeout_seconds` for its answer, the helper's start included: past that
@@ -31,10 +31,17 @@ import service
 # one definition each, the client's; the helper and the routes import them from here
 from mnist_jobs_client.predictions import Prediction as Prediction
 from mnist_jobs_client.predictions import PredictResponse as PredictResponse
-from service.config import Settings
-from service.errors import CheckpointCorrupt, Conflict, InvalidInput, NotFound, PredictionUnavailable, ServiceError
-from service.schemas import INPUT_SIZE, SEED_MAX
-from service.storage import name_folders
+from service.jobs.schemas import INPUT_SIZE, SEED_MAX
+from service.platform.config import Settings
+from service.platform.errors import (
+    CheckpointCorrupt,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PredictionUnavailable,
+    ServiceError,
+)
+from service.storage.store import name_folders
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +232,7 @@ class InferenceClient:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         root = str(Path(service.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        command = [sys.executable, "-m", "service.training.inference", "--max-models", str(self.max_models)]
+        command = [sys.executable, "-m", "service.inference.helper", "--max-models", str(self.max_models)]
         try:  # stderr is the server's own: the helper's logs land in the server's log
             self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         except OSError as exc:

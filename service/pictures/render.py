@@ -1,7 +1,7 @@
 """The pictures the API serves, as PNG bytes: sample digits, training curves, a confusion matrix and a
 comparison's summary; and PictureCache, which keeps each rendered picture on disk by its content.
 
-No torch, no database, no FastAPI. The API draws them in render processes (service.pools), never in
+No torch, no database, no FastAPI. The API draws them in render processes (service.platform.pools), never in
 its own. No pyplot either: its "current figure" is global state; each picture is its own Figure on
 an Agg canvas.
 """
@@ -27,10 +27,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
-from service.config import Settings
 from service.datasets.samples import read_test_samples
-from service.schemas import CellRead, EpochMetrics, StepMetrics
-from service.storage import private_dirs, write_bytes_atomic
+from service.jobs.schemas import CellRead, EpochMetrics, StepMetrics
+from service.platform.config import Settings
+from service.storage.store import private_dirs, write_bytes_atomic
 
 RENDER_VERSION = 3  # part of every cache key: bump it whenever a picture's drawing changes
 DPI = 100
@@ -319,7 +319,7 @@ class PictureCache:
         return self.folder / f"{digest}.png"
 
     def get(self, key: str, render: Callable[[], bytes]) -> bytes:
-        """The cached picture, or `render()`'s, stored (the API renders through service.pools instead)."""
+        """The cached picture, or `render()`'s, stored (the API renders through service.platform.pools instead)."""
         cached = self.read(key)
         if cached is not None:
             return cached

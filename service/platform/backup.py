@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from service.errors import InvalidInput
-from service.storage import PRIVATE_FILE_MODE, private_dirs
+from service.platform.errors import InvalidInput
+from service.storage.store import PRIVATE_FILE_MODE, private_dirs
 
 PAGES_PER_STEP = 1024  # pages copied per step: writers get the lock between steps
 

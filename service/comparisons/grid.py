@@ -1,6 +1,6 @@
 """Comparisons: the experiment as one request. `create` expands the grid into one job per cell and
 seed in one transaction; the comparison's status, progress and statistics are always read from its
-jobs (service.stats), never stored, so they cannot disagree with them.
+jobs (service.comparisons.stats), never stored, so they cannot disagree with them.
 
 Queue order: the jobs are given created_at times a microsecond apart, the most expensive first
 (CNN before FC), so workers start the longest jobs first and the FC jobs, queued together at the
@@ -17,9 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from service import jobs
-from service.auth import Caller, shown_submitter
-from service.comparison_schemas import (
+from service.comparisons.schemas import (
     MAX_COMPARISON_JOBS,
     ComparisonCreate,
     ComparisonProgress,
@@ -27,14 +25,16 @@ from service.comparison_schemas import (
     EffectRead,
     GridFields,
 )
-from service.cost import estimate
-from service.db import db_now
-from service.errors import Conflict, InvalidInput, NotFound
-from service.models import Comparison, ComparisonCell, Job
-from service.reuse import ReusePolicy
-from service.schemas import AnySpec, CellRead, Progress, job_spec_adapter
-from service.states import JobStatus
-from service.stats import Effect, paired, summarize, welch
+from service.comparisons.stats import Effect, paired, summarize, welch
+from service.jobs import lifecycle
+from service.jobs.cost import estimate
+from service.jobs.reuse import ReusePolicy
+from service.jobs.schemas import AnySpec, CellRead, Progress, job_spec_adapter
+from service.platform.auth import Caller, shown_submitter
+from service.platform.db import db_now
+from service.platform.errors import Conflict, InvalidInput, NotFound
+from service.platform.models import Comparison, ComparisonCell, Job
+from service.platform.states import JobStatus
 
 
 def cell_spec(request: ComparisonCreate, architecture: str, permutation_seed: int | None) -> AnySpec:
@@ -99,8 +99,8 @@ def create(
     max_attempts = request.spec.max_attempts
     for order, (position, seed) in enumerate(runs):
         spec = specs[position].model_copy(update={"seed": seed, "max_attempts": max_attempts, **options})
-        cell = jobs.CellLink(comparison.id, position, now + timedelta(microseconds=order))
-        jobs.enqueue(
+        cell = lifecycle.CellLink(comparison.id, position, now + timedelta(microseconds=order))
+        lifecycle.enqueue(
             session, spec, default_max_attempts=default_max_attempts, submitted_by=submitted_by, reuse=reuse, cell=cell
         )
     return comparison
@@ -141,13 +141,13 @@ def cancel(session: Session, comparison_id: str) -> Comparison:
     comparison = get(session, comparison_id)
     for job in member_jobs(session, comparison_id):
         if not job.status.is_final:
-            jobs.cancel(session, job.id)
+            lifecycle.cancel(session, job.id)
     return comparison
 
 
 def jobs_to_delete(session: Session, comparison_id: str) -> list[str]:
     """The ids of the comparison's jobs, to delete one transaction each (files first, as
-    jobs.delete does, so a failure leaves every remaining row with its files); Conflict while any
+    lifecycle.delete does, so a failure leaves every remaining row with its files); Conflict while any
     job is queued or running."""
     get(session, comparison_id)
     members = member_jobs(session, comparison_id)
@@ -169,7 +169,7 @@ def remove(session: Session, comparison_id: str) -> None:
 
 
 def view(comparison: Comparison, members: list[Job], viewer: Caller | None = None) -> ComparisonRead:
-    """The comparison as `viewer` may see it: `submitted_by` as in jobs.view."""
+    """The comparison as `viewer` may see it: `submitted_by` as in lifecycle.view."""
     seed_order = {seed: index for index, seed in enumerate(comparison.seeds)}
     by_cell: dict[int, list[Job]] = {cell.position: [] for cell in comparison.cells}
     for job in sorted(members, key=lambda job: seed_order.get(job.seed or 0, len(seed_order))):

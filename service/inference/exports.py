@@ -1,7 +1,7 @@
 """Portable models (ONNX, safetensors) as stored artifacts, made once per checkpoint and format.
 
-No torch here: the API asks its inference helper (service/inference.py) to make an export, which
-the helper (service/training/inference.py) writes into the artifact store under the job's prefix,
+No torch here: the API asks its inference helper (service/inference/client.py) to make an export, which
+the helper (service/inference/helper.py) writes into the artifact store under the job's prefix,
 so deleting a job deletes its exports. Later requests are plain reads of the stored file.
 
 An export is a function of its checkpoint's bytes alone, so its key carries the checkpoint's
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 
-from service.errors import CheckpointCorrupt
-from service.inference import InferenceClient, ModelFormat
-from service.storage import ArtifactStore, StoredFile, job_key
+from service.inference.client import InferenceClient, ModelFormat
+from service.platform.errors import CheckpointCorrupt
+from service.storage.store import ArtifactStore, StoredFile, job_key
 
 SIDECAR = ".sha256"  # appended to an export's key: the key of the file holding its sha256 (hex)
 

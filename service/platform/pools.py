@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from service.errors import Overloaded, TooManyRenders
-from service.pictures import PictureCache
+from service.pictures.render import PictureCache
+from service.platform.errors import Overloaded, TooManyRenders
 
 T = TypeVar("T")
 RENDERS_PER_PROCESS = 25  # pictures a render process draws before it is replaced (its memory goes with it)
@@ -42,7 +42,7 @@ CALLERS_KEPT = 10_000  # callers whose render times are remembered at once
 # The render processes fork from a server that has the picture code loaded: a fresh one starts in
 # milliseconds, and nothing of the API process (threads, sockets, the database) is forked.
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["service.pictures"])
+_context.set_forkserver_preload(["service.pictures.render"])
 
 
 class BoundedCalls:
@@ -72,7 +72,7 @@ class BoundedCalls:
 
 @dataclass(frozen=True)
 class RenderTask:
-    """What a render process runs: a module-level function of service.pictures and its arguments
+    """What a render process runs: a module-level function of service.pictures.render and its arguments
     (pickled to the process, so plain data only)."""
 
     function: Callable[..., bytes]

@@ -13,14 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from service import events
-from service.auth import Caller, shown_submitter
-from service.cost import estimate
-from service.db import db_now
-from service.errors import Conflict, NotFound, TooMany
-from service.models import Job, JobLabel, Step, utcnow
-from service.reuse import ReusePolicy, adopt, find_original, spec_sha256
-from service.schemas import (
+from service.jobs.cost import estimate
+from service.jobs.reuse import ReusePolicy, adopt, find_original, spec_sha256
+from service.jobs.schemas import (
     AnySpec,
     AttemptRead,
     CheckpointRead,
@@ -31,8 +26,13 @@ from service.schemas import (
     job_spec_adapter,
     request_fingerprint,
 )
-from service.states import JobStatus
-from service.storage import ArtifactStore, StoredFile, read_verified
+from service.platform import events
+from service.platform.auth import Caller, shown_submitter
+from service.platform.db import db_now
+from service.platform.errors import Conflict, NotFound, TooMany
+from service.platform.models import Job, JobLabel, Step, utcnow
+from service.platform.states import JobStatus
+from service.storage.store import ArtifactStore, StoredFile, read_verified
 
 SEED_CHOICE_MAX = 2**31 - 1  # seeds chosen for the user stay short enough to read and retype
 QUEUE_FULL_RETRY_SECONDS = 30  # the Retry-After of a token whose queue is full
@@ -96,7 +96,7 @@ def enqueue(
     """Add a job; returns (job, created). A repeated idempotency key (of the same caller) returns
     the first job. `submitted_by` is the token id of the caller (None in the open mode). With
     `spec.reuse` and a `reuse` policy, a finished job of the same spec lends its result: the job
-    is created already succeeded (service.reuse)."""
+    is created already succeeded (service.jobs.reuse)."""
     fingerprint = request_fingerprint(spec)
     if idempotency_key is not None:
         idempotency_key = scoped_key(idempotency_key, submitted_by)

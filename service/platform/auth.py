@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from service.config import Settings
-from service.errors import Forbidden, Unauthorized
+from service.platform.config import Settings
+from service.platform.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 ID_LENGTH = 12  # hex digits of the sha256 that name a token (jobs.submitted_by)

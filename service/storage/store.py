@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from service.config import Settings
-from service.errors import CheckpointCorrupt, FilesNotRemoved
+from service.platform.config import Settings
+from service.platform.errors import CheckpointCorrupt, FilesNotRemoved
 
 CHUNK = 1 << 20
 
@@ -98,7 +98,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
 
 
 class ArtifactStore(Protocol):
-    """Where artifacts live. Keys are relative paths; nothing outside service/storage.py knows more."""
+    """Where artifacts live. Keys are relative paths; nothing outside service/storage/store.py knows more."""
 
     def put(self, key: str, data: bytes) -> StoredFile:
         """Store `data` atomically under `key` (replacing what was there) and describe it."""

@@ -13,11 +13,11 @@ from datetime import UTC, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service import events
-from service.db import db_now
-from service.models import Job
-from service.queue import Lease, close_attempt, held_by
-from service.states import JobStatus, Outcome
+from service.platform import events
+from service.platform.db import db_now
+from service.platform.models import Job
+from service.platform.states import JobStatus, Outcome
+from service.queue.leases import Lease, close_attempt, held_by
 
 
 def retry_delay(attempts: int, base_seconds: float, max_seconds: float) -> float:

@@ -5,7 +5,7 @@ race to update it (SQLite would answer the loser "database is locked" instead of
 a plain deferred BEGIN, so status reads never queue behind writers in WAL mode.
 
 PostgreSQL (postgresql+psycopg://...) uses plain READ COMMITTED transactions: the claim locks its
-rows with FOR UPDATE SKIP LOCKED and every later write is fenced (service.queue), so nothing there
+rows with FOR UPDATE SKIP LOCKED and every later write is fenced (service.queue.leases), so nothing there
 needs a wider lock. Its leases run on the server's clock (db_now). A worker's engine waits out a
 server that is briefly unreachable (`reconnect_seconds`): a restart costs it no job.
 """
@@ -32,8 +32,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from service.errors import SchemaOutOfDate
-from service.storage import private_file
+from service.platform.errors import SchemaOutOfDate
+from service.storage.store import private_file
 
 BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL ends a session that sits inside a transaction doing nothing for this long, which frees

@@ -1,7 +1,7 @@
 """The inference helper: the one process that runs models for the API, which never imports torch.
 
-`python -m service.training.inference --max-models N` reads one JSON request per line on stdin and
-writes one JSON reply per line on stdout (the contract is in service/inference.py, which starts it):
+`python -m service.inference.helper --max-models N` reads one JSON request per line on stdin and
+writes one JSON reply per line on stdout (the contract is in service/inference/client.py, which starts it):
 
     {"op": "predict", "checkpoint": "/abs/epoch-001-ab12cd34.pt", "sha256": "<hex>", "pixels": [[784 ints]]}
       -> {"ok": true, "predictions": [{"digit": 7, "probabilities": [10 floats]}]}
@@ -35,9 +35,7 @@ import torch
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import nn
 
-from service.errors import CheckpointCorrupt
-from service.exports import SIDECAR, read_verified
-from service.inference import (
+from service.inference.client import (
     IMAGE_SIDE,
     ErrorKind,
     ErrorReply,
@@ -50,13 +48,15 @@ from service.inference import (
     PredictOp,
     PredictReply,
 )
-from service.schemas import INPUT_SIZE
-from service.storage import LocalStore, StoredFile
+from service.inference.exports import SIDECAR, read_verified
+from service.jobs.schemas import INPUT_SIZE
+from service.platform.errors import CheckpointCorrupt
+from service.storage.store import LocalStore, StoredFile
 from service.training import checkpoints, export
 from service.training.nets import build_model
 from service.training.tensors import normalise, permutation
 
-log = logging.getLogger("service.training.inference")
+log = logging.getLogger("service.inference.helper")
 requests: TypeAdapter[PredictOp | PermutationOp | ExportOp] = TypeAdapter(HelperRequest)
 
 
@@ -197,7 +197,7 @@ def serve(models: Models, lines: TextIO, replies: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.training.inference", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service.inference.helper", description=__doc__)
     parser.add_argument("--max-models", type=int, default=8, help="models kept loaded (least recently used go)")
     args = parser.parse_args(argv)
     if args.max_models < 1:

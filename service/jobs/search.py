@@ -10,9 +10,9 @@ from typing import Literal
 from sqlalchemy import Select, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from service.jobs import PAGE_WITH_CHILDREN
-from service.models import Job, JobLabel
-from service.states import JobStatus
+from service.jobs.lifecycle import PAGE_WITH_CHILDREN
+from service.platform.models import Job, JobLabel
+from service.platform.states import JobStatus
 
 Sort = Literal["created_at", "test_accuracy"]
 NATURAL: Literal["none"] = "none"  # ?permutation_seed=none: the jobs on natural (unshuffled) pixels

@@ -14,10 +14,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from mnist_jobs_client.specs import canonical_sha256
-from service.config import Settings
-from service.models import Epoch, Job, Step, utcnow
-from service.states import JobStatus
-from service.storage import ArtifactStore, job_key, open_store
+from service.platform.config import Settings
+from service.platform.models import Epoch, Job, Step, utcnow
+from service.platform.states import JobStatus
+from service.storage.store import ArtifactStore, job_key, open_store
 
 
 def spec_sha256(spec: dict[str, Any]) -> str:

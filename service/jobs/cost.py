@@ -18,8 +18,8 @@ overhead, not FLOPs, so it runs slower than its FLOPs suggest.
 
 from __future__ import annotations
 
-from service.errors import InvalidInput
-from service.schemas import INPUT_SIZE, N_CLASSES, AnySpec, FCSpec, JobCost
+from service.jobs.schemas import INPUT_SIZE, N_CLASSES, AnySpec, FCSpec, JobCost
+from service.platform.errors import InvalidInput
 
 TRAIN_SAMPLES = 60_000  # MNIST's and Fashion-MNIST's training set
 TEST_SAMPLES = 10_000

@@ -1,0 +1,1 @@
+"""Comparisons: a grid of cells and seeds as jobs, and their statistics."""

@@ -1,0 +1,1 @@
+"""Predictions and exported models for the API, through the inference helper process."""

@@ -1,0 +1,1 @@
+"""Jobs: spec schemas, admission (queue room, cost), enqueue / get / cancel / delete, search, reuse."""

@@ -1,0 +1,1 @@
+"""The pictures the API serves, rendered off the request threads and cached by content."""
