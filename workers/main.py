@@ -25,12 +25,14 @@ from service.platform import logs
 from service.platform.config import Settings
 from service.platform.db import Database, lost_connection, require_head
 from service.platform.states import Outcome
-from service.queue import leases, reaper, registry
+from service.queue import leases, registry
 from service.queue.leases import Claim
 from service.queue.wakeup import Wakeup
+from service.storage.store import open_store
 from service.training.devices import configure_torch, resolve_device
 from workers.data_cache import DataCache
 from workers.runner import JobRunner, log_transition
+from workers.upkeep import Upkeep
 
 log = logging.getLogger("mnist_jobs.worker")
 
@@ -41,14 +43,14 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.device = resolve_device(device or settings.device)
         self.db = Database(settings.database_url, reconnect_seconds=settings.db_reconnect_seconds)
+        self.upkeep = Upkeep(settings, self.db, self.id, open_store(settings))
         cache = DataCache(settings, self.device)
-        self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=self.reap_expired)
+        self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=self.upkeep.reap_expired)
         self.stopping = threading.Event()
         self.wakeup = Wakeup(settings.database_url)
         self.next_reap = 0.0  # time.monotonic() of the next reap
         self.next_runnable: float | None = None  # seconds until a queued job may be claimed, as last read
         self._signals = 0
-        self._next_disk_warning = 0.0
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
@@ -105,7 +107,7 @@ class Worker:
     def cycle(self) -> int:
         """Reap when due, claim, and train what was claimed (or wait for work); the jobs it ran."""
         if time.monotonic() >= self.next_reap:
-            self.reap()
+            self.upkeep.between_jobs()
             self.next_reap = time.monotonic() + self.settings.reap_seconds
         claims = self.claim()
         if not claims:
@@ -124,7 +126,7 @@ class Worker:
             self.next_runnable = leases.seconds_until_runnable(session)
         if self.next_runnable != 0:
             return []
-        if not self.room_on_disk():
+        if not self.upkeep.room_on_disk():
             return []
         lease = self.settings.lease_seconds
         with self.db.write() as session:
@@ -146,47 +148,6 @@ class Worker:
         if self.next_runnable:
             wait = min(wait, self.next_runnable)
         self.wakeup.wait(wait)
-
-    def room_on_disk(self) -> bool:
-        """Whether the artifacts dir has MNIST_JOBS_MIN_FREE_BYTES free: a job started without room
-        for its checkpoints would only fail. Says so in the log, once a minute at most."""
-        free = self.runner.store.free_bytes()
-        if free >= self.settings.min_free_bytes:
-            return True
-        if time.monotonic() >= self._next_disk_warning:
-            self._next_disk_warning = time.monotonic() + 60
-            log.warning(
-                "artifacts dir has %d MB free, under MNIST_JOBS_MIN_FREE_BYTES (%d MB): claiming no job",
-                free // 2**20,
-                self.settings.min_free_bytes // 2**20,
-            )
-        return False
-
-    def reap_expired(self) -> None:
-        """Requeue (or end) the jobs whose lease expired: from the claim loop, and from the
-        heartbeat while a job runs, so busy workers reap too."""
-        with self.db.write() as session:
-            reaped = reaper.reap(
-                session,
-                base_seconds=self.settings.retry_base_seconds,
-                max_seconds=self.settings.retry_max_seconds,
-                events_keep_seconds=self.settings.events_keep_seconds,
-                restart_grace_seconds=self.settings.lease_seconds,
-            )
-        for job_id in reaped:
-            log.warning(
-                "job %s: lease expired; requeued or ended", job_id, extra={"job_id": job_id, "worker_id": self.id}
-            )
-
-    def reap(self) -> None:
-        self.reap_expired()
-        # An idle worker writes nothing else (it claims only when a read finds work): refresh its
-        # registry row here, every reap_seconds, so GET /v1/workers shows it alive and idle; and
-        # mark the workers silent for longer than a lease (a SIGKILL, a lost host) as gone.
-        with self.db.write() as session:
-            registry.seen(session, self.id, current_job_id=None)
-            for worker_id in registry.mark_gone(session, silent_seconds=self.settings.lease_seconds):
-                log.warning("worker %s: silent for over %.0f s; marked gone", worker_id, self.settings.lease_seconds)
 
 
 def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:

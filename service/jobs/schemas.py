@@ -81,7 +81,7 @@ __all__ = [
 
 class EpochRecord(EpochMetrics):
     """What a trainer reports after each epoch (the view shows the fraction, not the count). Never
-    NaN/inf: a trainer fails the job instead (engine.Live.fail); this is the last guard."""
+    NaN/inf: a trainer fails the job instead (control.Live.request_stop); this is the last guard."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 

@@ -82,38 +82,33 @@ class StackedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-class PackedFCTrainer:
-    """J FC jobs with equal pack keys; `run` trains them all and reports per job index."""
+class StackedFC:
+    """The J jobs' FC2Layer weights stacked along a first axis, with each job's own pixel order:
+    a forward for all jobs at once, and a test pass that sums as evaluation.evaluate sums."""
 
-    def __init__(self, specs: list[FCSpec], data: MnistTensors, device: torch.device, lives: list[Live]) -> None:
-        """`data` is in natural pixel order and on `device`; each job's permutation is applied per batch."""
-        assert len({spec.pack_key for spec in specs}) == 1, "a pack holds jobs of one shape and schedule"
-        self.specs, self.device, self.lives = specs, device, lives
-        self.x_train = data.train_x.view(len(data.train_x), N_PIXELS)
-        self.x_test = data.test_x.view(len(data.test_x), N_PIXELS)
-        self.y_train, self.y_test = data.train_y, data.test_y
-        models, self.generators = zip(*(seeded_start(spec) for spec in specs), strict=True)
-        self.template = models[0]  # the layers to walk (an FC2Layer); its own weights are not used
-        stacked, _ = torch.func.stack_module_state(list(models))
+    def __init__(self, models: list[nn.Module], permutations: list[torch.Tensor | None], device: torch.device):
+        network = models[0].network  # the layers to walk (an FC2Layer's); its own weights are not used
+        assert isinstance(network, nn.Module)
+        self.layers = list(network.named_children())
+        stacked, _ = torch.func.stack_module_state(models)
         self.names = list(stacked)
         self.params = [stacked[name].detach().to(device).requires_grad_() for name in self.names]
-        self.optimizer = torch.optim.SGD(self.params, lr=specs[0].lr, momentum=specs[0].momentum)
-        self.permutations = [permutation(spec.permutation_seed) for spec in specs]
         identity = torch.arange(N_PIXELS)
         self.gather = (
             None
-            if all(p is None for p in self.permutations)
-            else torch.stack([identity if p is None else p for p in self.permutations]).to(device)
+            if all(p is None for p in permutations)
+            else torch.stack([identity if p is None else p for p in permutations]).to(device)
         )
-        self.active = list(range(len(specs)))
-        self.metrics: list[list[EpochRecord]] = [[] for _ in specs]
-        self.train_seconds = 0.0
-        self.test_seconds = 0.0
+        self.device = device
+
+    def state_dict(self, j: int) -> dict[str, torch.Tensor]:
+        """Job j's weights, under FC2Layer's state_dict keys."""
+        return {name: p[j] for name, p in zip(self.names, self.params, strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (J, B, 784) -> log-probabilities (J, B, 10): FC2Layer's layers, each for every job."""
         params = dict(zip(self.names, self.params, strict=True))
-        for name, layer in self.template.network.named_children():
+        for name, layer in self.layers:
             if isinstance(layer, nn.Linear):
                 x = StackedLinear.apply(x, params[f"network.{name}.weight"], params[f"network.{name}.bias"])
             elif isinstance(layer, nn.ReLU):
@@ -133,6 +128,50 @@ class PackedFCTrainer:
             return images
         return torch.gather(images, 2, self.gather.unsqueeze(1).expand(jobs, batch, N_PIXELS))
 
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, go_on: Callable[[], bool] = lambda: True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per job: mean test loss (float64), correct count and confusion matrix (J, 10, 10), summed
+        as evaluation.evaluate sums them. `go_on` is asked before each test batch (outside inference
+        mode: it may take a job's checkpoint); once it says no, the sums are incomplete."""
+        jobs = len(self.params[0])
+        loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(jobs, dtype=torch.int64, device=self.device)
+        confusion = torch.zeros(jobs, CLASSES * CLASSES, dtype=torch.int64, device=self.device)
+        total = len(x)
+        for start in range(0, total, batch_size):
+            if not go_on():
+                break
+            with torch.inference_mode():
+                rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
+                out = self.forward(self.inputs(x, rows))
+                target = y[start : start + batch_size]
+                loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
+                predicted = out.argmax(-1)
+                correct += (predicted == target).sum(1)
+                confusion += confusion_counts(target, predicted)
+        return loss_sum / total, correct, confusion.view(jobs, CLASSES, CLASSES)
+
+
+class PackedFCTrainer:
+    """J FC jobs with equal pack keys; `run` trains them all and reports per job index."""
+
+    def __init__(self, specs: list[FCSpec], data: MnistTensors, device: torch.device, lives: list[Live]) -> None:
+        """`data` is in natural pixel order and on `device`; each job's permutation is applied per batch."""
+        assert len({spec.pack_key for spec in specs}) == 1, "a pack holds jobs of one shape and schedule"
+        self.specs, self.device, self.lives = specs, device, lives
+        self.x_train = data.train_x.view(len(data.train_x), N_PIXELS)
+        self.x_test = data.test_x.view(len(data.test_x), N_PIXELS)
+        self.y_train, self.y_test = data.train_y, data.test_y
+        models, self.generators = zip(*(seeded_start(spec) for spec in specs), strict=True)
+        self.permutations = [permutation(spec.permutation_seed) for spec in specs]
+        self.model = StackedFC(list(models), self.permutations, device)
+        self.optimizer = torch.optim.SGD(self.model.params, lr=specs[0].lr, momentum=specs[0].momentum)
+        self.active = list(range(len(specs)))
+        self.metrics: list[list[EpochRecord]] = [[] for _ in specs]
+        self.train_seconds = 0.0
+        self.test_seconds = 0.0
+
     def checkpoint(self, j: int, epochs_done: int, partial: PartialEpoch | None = None) -> TrainingState:
         state = self.optimizer.state_dict()
         optimizer = {
@@ -141,7 +180,7 @@ class PackedFCTrainer:
         }
         return TrainingState.capture(
             self.specs[j],
-            {name: p[j] for name, p in zip(self.names, self.params, strict=True)},
+            self.model.state_dict(j),
             optimizer,
             epochs_done,
             self.metrics[j],
@@ -149,30 +188,6 @@ class PackedFCTrainer:
             self.generators[j],
             partial,
         )
-
-    def evaluate(
-        self, batch_size: int, go_on: Callable[[], bool] = lambda: True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per job: mean test loss (float64), correct count and confusion matrix (J, 10, 10), summed
-        as evaluation.evaluate sums them. `go_on` is asked before each test batch (outside inference
-        mode: it may take a job's checkpoint); once it says no, the sums are incomplete."""
-        jobs = len(self.specs)
-        loss_sum = torch.zeros(jobs, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(jobs, dtype=torch.int64, device=self.device)
-        confusion = torch.zeros(jobs, CLASSES * CLASSES, dtype=torch.int64, device=self.device)
-        total = len(self.x_test)
-        for start in range(0, total, batch_size):
-            if not go_on():
-                break
-            with torch.inference_mode():
-                rows = torch.arange(start, min(start + batch_size, total), device=self.device).expand(jobs, -1)
-                out = self.forward(self.inputs(self.x_test, rows))
-                target = self.y_test[start : start + batch_size]
-                loss_sum += torch.stack([F.nll_loss(out[j], target, reduction="sum") for j in range(jobs)])
-                predicted = out.argmax(-1)
-                correct += (predicted == target).sum(1)
-                confusion += confusion_counts(target, predicted)
-        return loss_sum / total, correct, confusion.view(jobs, CLASSES, CLASSES)
 
     def run(self, callbacks: Callbacks) -> dict[int, TrainResult]:
         """Train all jobs to the last epoch. A job whose Live gets a stop_reason leaves the pack
@@ -203,7 +218,7 @@ class PackedFCTrainer:
             # is answered between test batches and between records, not at the next epoch's first step.
             started = time.perf_counter()
             go_on = functools.partial(self._any_left, epoch - 1, steps, orders, loss_sum, callbacks)
-            test_loss, correct, confusion = self.evaluate(spec.test_batch_size, go_on)
+            test_loss, correct, confusion = self.model.evaluate(self.x_test, self.y_test, spec.test_batch_size, go_on)
             self.test_seconds += time.perf_counter() - started
             test_losses = test_loss.tolist()
             for j in self._diverged(test_losses):
@@ -252,7 +267,7 @@ class PackedFCTrainer:
             if not self.active:
                 break
             rows = orders_on_device[:, step * batch_size : (step + 1) * batch_size]
-            out = self.forward(self.inputs(self.x_train, rows))
+            out = self.model.forward(self.model.inputs(self.x_train, rows))
             target = self.y_train[rows]
             # Each job's mean over its batch: the gradient is exactly F.nll_loss's (1/B at the targets),
             # but the batched mean sums in another order, so the reported values come from one

@@ -1,7 +1,7 @@
 """Per-step training losses, every N steps, without a device sync of their own.
 
 The loop keeps each recorded step's loss as a detached tensor (no sync); where it already syncs
-(engine.LOSS_REFRESH_SECONDS and each epoch's end, the stops included) `sync_figures` turns the
+(control.LOSS_REFRESH_SECONDS and each epoch's end, the stops included) `sync_figures` turns the
 pending tensors into floats in the same transfer as the loop's own figures. Settled records wait
 for the heartbeat thread, which takes them all at once (`take`) and writes them in its own
 transaction; the runner takes what is left when the job ends. A loss that is not finite is never
