@@ -11,8 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import dashboard, docs, errors, metrics, openapi
@@ -25,7 +23,7 @@ from service.inference.client import InferenceClient
 from service.pictures.render import PictureCache
 from service.platform import auth
 from service.platform.config import Settings
-from service.platform.db import Database, require_head
+from service.platform.db import Database, require_head, sqlite_file
 from service.platform.pools import BoundedCalls, RenderPool
 from service.storage.store import open_store
 
@@ -37,7 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         require_head(settings.database_url)  # migrations run in one place: `mnist-jobs db upgrade` or `serve`
         app.state.db = Database(settings.database_url)
-        app.state.db_file = sqlite_file(settings.database_url)
+        found = sqlite_file(settings.database_url)
+        app.state.db_file = None if found is None else found.resolve()
         app.state.db_identity = file_identity(app.state.db_file)
         # Predictions run in a helper process, started by the first one; closing it here means no
         # helper outlives the app.
@@ -146,14 +145,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def sqlite_file(database_url: str) -> Path | None:
-    """The SQLite database file of `database_url`; None for another database or an in-memory one."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database).resolve()
-
-
 def file_identity(path: Path | None) -> tuple[int, int] | None:
     if path is None:
         return None
@@ -169,8 +160,7 @@ def not_ready(app: FastAPI) -> str | None:
         if tokens.error is not None:
             return f"the tokens file (MNIST_JOBS_API_TOKENS_FILE) {tokens.error}; fix it (see the server's log)"
     try:
-        with app.state.db.read() as session:
-            session.execute(text("SELECT 1"))
+        app.state.db.ping()
     except SQLAlchemyError as exc:
         return f"the database does not answer ({type(exc).__name__})"
     expected = app.state.db_identity

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from service.platform.db import sqlite_file
 from service.platform.errors import InvalidInput
 from service.storage.store import PRIVATE_FILE_MODE, private_dirs
 
@@ -22,13 +23,14 @@ PAGES_PER_STEP = 1024  # pages copied per step: writers get the lock between ste
 
 
 def sqlite_path(database_url: str) -> Path:
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    path = sqlite_file(database_url)
+    if path is None:
+        backend = make_url(database_url).get_backend_name()
         raise InvalidInput(
-            f"db backup copies SQLite files; {url.get_backend_name()} has its own tools (docs/postgresql.md: pg_dump)",
+            f"db backup copies SQLite files; {backend} has its own tools (docs/postgresql.md: pg_dump)",
             field="database_url",
         )
-    return Path(url.database)
+    return path
 
 
 def backup(database_url: str, target: Path) -> int:

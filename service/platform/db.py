@@ -173,8 +173,21 @@ class Database:
         with self._reader() as session, session.begin():
             yield session
 
+    def ping(self) -> None:
+        """One round trip to the database (a readiness check); raises SQLAlchemyError when it fails."""
+        with self.read() as session:
+            session.execute(select(1))
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The SQLite database file of `database_url`; None for another database or an in-memory one."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def alembic_config(url: str) -> Config:
