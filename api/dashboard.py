@@ -218,7 +218,7 @@ def job_list(
         "jobs.html",
         "Jobs",
         filters=filters,
-        statuses=[s.value for s in JobStatus],
+        statuses=[str(s) for s in JobStatus],
         architectures=list(SPEC_FORM.variants),
     )
 

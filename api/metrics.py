@@ -171,7 +171,7 @@ class DatabaseCollector(Collector):
         now = utcnow()
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the database, by status", labels=["status"])
         for status, count in queries.jobs_by_status(session).items():
-            jobs.add_metric([status.value], count)
+            jobs.add_metric([str(status)], count)
         queue = queries.queue_summary(session, now)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Queued jobs a worker may claim now (backoff passed)")
         depth.add_metric([], queue.runnable)

@@ -96,8 +96,8 @@ class JobRunner:
         return recorder.outcomes
 
     def train(self, recorder: Recorder) -> dict[int, TrainResult]:
-        """Prepare the trainer and run it under a heartbeat; the results of the jobs that finished."""
-        trainer = self.trainer()
+        """Prepare the trainer and run it, both under a heartbeat (preparing may load a data set or
+        read checkpoints for longer than a lease); the results of the jobs that finished."""
         beat = Heartbeat(
             self.db,
             self.held,
@@ -109,7 +109,7 @@ class JobRunner:
         )
         beat.start()
         try:
-            return trainer.run(recorder)
+            return self.trainer().run(recorder)
         finally:
             beat.stop()  # before the last writes, so no heartbeat lands after a job has ended
 

@@ -110,9 +110,7 @@ async def draw_confusion(request: Request, db: DB, caller: Reader, job_id: uuid.
     """The 10x10 confusion matrix of the job's last test pass (also in its JSON, result.confusion)."""
     job = await read_in_thread(db, job_view, str(job_id))
     if job.result is None or job.result.confusion is None:
-        raise Conflict(
-            f"job {job.id} ({job.status.value}) has no confusion matrix: it has not succeeded", field="status"
-        )
+        raise Conflict(f"job {job.id} ({job.status}) has no confusion matrix: it has not succeeded", field="status")
     matrix = job.result.confusion
     # The accuracy is drawn under the title (confusion_png's subtitle), not in it.
     title = f"{job.architecture.upper()} job {job.id[:8]} ({_pixels(job.spec.permutation_seed)})"
@@ -130,7 +128,7 @@ async def draw_summary(request: Request, db: DB, caller: Reader, comparison_id: 
     """Test accuracy per cell: every seed's value, the mean and its 95 % interval."""
     shown = await read_in_thread(db, summary_data, str(comparison_id))
     name = shown.name or f"Comparison {shown.id[:8]}"
-    title = f"{name}: test accuracy over seeds {shown.seeds} ({shown.status.value})"
+    title = f"{name}: test accuracy over seeds {shown.seeds} ({shown.status})"
     key = {"picture": "summary", "title": title, "cells": shown.cells}
     return await png(request, caller, key, ready(RenderTask(render.summary_png, (shown.cells, title))))
 

@@ -12,7 +12,6 @@ many hosts, a job's numbers depend on the code and the torch build of the worker
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -42,10 +41,9 @@ def register(session: Session, worker_id: str, *, host: str, pid: int, device: s
 
 def seen(session: Session, worker_id: str, *, current_job_id: str | None, stopped: bool = False) -> None:
     now = db_now(session)
-    values: dict[str, Any] = {"last_seen_at": now, "current_job_id": current_job_id, "stopped_at": None}
-    if stopped:
-        values["stopped_at"] = now
-    session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+    stopped_at = now if stopped else None
+    seen = update(Worker).where(Worker.id == worker_id)
+    session.execute(seen.values(last_seen_at=now, current_job_id=current_job_id, stopped_at=stopped_at))
 
 
 def mark_gone(session: Session, *, silent_seconds: float) -> list[str]:
