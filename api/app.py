@@ -20,11 +20,12 @@ from api.limits import CallerLimits
 from api.routes import comparisons, datasets, downloads, events, jobs, pictures, predict, workers
 from service import __version__
 from service.inference.client import InferenceClient
+from service.pictures.pool import RenderPool
 from service.pictures.render import PictureCache
 from service.platform import auth
 from service.platform.config import Settings
 from service.platform.db import Database, require_head, sqlite_file
-from service.platform.pools import BoundedCalls, RenderPool
+from service.platform.pools import BoundedCalls
 from service.storage.store import open_store
 
 

@@ -44,7 +44,7 @@ def run_worker(specs: list[AnySpec], root: Path, tmp: Path, device: str, pack_si
     """Queue `specs` in a fresh SQLite file, let one real worker process train them all, and return
     each job's result and the size of the pack it was trained in (from the worker's JSON log lines)."""
     tmp.mkdir(parents=True)
-    url = f"sqlite:///{tmp / 'lifecycle.db'}"
+    url = f"sqlite:///{tmp / 'jobs.db'}"
     upgrade(url)
     db = Database(url)
     try:

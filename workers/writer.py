@@ -1,10 +1,11 @@
 """The worker's writes for the jobs it holds, and the checkpoint files they point at.
 
-Each write is one fenced service.queue.leases call that takes everything it writes (an ending takes the
-step losses not written yet), made through Database.write_again_if_cut: a write whose commit's
-answer was lost to a cut connection is made again, and one that then finds the lease gone asks
-how the attempt ended, so a write that had committed is not mistaken for a lost lease. A worker
-that lost a job's lease writes nothing more for it and leaves no file behind.
+Each write is one fenced service.queue.leases call that takes everything it writes (an ending
+takes the step losses not written yet), made through Database.write_again_if_cut: a write whose
+commit's answer was lost to a cut connection is made again. An epoch written again finds its own
+row; an ending written again finds its lease gone and asks how the attempt ended, so an ending
+that had committed is not mistaken for a lost lease. A worker that lost a job's lease writes
+nothing more for it and leaves no file behind.
 """
 
 from __future__ import annotations

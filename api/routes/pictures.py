@@ -1,6 +1,6 @@
 """The pictures people look at, as PNG: sample digits (and their permuted versions), a job's curves
 and confusion matrix, a comparison's summary. Drawn on request in the app's render processes
-(service.platform.pools: bounded, one render per picture however many ask, a per-caller rate of new ones;
+(service.pictures.pool: bounded, one render per picture however many ask, a per-caller rate of new ones;
 matplotlib's Agg backend, no torch) and cached on disk by content, so a repeat costs a read. The
 routes are async: a render in progress holds no request thread. A permutation is drawn by the
 inference helper process (service.inference.client), torch's own randperm, through its bounded queue."""
@@ -25,8 +25,8 @@ from service.datasets.samples import test_pins
 from service.jobs import lifecycle
 from service.jobs.schemas import DATASETS, SEED_MAX, EpochMetrics, JobRead, StepMetrics
 from service.pictures import render
+from service.pictures.pool import RenderPool, RenderTask
 from service.platform.errors import Conflict
-from service.platform.pools import RenderPool, RenderTask
 
 router = APIRouter(tags=["pictures"], dependencies=V1_ROUTER_DEPENDENCIES)
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {

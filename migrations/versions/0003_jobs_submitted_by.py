@@ -1,4 +1,4 @@
-"""jobs.submitted_by: the token id (service.platform.auth) of the caller that submitted each job
+"""jobs.submitted_by: the token id (service.auth) of the caller that submitted each job
 
 Nullable: jobs submitted before tokens existed, or in the open mode, have none. Added and dropped
 with plain ALTER TABLE (no batch rebuild of `jobs`, which on SQLite would cascade into its children).

@@ -3,7 +3,7 @@
 - `comparisons`: one experiment submitted as one request (a grid of cells x seeds);
   `comparison_cells`: one row per (architecture, permutation seed) of its grid.
 - `jobs` gains `comparison_id` and `cell_position` (which comparison cell a job belongs to; no
-  foreign key, which SQLite could add only by rebuilding `jobs`: service.comparisons.grid.delete
+  foreign key, which SQLite could add only by rebuilding `jobs`: service.comparisons.delete
   removes a comparison's jobs before the comparison),
   `name`, the filter and sort columns `seed`, `permutation_seed` and `test_accuracy` (filled from
   the spec and result of existing jobs), `spec_sha256` (the full stored spec's hash: equal specs
@@ -57,7 +57,7 @@ JOB_COLUMNS = (
 
 
 def spec_sha256(spec: dict[str, object]) -> str:
-    """A frozen copy of service.jobs.reuse.spec_sha256 as of this revision."""
+    """A frozen copy of service.jobs.spec_sha256 as of this revision."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

@@ -29,7 +29,7 @@ def model_key(job_id: str, epoch: int, checkpoint_sha256: str, fmt: ModelFormat)
     return job_key(job_id, f"models/epoch-{epoch:03d}-{checkpoint_sha256[:16]}.{fmt}")
 
 
-def read_verified(store: ArtifactStore, key: str) -> tuple[StoredFile, bytes] | None:
+def stored_export(store: ArtifactStore, key: str) -> tuple[StoredFile, bytes] | None:
     """The export under `key` and its bytes if it is there whole and matches its sidecar; None when
     it was never made (or is damaged, so that it is made again)."""
     try:
@@ -46,7 +46,7 @@ def stored_model(
     store: ArtifactStore, job_id: str, epoch: int, checkpoint: StoredFile, fmt: ModelFormat
 ) -> tuple[StoredFile, bytes] | None:
     """The checkpoint's model as `fmt` when it was exported before and still verifies, else None."""
-    return read_verified(store, model_key(job_id, epoch, checkpoint.sha256, fmt))
+    return stored_export(store, model_key(job_id, epoch, checkpoint.sha256, fmt))
 
 
 def model_bytes(
@@ -63,7 +63,7 @@ def model_bytes(
         return found
     key = model_key(job_id, epoch, checkpoint.sha256, fmt)
     inference.export(store.local_path(checkpoint.path), checkpoint.sha256, fmt, job_id, store.local_path(key))
-    found = read_verified(store, key)
+    found = stored_export(store, key)
     if found is None:  # written and checked by the helper a moment ago: the artifacts dir is failing
         raise CheckpointCorrupt(f"the {fmt} export of epoch {epoch} did not read back intact", field="epoch")
     return found

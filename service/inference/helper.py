@@ -48,7 +48,7 @@ from service.inference.client import (
     PredictOp,
     PredictReply,
 )
-from service.inference.exports import SIDECAR, read_verified
+from service.inference.exports import SIDECAR, stored_export
 from service.jobs.schemas import INPUT_SIZE
 from service.platform.errors import CheckpointCorrupt
 from service.storage.store import LocalStore, StoredFile
@@ -155,7 +155,7 @@ def export_model(op: ExportOp) -> ExportReply:
     sidecar marks a finished file); an intact export already there is kept as it is."""
     target, source = Path(op.target), Path(op.checkpoint)
     folder = LocalStore(target.parent)
-    found = read_verified(folder, target.name)
+    found = stored_export(folder, target.name)
     if found is None:
         with refusals(source):
             state = checkpoints.load(LocalStore(source.parent), StoredFile(source.name, op.sha256))

@@ -298,6 +298,6 @@ def view(job: Job, viewer: Caller | None = None) -> JobRead:
 def checkpoint_bytes(store: ArtifactStore, epoch: int, file: StoredFile) -> bytes:
     """A checkpoint's bytes for a download, verified against its recorded sha256."""
     try:
-        return read_verified(store, file, f"checkpoint for epoch {epoch}")
+        return read_verified(store, file, f"checkpoint for epoch {epoch}", field="epoch")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFound(f"checkpoint file for epoch {epoch} is gone from the artifacts dir", field="epoch") from None

@@ -1,7 +1,7 @@
 """The pictures the API serves, as PNG bytes: sample digits, training curves, a confusion matrix and a
 comparison's summary; and PictureCache, which keeps each rendered picture on disk by its content.
 
-No torch, no database, no FastAPI. The API draws them in render processes (service.platform.pools), never in
+No torch, no database, no FastAPI. The API draws them in render processes (service.pictures.pool), never in
 its own. No pyplot either: its "current figure" is global state; each picture is its own Figure on
 an Agg canvas.
 """

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(200, ge=1)
     max_requests_per_caller: int = Field(64, ge=1)  # requests of one caller in flight at once, streams included
     max_streams_per_caller: int = Field(32, ge=1)  # event streams one caller holds open
-    # Expensive work in bounded pools, off the request threads (service/platform/pools.py).
+    # Expensive work in bounded pools, off the request threads (service/platform/pools.py, service/pictures/pool.py).
     predict_queue_max: int = Field(16, ge=1)  # calls waiting on the inference helper; past it a 503
     render_processes: int = Field(1, ge=1)  # picture render processes (matplotlib outside the API process)
     render_queue_max: int = Field(8, ge=1)  # distinct renders in flight; past it a 503

@@ -113,13 +113,13 @@ class TooMany(ServiceError):
 
 class TooManyRenders(TooMany):
     """Raised when a caller has started MNIST_JOBS_RENDERS_PER_MINUTE uncached pictures in the last
-    minute (service.platform.pools): each costs seconds of a render process."""
+    minute (service.pictures.pool): each costs seconds of a render process."""
 
     title = "Too many renders"
 
 
 class Overloaded(ServiceError):
-    """Raised by service.platform.pools when a bounded pool has as much work as it takes: more calls waiting
+    """Raised by a bounded pool (platform.pools, pictures.pool) when it has as much work as it takes: more calls waiting
     on the inference helper than MNIST_JOBS_PREDICT_QUEUE_MAX, or more renders in flight than
     MNIST_JOBS_RENDER_QUEUE_MAX. Nothing was started; a retry after Retry-After may succeed."""
 

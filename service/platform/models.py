@@ -109,7 +109,7 @@ class Job(Base):
     resume_path: Mapped[str | None] = mapped_column(Text)
     resume_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # jobs.scoped_key
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # jobs.lifecycle.scoped_key
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     submitted_by: Mapped[str | None] = mapped_column(String(12))  # token id (service.platform.auth); None: open mode
 

@@ -42,8 +42,8 @@ def register(session: Session, worker_id: str, *, host: str, pid: int, device: s
 def seen(session: Session, worker_id: str, *, current_job_id: str | None, stopped: bool = False) -> None:
     now = db_now(session)
     stopped_at = now if stopped else None
-    seen = update(Worker).where(Worker.id == worker_id)
-    session.execute(seen.values(last_seen_at=now, current_job_id=current_job_id, stopped_at=stopped_at))
+    row = update(Worker).where(Worker.id == worker_id)
+    session.execute(row.values(last_seen_at=now, current_job_id=current_job_id, stopped_at=stopped_at))
 
 
 def mark_gone(session: Session, *, silent_seconds: float) -> list[str]:

@@ -216,14 +216,14 @@ class LocalStore:
         return shutil.disk_usage(self.root).free
 
 
-def read_verified(store: ArtifactStore, file: StoredFile, what: str) -> bytes:
+def read_verified(store: ArtifactStore, file: StoredFile, what: str, field: str | None = None) -> bytes:
     """The file's bytes, after checking them against the sha256 recorded for it: CheckpointCorrupt
-    (naming `what`) when they differ, so a file that changed is never served nor opened. A file
-    that is gone raises the store's OSError."""
+    (naming `what`, and `field` for an answer) when they differ, so a file that changed is never
+    served nor opened. A file that is gone raises the store's OSError."""
     data = store.get(file.path)
     actual = hashlib.sha256(data).hexdigest()
     if actual != file.sha256:
-        raise CheckpointCorrupt(f"{what} is corrupt (sha256 {file.sha256} recorded, {actual} stored)", field="epoch")
+        raise CheckpointCorrupt(f"{what} is corrupt (sha256 {file.sha256} recorded, {actual} stored)", field=field)
     return data
 
 

@@ -50,7 +50,9 @@ class Live:
         this reason now stands (see `overrides`)."""
         if not overrides(reason, self.stop_reason):
             return False
-        self.stop_reason, self.failure = reason, failure if reason is Outcome.failed else None
+        self.stop_reason = reason
+        if reason is Outcome.failed:
+            self.failure = failure
         return True
 
     def hold_lease(self) -> None:

@@ -33,9 +33,9 @@ class MnistTensors:
         return MnistTensors(train_x, train_y, test_x, test_y, self.permutation_seed, self.permutation)
 
     def permuted_by(self, seed: int | None) -> MnistTensors:
-        """Every image's flattened pixels reordered by the permutation of `seed` (itself for None):
-        the one place a data set's permutation is computed, once per data set and seed. The copy
-        carries the order, for the checkpoints of the jobs that train on it."""
+        """Every image's flattened pixels reordered by the permutation of `seed` (itself for None),
+        once per data set and seed; the copy carries the order, so the jobs that train on it take
+        it from there for their checkpoints instead of computing it again."""
         if seed is None:
             return self
         if self.permutation_seed is not None:

@@ -119,4 +119,4 @@ def test_the_one_stop_protocol_decides_which_reason_stands(first, then, stands):
         assert live.request_stop(first, "why" if first is Outcome.failed else None)
     assert live.request_stop(then, "diverged") is (stands is then and first is not then)
     assert live.stop_reason is stands
-    assert (live.failure is not None) is (stands is Outcome.failed)
+    assert (live.failure is not None) is (Outcome.failed in (first, stands)), "a failure keeps its reason"

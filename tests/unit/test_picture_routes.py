@@ -70,7 +70,7 @@ def test_curves_confusion_and_summary(client, db):
     assert client.get(f"/v1/comparisons/{job_id}/summary.png").status_code == 404
 
 
-# The render pool (service.platform.pools): off the request threads, one render per picture, bounded ----
+# The render pool (service.pictures.pool): off the request threads, one render per picture, bounded ----
 
 
 def test_concurrent_requests_for_one_new_picture_share_one_render(client):

@@ -10,5 +10,5 @@ from __future__ import annotations
 from mnist_jobs_client.client import Client
 from mnist_jobs_client.errors import AmbiguousId, ApiError, ChecksumMismatch, ServerUnreachable, WaitTimeout
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 __all__ = ["AmbiguousId", "ApiError", "ChecksumMismatch", "Client", "ServerUnreachable", "WaitTimeout"]
