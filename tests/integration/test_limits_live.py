@@ -81,9 +81,11 @@ def test_too_many_header_fields_are_a_431_naming_them(served):
     ],
 )
 def test_a_slow_client_is_cut_with_a_408_and_others_are_answered_meanwhile(served, request_start):
+    # Timed from before the connection exists: the server's read timeout starts once it accepts,
+    # which may be a moment before connect() returns here.
+    started, cut = time.monotonic(), threading.Event()
     sock = connect(served)
     sock.sendall(request_start)
-    started, cut = time.monotonic(), threading.Event()
 
     def trickle() -> None:  # a byte every 0.2 s: each arrives well within any idle timeout
         while not cut.wait(0.2):
