@@ -162,8 +162,9 @@ class Reader:
         return None
 
     def started(self) -> int:
-        """The id a stream of all jobs starts after (its first comment): the events after it come."""
-        first = next(self.lines)
+        """The id a stream of all jobs starts after (its first comment but keep-alives, which on a busy
+        machine may go out before it): the events after it come."""
+        first = next(line for line in self.lines if line not in ("", ": keep-alive"))
         assert first.startswith(": live events after id "), first
         return int(first.rsplit(" ", 1)[1])
 
