@@ -48,16 +48,17 @@ def page_limit(setting: str, default: int) -> Any:
     """`?limit=` of a list, at most the named page-size setting (a 422 naming query.limit past it).
     The document's maximum is the ceiling any setting may take; the setting itself is the limit."""
 
-    async def checked(request: Request, limit: int = default) -> int:
+    name = f"MNIST_JOBS_{setting.upper()}"
+    # Query as the default, not in an Annotated hint: the hints are strings here (`from __future__
+    # import annotations`), which could not name this call's values.
+    bounds = Query(default, ge=1, le=PAGE_SIZE_CEILING, description=f"at most {name}")
+
+    async def checked(request: Request, limit: int = bounds) -> int:
         most: int = getattr(request.app.state.settings, setting)
         if limit > most:
-            raise InvalidInput(f"limit must be at most {most} (MNIST_JOBS_{setting.upper()})", field="query.limit")
+            raise InvalidInput(f"limit must be at most {most} ({name})", field="query.limit")
         return limit
 
-    # Set as an object, not written in the signature: these annotations are strings
-    # (`from __future__ import annotations`), which could not name this call's `setting`.
-    described = f"at most MNIST_JOBS_{setting.upper()}"
-    checked.__annotations__["limit"] = Annotated[int, Query(ge=1, le=PAGE_SIZE_CEILING, description=described)]
     return Depends(checked)
 
 

@@ -45,7 +45,8 @@ class Worker:
         self.db = Database(settings.database_url, reconnect_seconds=settings.db_reconnect_seconds)
         self.upkeep = Upkeep(settings, self.db, self.id, open_store(settings))
         cache = DataCache(settings, self.device)
-        self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=self.upkeep.reap_expired)
+        reap, store = self.upkeep.reap_expired, self.upkeep.store  # one store for the claim loop and the jobs
+        self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=reap, store=store)
         self.stopping = threading.Event()
         self.wakeup = Wakeup(settings.database_url)
         self.next_reap = 0.0  # time.monotonic() of the next reap

@@ -44,9 +44,10 @@ class JobRunner:
         device: torch.device,
         cache: DataCache,
         reap: Callable[[], object] | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
         self.settings, self.db, self.worker_id, self.device, self.cache = settings, db, worker_id, device, cache
-        self.store = open_store(settings)
+        self.store = store or open_store(settings)
         self.writer = JobWriter(db, self.store, settings.keep_checkpoints)
         self.reap = reap  # the worker's reaping, which the heartbeat does while a job runs
         self.held: list[Held] = []  # the running jobs, so a signal handler can stop them

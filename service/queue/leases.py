@@ -134,10 +134,14 @@ def fenced(lease: Lease) -> Update:
     return update(Job).where(held_by(lease)).values(updated_at=utcnow()).execution_options(synchronize_session=False)
 
 
+def _lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+
+
 def _write(session: Session, lease: Lease, statement: Update) -> None:
     """Run a fenced UPDATE; raises LeaseLost when it touched no row (another worker owns the job)."""
     if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has it
-        raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+        raise _lost(lease)
 
 
 def _attempt(lease: Lease) -> ColumnElement[bool]:
@@ -173,7 +177,7 @@ def heartbeat(session: Session, lease: Lease, lease_seconds: float, progress: Pr
         renew = renew.values(progress=progress.model_dump(mode="json"))
     cancel_requested = session.scalar(renew.returning(Job.cancel_requested))
     if cancel_requested is None:
-        raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+        raise _lost(lease)
     events.progress(session, lease.job_id, progress)
     return bool(cancel_requested)
 
@@ -338,7 +342,7 @@ def hand_back(session: Session, lease: Lease, resume: StoredFile | None, steps: 
         back = back.values(resume_path=resume.path, resume_sha256=resume.sha256)
     status = session.scalar(back.returning(Job.status))
     if status is None:
-        raise LeaseLost(f"job {lease.job_id}: lease {lease.token} is no longer held")
+        raise _lost(lease)
     _replace_steps(session, lease.job_id, steps)
     outcome = Outcome.cancelled if status is JobStatus.cancelled else Outcome.handed_back
     close_attempt(session, lease, outcome, now)

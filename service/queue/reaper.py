@@ -10,14 +10,14 @@ from __future__ import annotations
 import random
 from datetime import UTC, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.platform import events
 from service.platform.db import db_now
 from service.platform.models import Job
 from service.platform.states import JobStatus, Outcome
-from service.queue.leases import Lease, close_attempt, held_by
+from service.queue.leases import Lease, close_attempt, fenced
 
 
 def retry_delay(attempts: int, base_seconds: float, max_seconds: float) -> float:
@@ -58,10 +58,9 @@ def reap(
         # PostgreSQL under READ COMMITTED) is skipped, never requeued under its live worker, and
         # one such row does not roll back the others' requeues.
         ended = (
-            update(Job)
-            .where(held_by(lease), Job.lease_expires_at < now)
+            fenced(lease)
+            .where(Job.lease_expires_at < now)
             .values(updated_at=now, lease_token=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
         )
         if job.cancel_requested:
             ended = ended.values(status=JobStatus.cancelled, finished_at=now)
