@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import dashboard, docs, errors, metrics, openapi
+from api import dashboard, docs, errors, metrics, openapi, upkeep
 from api.events import Broadcaster
 from api.guards import BodyGuard, RequestId, TrustedHosts
 from api.limits import CallerLimits
@@ -55,9 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events = Broadcaster(
             app.state.db, poll_seconds=settings.events_poll_seconds, queue_max=settings.events_queue_max
         )
+        tidying = asyncio.create_task(
+            upkeep.tidy_every(app.state.db, settings.reap_seconds, settings.events_keep_seconds)
+        )
         try:
             yield
         finally:
+            tidying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tidying
             await app.state.events.close()  # ends the streams still open
             app.state.renders.close()
             app.state.inference.close()

@@ -1,5 +1,6 @@
-"""What a worker does for the whole queue besides training: reap expired leases, keep its registry
-row fresh, mark silent workers gone, and keep off a full disk."""
+"""What a worker does for the whole queue besides training: reap expired leases, tidy the tables
+(service.platform.upkeep), keep its registry row fresh, mark silent workers gone, and keep off a
+full disk."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 from service.platform.config import Settings
 from service.platform.db import Database
+from service.platform.upkeep import tidy
 from service.queue import reaper, registry
 from service.storage.store import ArtifactStore
 
@@ -20,16 +22,16 @@ class Upkeep:
         self._next_disk_warning = 0.0
 
     def reap_expired(self) -> None:
-        """Requeue (or end) the jobs whose lease expired: from the claim loop, and from the
-        heartbeat while a job runs, so busy workers reap too."""
+        """Requeue (or end) the jobs whose lease expired, and tidy: from the claim loop, and from
+        the heartbeat while a job runs, so busy workers reap too."""
         with self.db.write() as session:
             reaped = reaper.reap(
                 session,
                 base_seconds=self.settings.retry_base_seconds,
                 max_seconds=self.settings.retry_max_seconds,
-                events_keep_seconds=self.settings.events_keep_seconds,
                 restart_grace_seconds=self.settings.lease_seconds,
             )
+            tidy(session, self.settings.events_keep_seconds)
         for job_id in reaped:
             extra = {"job_id": job_id, "worker_id": self.worker_id}
             log.warning("job %s: lease expired; requeued or ended", job_id, extra=extra)

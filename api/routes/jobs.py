@@ -23,7 +23,6 @@ from service.jobs.schemas import (
     JobPage,
     JobRead,
     JobSpec,
-    StepMetrics,
     StepPage,
 )
 from service.jobs.search import NATURAL, JobFilter, Sort
@@ -172,8 +171,7 @@ def list_job_metrics(
     """The training loss every MNIST_JOBS_STEP_METRICS_EVERY steps, oldest first."""
     with db.read() as session:
         rows = lifecycle.steps(session, str(job_id), from_step=from_step, limit=limit + 1)
-    items = [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows[:limit]]
-    return StepPage(items=items, next_from_step=rows[limit].step if len(rows) > limit else None)
+    return StepPage(items=rows[:limit], next_from_step=rows[limit].step if len(rows) > limit else None)
 
 
 @router.get("/{job_id}", response_model=JobRead)

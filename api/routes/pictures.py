@@ -86,8 +86,7 @@ async def draw_samples(
 
 def curves_data(session: Session, job_id: str) -> tuple[JobRead, list[StepMetrics]]:
     job = lifecycle.view(lifecycle.get(session, job_id))
-    rows = lifecycle.steps(session, job_id, from_step=0, limit=MAX_CURVE_STEPS)
-    return job, [StepMetrics(step=r.step, epoch=r.epoch, samples=r.samples, loss=r.loss) for r in rows]
+    return job, lifecycle.steps(session, job_id, from_step=0, limit=MAX_CURVE_STEPS)
 
 
 @router.get("/v1/jobs/{job_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)

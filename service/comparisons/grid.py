@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from service.comparisons.schemas import (
@@ -129,10 +129,7 @@ def list_comparisons(session: Session, *, limit: int, after: tuple[datetime, str
         .options(selectinload(Comparison.cells))
     )
     if after is not None:
-        created, last_id = after
-        query = query.where(
-            or_(Comparison.created_at < created, and_(Comparison.created_at == created, Comparison.id < last_id))
-        )
+        query = query.where(tuple_(Comparison.created_at, Comparison.id) < after)  # a seek (service.jobs.search)
     return list(session.scalars(query))
 
 

@@ -4,6 +4,7 @@ and the public view of a job built from its row, its epochs and its attempts."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from service.jobs.schemas import (
     JobRead,
     JobResult,
     Progress,
+    StepMetrics,
     job_spec_adapter,
     request_fingerprint,
 )
@@ -30,7 +32,7 @@ from service.platform import events
 from service.platform.auth import Caller, shown_submitter
 from service.platform.db import db_now
 from service.platform.errors import Conflict, NotFound, TooMany
-from service.platform.models import Job, JobLabel, Step, utcnow
+from service.platform.models import Job, JobLabel, StepChunk, utcnow
 from service.platform.states import JobStatus
 from service.storage.store import ArtifactStore, StoredFile, read_verified
 
@@ -176,12 +178,19 @@ def get(session: Session, job_id: str) -> Job:
     return job
 
 
-def steps(session: Session, job_id: str, *, from_step: int, limit: int) -> list[Step]:
-    """The job's recorded training losses from `from_step` on, oldest first (404 for no such job)."""
+def steps(session: Session, job_id: str, *, from_step: int, limit: int) -> list[StepMetrics]:
+    """The job's recorded training losses from `from_step` on, oldest first (404 for no such job).
+    Each chunk holds at least one point from `from_step` on, so `limit` chunks hold enough."""
     if session.get(Job, job_id) is None:
         raise NotFound(f"no job with id {job_id}", field="id")
-    query = select(Step).where(Step.job_id == job_id, Step.step >= from_step).order_by(Step.step).limit(limit)
-    return list(session.scalars(query))
+    chunks = session.scalars(
+        select(StepChunk)
+        .where(StepChunk.job_id == job_id, StepChunk.last_step >= from_step)
+        .order_by(StepChunk.first_step)
+        .limit(limit)
+    )
+    points = (point for chunk in chunks for point in chunk.unpacked() if point.step >= from_step)
+    return [StepMetrics(**point._asdict()) for point in itertools.islice(points, limit)]
 
 
 def cancel(session: Session, job_id: str, caller: Caller | None = None) -> Job:

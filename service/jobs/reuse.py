@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mnist_jobs_client.specs import canonical_sha256
 from service.platform.config import Settings
-from service.platform.models import Epoch, Job, Step, utcnow
+from service.platform.models import Epoch, Job, StepChunk, utcnow
 from service.platform.states import JobStatus
 from service.storage.store import ArtifactStore, job_key, open_store
 
@@ -87,8 +87,7 @@ def adopt(session: Session, job: Job, original: Job, policy: ReusePolicy) -> Non
             )
         )
     session.flush()
-    steps = session.execute(
-        select(Step.step, Step.epoch, Step.samples, Step.loss).where(Step.job_id == original.id)
-    ).all()
-    if steps:
-        session.execute(insert(Step), [{"job_id": job.id, **row._asdict()} for row in steps])
+    curve = select(StepChunk.first_step, StepChunk.last_step, StepChunk.samples, StepChunk.points)
+    chunks = session.execute(curve.where(StepChunk.job_id == original.id)).all()
+    if chunks:
+        session.execute(insert(StepChunk), [{"job_id": job.id, **row._asdict()} for row in chunks])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Select, and_, exists, or_, select
+from sqlalchemy import Select, exists, select, tuple_
 from sqlalchemy.orm import Session
 
 from service.jobs.lifecycle import PAGE_WITH_CHILDREN
@@ -75,23 +75,18 @@ def list_jobs(
     """Newest first; or with sort="test_accuracy" the most accurate first, among the jobs that have
     a test accuracy (finished ones), newest first on ties."""
     query = _filtered(select(Job), where).limit(limit).options(*PAGE_WITH_CHILDREN)
-    newer = None
-    if after is not None:
-        newer = or_(Job.created_at < after.created_at, and_(Job.created_at == after.created_at, Job.id < after.id))
+    # The keyset as one row-value comparison: both databases seek the sort's index to it, where
+    # the equivalent `a < x OR (a = x AND b < y)` walks the index from its end.
     if sort == "created_at":
         query = query.order_by(Job.created_at.desc(), Job.id.desc())
-        if newer is not None:
-            query = query.where(newer)
+        if after is not None:
+            query = query.where(tuple_(Job.created_at, Job.id) < (after.created_at, after.id))
         return list(session.scalars(query))
     query = query.where(Job.test_accuracy.is_not(None))
     query = query.order_by(Job.test_accuracy.desc(), Job.created_at.desc(), Job.id.desc())
-    if after is not None and newer is not None:
+    if after is not None:
         if after.test_accuracy is None:
             raise ValueError("a test_accuracy page needs the last job's accuracy")
-        query = query.where(
-            or_(
-                Job.test_accuracy < after.test_accuracy,
-                and_(Job.test_accuracy == after.test_accuracy, newer),
-            )
-        )
+        key = tuple_(Job.test_accuracy, Job.created_at, Job.id)
+        query = query.where(key < (after.test_accuracy, after.created_at, after.id))
     return list(session.scalars(query))

@@ -29,12 +29,9 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from service.jobs.schemas import EpochMetrics, Progress, StepMetrics
-from service.platform.config import Settings
 from service.platform.models import Event, Job, utcnow
 from service.platform.states import JobStatus
 from service.queue.wakeup import notify_queued
-
-KEEP_SECONDS_DEFAULT: float = Settings.model_fields["events_keep_seconds"].default
 
 
 class EventKind(enum.StrEnum):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -139,8 +141,12 @@ class Job(Base):
     )
 
     __table_args__ = (
-        Index("ix_jobs_claim", "status", "run_after", "created_at"),
+        # The claim, the queue's figures and ?status= lists read one status in creation order: a
+        # seek to the status and a walk in order, never through the other statuses' history.
+        Index("ix_jobs_status", "status", "created_at", "id"),
+        Index("ix_jobs_run_after", "status", "run_after"),  # the next runnable moment; jobs backing off
         Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_finished", "finished_at", "id"),  # GET /metrics: the jobs ended since the last scrape
         Index("ix_jobs_comparison", "comparison_id", "cell_position"),
         Index("ix_jobs_spec_sha256", "spec_sha256"),
         Index("ix_jobs_test_accuracy", "test_accuracy", "created_at", "id"),
@@ -161,16 +167,46 @@ class JobLabel(Base):
     __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
 
 
-class Step(Base):
-    """A job's training loss every N steps (MNIST_JOBS_STEP_METRICS_EVERY), written with the heartbeat."""
+STEP_POINT = struct.Struct("<iiqd")  # step, epoch, samples, loss: one point of a packed step curve
 
-    __tablename__ = "steps"
+
+class StepPoint(NamedTuple):
+    step: int  # counted over all epochs, from 1
+    epoch: int
+    samples: int  # training samples seen by the job up to this step
+    loss: float  # this step's batch loss
+
+
+def pack_points(points: Sequence[StepPoint]) -> bytes:
+    return b"".join(STEP_POINT.pack(*point) for point in points)
+
+
+class StepChunk(Base):
+    """A run of a job's training losses (every MNIST_JOBS_STEP_METRICS_EVERY steps), as one batch
+    came with a heartbeat: the points packed little-endian (STEP_POINT, 24 bytes each) in one row,
+    a tenth of the room a row per step took (migration 0008)."""
+
+    __tablename__ = "step_chunks"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)  # counted over all epochs, from 1
-    epoch: Mapped[int] = mapped_column(Integer)
-    samples: Mapped[int] = mapped_column(Integer)  # training samples seen by the job up to this step
-    loss: Mapped[float] = mapped_column(Float)  # this step's batch loss
+    first_step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_step: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)  # at last_step: what GET /metrics reads of a running job
+    points: Mapped[bytes] = mapped_column(LargeBinary)
+
+    @classmethod
+    def of(cls, job_id: str, points: Sequence[StepPoint]) -> StepChunk:
+        """The chunk holding `points` (in step order, at least one)."""
+        chunk = cls(job_id=job_id, first_step=points[0].step)
+        chunk.replace_points(points)
+        return chunk
+
+    def replace_points(self, points: Sequence[StepPoint]) -> None:
+        """Hold `points` instead (in step order, from first_step on, at least one)."""
+        self.last_step, self.samples, self.points = points[-1].step, points[-1].samples, pack_points(points)
+
+    def unpacked(self) -> list[StepPoint]:
+        return [StepPoint(*values) for values in STEP_POINT.iter_unpack(self.points)]
 
 
 class Comparison(Base):
@@ -263,6 +299,31 @@ class Worker(Base):
     last_seen_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
     current_job_id: Mapped[str | None] = mapped_column(String(36))
+
+    __table_args__ = (Index("ix_workers_live", "stopped_at", "started_at"),)  # the live ones, in order
+
+
+class JobCount(Base):
+    """How many jobs have each status, as of the last fold of job_count_changes (service.platform.metrics)."""
+
+    __tablename__ = "job_counts"
+
+    status: Mapped[JobStatus] = mapped_column(TextEnum(JobStatus, 16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobCountChange(Base):
+    """+1 or -1 for a status, appended by the database's own triggers on jobs (migration 0008) in
+    the transaction of each insert, status change and delete, so no write can miss one; folded into
+    job_counts by service.platform.metrics.fold_job_counts. Appended, never updated: concurrent writers never
+    wait for each other on a counter row."""
+
+    __tablename__ = "job_count_changes"
+
+    # 64 bits on PostgreSQL; SQLite's rowid (INTEGER PRIMARY KEY) is 64 bits already.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    status: Mapped[JobStatus] = mapped_column(TextEnum(JobStatus, 16))
+    delta: Mapped[int] = mapped_column(Integer)
 
 
 class Event(Base):

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from service.jobs.schemas import AnySpec, EpochRecord, Progress, StepMetrics, TrainResult, job_spec_adapter
 from service.platform import events
-from service.platform.db import db_now
+from service.platform.db import db_now, unindexed
 from service.platform.errors import LeaseLost
-from service.platform.models import Attempt, Epoch, Job, Step, utcnow
+from service.platform.models import Attempt, Epoch, Job, StepChunk, StepPoint, utcnow
 from service.platform.states import JobStatus, Outcome
 from service.storage.store import StoredFile
 
@@ -60,7 +60,7 @@ def claim(
     now = db_now(session)
     oldest = (
         select(Job.id)
-        .where(Job.status == JobStatus.queued, Job.run_after <= now)
+        .where(Job.status == JobStatus.queued, unindexed(Job.run_after) <= now)
         .order_by(Job.created_at, Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -241,14 +241,23 @@ def record_steps(session: Session, lease: Lease, steps: Sequence[StepMetrics]) -
 
 
 def _replace_steps(session: Session, job_id: str, steps: Sequence[StepMetrics]) -> None:
-    """record_steps' work, inside a write its caller already guarded. The batches of one attempt
-    come in step order; a retried attempt that trains steps again replaces every row from its first
-    one on (the lost attempt's, possibly past where this one is now)."""
+    """record_steps' work, inside a write its caller already guarded: the batch becomes one chunk.
+    The batches of one attempt come in step order; a retried attempt that trains steps again
+    replaces every point from its first one on (the lost attempt's, possibly past where this one
+    is now): the chunks from there go, and the one that straddles it keeps its earlier points."""
     if not steps:
         return
-    first = min(step.step for step in steps)
-    session.execute(delete(Step).where(Step.job_id == job_id, Step.step >= first))
-    session.execute(insert(Step), [{"job_id": job_id, **step.model_dump()} for step in steps])
+    points = sorted((StepPoint(s.step, s.epoch, s.samples, s.loss) for s in steps), key=lambda point: point.step)
+    first = points[0].step
+    this_job = StepChunk.job_id == job_id
+    straddling = session.scalars(
+        select(StepChunk).where(this_job, StepChunk.first_step < first, StepChunk.last_step >= first)
+    ).one_or_none()
+    session.execute(delete(StepChunk).where(this_job, StepChunk.first_step >= first))
+    if straddling is not None:
+        straddling.replace_points([point for point in straddling.unpacked() if point.step < first])
+    session.add(StepChunk.of(job_id, points))
+    session.flush()
     events.steps(session, job_id, steps)
 
 

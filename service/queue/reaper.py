@@ -30,17 +30,14 @@ def reap(
     *,
     base_seconds: float,
     max_seconds: float,
-    events_keep_seconds: float = events.KEEP_SECONDS_DEFAULT,
     restart_grace_seconds: float = 0.0,
 ) -> list[str]:
     """Requeue running jobs whose lease expired (their attempt counts); fail them past max_attempts.
-    Also prunes the events older than `events_keep_seconds`: every worker reaps every few seconds.
 
     `restart_grace_seconds` (the workers pass their lease): on PostgreSQL nothing is reaped that
     long after the server started. Leases run out while the server is down, but their workers may
     only be waiting to reconnect; a restart must not cost their jobs an attempt. A worker that
     really died meanwhile is reaped one grace later."""
-    events.prune(session, events_keep_seconds)
     now = db_now(session)
     if restart_grace_seconds > 0 and session.get_bind().dialect.name == "postgresql":
         started = session.scalar(select(func.timezone("UTC", func.pg_postmaster_start_time())))

@@ -9,11 +9,10 @@ import signal
 import subprocess
 
 import torch
-from sqlalchemy import select
 
+from service.jobs import lifecycle
 from service.jobs.schemas import job_spec_adapter
 from service.platform.db import Database
-from service.platform.models import Step
 from service.training.evaluation import evaluate
 from service.training.nets import build_model
 from service.training.tensors import load_tensors
@@ -41,9 +40,9 @@ def test_job_from_post_to_downloaded_checkpoint(settings, live_server, workers):
     assert [c["epoch"] for c in result["checkpoints"]] == [1, 2]
     database = Database(settings.database_url)
     with database.read() as session:  # 2 epochs of 10 steps, one record every 5
-        steps = session.execute(select(Step.step, Step.epoch).where(Step.job_id == job_id).order_by(Step.step)).all()
+        steps = lifecycle.steps(session, job_id, from_step=0, limit=100)
     database.dispose()
-    assert [tuple(row) for row in steps] == [(5, 1), (10, 1), (15, 2), (20, 2)]
+    assert [(point.step, point.epoch) for point in steps] == [(5, 1), (10, 1), (15, 2), (20, 2)]
 
     download = server.client.get(f"/v1/jobs/{job_id}/checkpoint")
     assert download.status_code == 200

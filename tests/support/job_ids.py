@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from service.platform.db import Database
 
-CHILDREN = ("job_labels", "steps", "epochs", "attempts", "events")
+CHILDREN = ("job_labels", "step_chunks", "epochs", "attempts", "events")
 
 
 def rename_job(db: Database, old: str, new: str) -> None:

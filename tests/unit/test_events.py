@@ -28,6 +28,7 @@ from service.platform.errors import LeaseLost
 from service.platform.events import StatusEvent, StoredEvent
 from service.platform.models import Event, Job, utcnow
 from service.platform.states import JobStatus
+from service.platform.upkeep import tidy
 from service.queue import leases, reaper
 from service.queue.leases import Claim
 from service.storage.store import StoredFile
@@ -276,12 +277,12 @@ def test_every_status_change_has_its_event(db, fast):
     assert statuses(db, copy.id) == [("succeeded", False)]
 
 
-def test_reap_prunes_old_events_and_ids_never_restart(db):
+def test_tidy_prunes_old_events_and_ids_never_restart(db):
     old, recent = submit(db), submit(db, seed=2)
     with db.write() as session:
         session.execute(update(Event).where(Event.job_id == old).values(created_at=utcnow() - timedelta(hours=2)))
     with db.write() as session:
-        reaper.reap(session, **BACKOFF, events_keep_seconds=3600)
+        tidy(session, events_keep_seconds=3600)
     assert [e.job_id for e in stored(db)] == [recent]
     with db.write() as session:
         newest = events.latest_id(session)

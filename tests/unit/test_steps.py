@@ -13,12 +13,12 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.nn.functional as F
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from service.jobs import lifecycle
 from service.jobs.schemas import FCSpec, StepMetrics, TrainResult, job_spec_adapter
 from service.platform.errors import LeaseLost
-from service.platform.models import Job, Step, utcnow
+from service.platform.models import Job, utcnow
 from service.platform.states import JobStatus, Outcome
 from service.queue import leases, reaper
 from service.storage.store import LocalStore, StoredFile
@@ -243,7 +243,7 @@ def submit_and_claim(db, worker: str = "worker-a"):
 
 def stored_steps(db, job_id: str) -> list[tuple[int, float]]:
     with db.read() as session:
-        rows = session.execute(select(Step.step, Step.loss).where(Step.job_id == job_id).order_by(Step.step)).all()
+        rows = lifecycle.steps(session, job_id, from_step=0, limit=10_000)
     return [(row.step, row.loss) for row in rows]
 
 
