@@ -30,10 +30,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from service.platform.errors import SchemaOutOfDate
@@ -139,7 +138,7 @@ class unindexed(FunctionElement[Any]):  # used as a SQL function: unindexed(colu
     inherit_cache = True
     name = "unindexed"
 
-    def __init__(self, column: ColumnElement[Any]) -> None:
+    def __init__(self, column: QueryableAttribute[Any]) -> None:
         super().__init__(column)
         self.type = column.type
 
