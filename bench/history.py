@@ -41,7 +41,7 @@ from service.platform.config import Settings
 from service.platform.db import Database, upgrade
 from service.queue import leases
 
-STEPS_PER_JOB = 35  # a default job's curve: 3 epochs of 938 steps, every 50 steps (about 56); 35 as measured
+STEPS_PER_JOB = 35  # the step rows per job that issue 21 measured on main's history
 QUEUED_FRACTION = 0.01
 BATCH = 20_000
 REPEAT_SECONDS = 1.0  # each figure repeats its call for about this long (3 to 25 calls)

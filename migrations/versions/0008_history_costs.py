@@ -27,7 +27,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,6 +99,18 @@ def _rows_by_job(bind: sa.Connection, query: str) -> Iterator[tuple[str, list[An
         yield str(job_id), rows
 
 
+def _insert_in_batches(table: sa.Table, rows: Iterable[dict[str, object]]) -> None:
+    """Insert `rows` BATCH at a time, so a large history never sits in memory whole."""
+    batch: list[dict[str, object]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= BATCH:
+            op.bulk_insert(table, batch)
+            batch = []
+    if batch:
+        op.bulk_insert(table, batch)
+
+
 def upgrade() -> None:
     op.drop_index("ix_jobs_claim", table_name="jobs")
     op.create_index("ix_jobs_status", "jobs", ["status", "created_at", "id"])
@@ -131,24 +143,18 @@ def upgrade() -> None:
         sa.Column("samples", sa.BigInteger(), nullable=False),
         sa.Column("points", sa.LargeBinary(), nullable=False),
     )
-    batch: list[dict[str, object]] = []
     query = "SELECT job_id, step, epoch, samples, loss FROM steps ORDER BY job_id, step"
-    for job_id, rows in _rows_by_job(bind, query):
-        points = b"".join(POINT.pack(row[1], row[2], row[3], row[4]) for row in rows)
-        batch.append(
-            {
-                "job_id": job_id,
-                "first_step": rows[0][1],
-                "last_step": rows[-1][1],
-                "samples": rows[-1][3],
-                "points": points,
-            }
-        )
-        if len(batch) >= BATCH:
-            op.bulk_insert(chunks, batch)
-            batch = []
-    if batch:
-        op.bulk_insert(chunks, batch)
+    packed = (
+        {
+            "job_id": job_id,
+            "first_step": rows[0][1],
+            "last_step": rows[-1][1],
+            "samples": rows[-1][3],
+            "points": b"".join(POINT.pack(row[1], row[2], row[3], row[4]) for row in rows),
+        }
+        for job_id, rows in _rows_by_job(bind, query)
+    )
+    _insert_in_batches(chunks, packed)
     op.drop_table("steps")
 
 
@@ -161,17 +167,14 @@ def downgrade() -> None:
         sa.Column("samples", sa.Integer(), nullable=False),
         sa.Column("loss", sa.Float(), nullable=False),
     )
-    batch: list[dict[str, object]] = []
     query = "SELECT job_id, points FROM step_chunks ORDER BY job_id, first_step"
-    for job_id, rows in _rows_by_job(op.get_bind(), query):
-        for row in rows:
-            for step, epoch, samples, loss in POINT.iter_unpack(row[1]):
-                batch.append({"job_id": job_id, "step": step, "epoch": epoch, "samples": samples, "loss": loss})
-        if len(batch) >= BATCH:
-            op.bulk_insert(steps, batch)
-            batch = []
-    if batch:
-        op.bulk_insert(steps, batch)
+    unpacked = (
+        {"job_id": job_id, "step": step, "epoch": epoch, "samples": samples, "loss": loss}
+        for job_id, rows in _rows_by_job(op.get_bind(), query)
+        for row in rows
+        for step, epoch, samples, loss in POINT.iter_unpack(row[1])
+    )
+    _insert_in_batches(steps, unpacked)
     op.drop_table("step_chunks")
 
     drop_triggers()
