@@ -123,7 +123,8 @@ ERRORS: dict[int, tuple[str, str, Document]] = {
         "A data set or the database cannot be used now, the inference helper did not answer within "
         "MNIST_JOBS_PREDICT_TIMEOUT_SECONDS (MNIST_JOBS_EXPORT_TIMEOUT_SECONDS for a model export; the next call "
         "starts a new one), or a bounded queue is full: MNIST_JOBS_PREDICT_QUEUE_MAX calls waiting on the "
-        "inference helper, MNIST_JOBS_RENDER_QUEUE_MAX pictures being drawn (with Retry-After)",
+        "inference helper, MNIST_JOBS_RENDER_QUEUE_MAX pictures being drawn (with Retry-After), or the object store "
+        "holding the artifacts did not answer within MNIST_JOBS_ARTIFACTS_RETRY_SECONDS (with Retry-After)",
         {"Retry-After": RETRY_AFTER},
     ),
 }

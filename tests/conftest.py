@@ -10,7 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from bench import postgres
+from bench import postgres, s3
 from bench.synthetic import write_mnist
 from service.platform.config import Settings
 from service.platform.db import Database
@@ -46,6 +46,27 @@ def postgres_server() -> Iterator[postgres.Server]:
     yield server
     postgres.ACTIVE.remove(server)
     server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.Server]:
+    """The session's S3 server (bench.s3: moto's, behind a relay that can cut it off)."""
+    try:
+        server = s3.start()
+    except RuntimeError as error:
+        pytest.fail(f"no S3 server for the tests: {error}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_server: s3.Server, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """`settings` with artifacts in a new bucket of the session's S3 server; boto3's variables set
+    for this process and the processes it starts. The local artifacts dir is the cache only."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    return settings.model_copy(update={"artifacts_url": f"s3://{bucket}/run", "artifacts_retry_seconds": 60.0})
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import torch
 from service.jobs.schemas import EpochRecord, FCSpec, TrainResult
 from service.platform.config import Settings, heartbeat_period
 from service.platform.db import Database, lost_connection
-from service.platform.errors import CheckpointCorrupt, DataUnavailable
+from service.platform.errors import CheckpointCorrupt, DataUnavailable, StoreUnavailable
 from service.platform.states import Outcome
 from service.queue import leases
 from service.queue.leases import Claim
@@ -75,11 +75,11 @@ class JobRunner:
                 ending = self.writer.finish(held.claim, result, held.live.progress(), held.live.step_losses.take())
                 recorder.outcomes[held.claim.job_id] = ending
         except Exception as exc:
-            if lost_connection(exc):
-                # Not the jobs' fault: each write was tried again for db_reconnect_seconds. The
-                # worker's loop waits for the database; the jobs resume from their last checkpoints
-                # once their leases run out.
-                log.warning("jobs %s: database unreachable; left to their leases", [c.job_id for c in claims])
+            if lost_connection(exc) or isinstance(exc, StoreUnavailable):
+                # Not the jobs' fault: each call was tried again for db_reconnect_seconds (the
+                # database) or artifacts_retry_seconds (the object store). The worker's loop waits;
+                # the jobs resume from their last durable checkpoints once their leases run out.
+                log.warning("jobs %s: %s unreachable; left to their leases", [c.job_id for c in claims], where(exc))
                 raise
             failure = failure_message(exc, claims, self.device, self.settings)
             for held in self.held:
@@ -158,6 +158,11 @@ def try_checkpoint(store: ArtifactStore, claim: Claim, file: StoredFile) -> Trai
         cause = "corrupt" if isinstance(exc, CheckpointCorrupt) else f"unreadable ({type(exc).__name__})"
         log.warning("job %s: checkpoint %s is %s; not resuming from it", claim.job_id, file.path, cause)
         return None
+
+
+def where(exc: Exception) -> str:
+    """What an error the worker waits out could not reach."""
+    return "the artifact store" if isinstance(exc, StoreUnavailable) else "the database"
 
 
 def failure_message(exc: Exception, claims: list[Claim], device: torch.device, settings: Settings) -> str:

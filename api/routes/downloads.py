@@ -6,7 +6,9 @@ matching If-None-Match, and one byte range (RFC 9110 §14): `Range: bytes=a-b`, 
 with Content-Range, so `curl -C -` resumes; a range that starts past the end is a 416 problem with
 `Content-Range: bytes */size`; several ranges, or a Range header this server does not read, get the
 whole file (200), which RFC 9110 allows. All three media types are application/octet-stream: ONNX
-has no registered media type, and safetensors none either.
+has no registered media type, and safetensors none either. With an object store and
+MNIST_JOBS_ARTIFACTS_PRESIGN_SECONDS set, both answer 307 to a presigned URL instead, once the
+object's stored checksum matched the row's.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def file_responses(what: str) -> dict[int | str, dict[str, Any]]:
             "headers": {**FILE_HEADERS, "Content-Range": _header("bytes <first>-<last>/<size>")},
         },
         304: {"description": "If-None-Match named this file's ETag"},
+        307: {
+            "description": "With an object store and MNIST_JOBS_ARTIFACTS_PRESIGN_SECONDS set: the file is fetched "
+            "from the presigned URL in Location, valid that many seconds (its ETag is the file's)",
+            "headers": {"Location": _header("a presigned URL"), "ETag": FILE_HEADERS["ETag"]},
+        },
         416: {"description": "The Range starts past the end of the file (Content-Range: bytes */<size>)"},
     }
 
@@ -129,6 +136,12 @@ def file_answer(request: Request, data: bytes, sha256: str, filename: str, media
     return Response(body, status_code=status, headers=headers, media_type=media_type)
 
 
+def redirect(url: str, sha256: str) -> Response:
+    """To a presigned URL of the object store (MNIST_JOBS_ARTIFACTS_PRESIGN_SECONDS), checked first;
+    the ETag tells the caller which bytes it will get there."""
+    return Response(status_code=307, headers={"Location": url, "ETag": f'"{sha256}"', "Cache-Control": "no-store"})
+
+
 def download_checkpoint(
     job_id: uuid.UUID,
     request: Request,
@@ -140,8 +153,12 @@ def download_checkpoint(
     latest kept epoch. GET or HEAD; one Range honoured."""
     with db.read() as session:
         saved_epoch, file = lifecycle.checkpoint(session, str(job_id), epoch)
+    filename = f"{job_id}-epoch{saved_epoch:03d}.pt"
+    url = lifecycle.download_url(store, saved_epoch, file, filename)
+    if url is not None:
+        return redirect(url, file.sha256)
     data = lifecycle.checkpoint_bytes(store, saved_epoch, file)  # small: verified whole, sent from memory
-    return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.pt", OCTET_STREAM)
+    return file_answer(request, data, file.sha256, filename, OCTET_STREAM)
 
 
 async def download_model(
@@ -164,7 +181,11 @@ async def download_model(
         export = (store, inference, str(job_id), saved_epoch, checkpoint, format)
         found = await helper_call(request, exports.model_bytes, *export)
     file, data = found
-    return file_answer(request, data, file.sha256, f"{job_id}-epoch{saved_epoch:03d}.{format}", OCTET_STREAM)
+    filename = f"{job_id}-epoch{saved_epoch:03d}.{format}"
+    url = await anyio.to_thread.run_sync(lifecycle.download_url, store, saved_epoch, file, filename)
+    if url is not None:
+        return redirect(url, file.sha256)
+    return file_answer(request, data, file.sha256, filename, OCTET_STREAM)
 
 
 # GET is documented; HEAD answers the same headers without a body and stays out of the document, so

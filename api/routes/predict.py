@@ -14,6 +14,7 @@ import struct
 import uuid
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from PIL import Image, UnidentifiedImageError
@@ -93,6 +94,7 @@ async def predict(
 ) -> PredictResponse:
     """The digit the job's latest kept checkpoint predicts, and the probability of each digit."""
     epoch, file = await read_in_thread(db, lifecycle.checkpoint, str(job_id), None)
+    path = await anyio.to_thread.run_sync(lifecycle.checkpoint_path, store, epoch, file)
     inference: InferenceClient = request.app.state.inference
-    [prediction] = await helper_call(request, inference.predict, store.local_path(file.path), file.sha256, [pixels])
+    [prediction] = await helper_call(request, inference.predict, path, file.sha256, [pixels])
     return PredictResponse(job_id=str(job_id), epoch=epoch, **prediction.model_dump())

@@ -1,23 +1,27 @@
 """Portable models (ONNX, safetensors) as stored artifacts, made once per checkpoint and format.
 
 No torch here: the API asks its inference helper (service/inference/client.py) to make an export, which
-the helper (service/inference/helper.py) writes into the artifact store under the job's prefix,
-so deleting a job deletes its exports. Later requests are plain reads of the stored file.
+the helper (service/inference/helper.py) writes into a scratch folder of this host; the API then
+puts it into the artifact store under the job's prefix (a folder or an object store alike), so
+deleting a job deletes its exports. Later requests are plain reads of the stored file.
 
 An export is a function of its checkpoint's bytes alone, so its key carries the checkpoint's
 sha256: the name says which bytes it came from, and a checkpoint written again for the same epoch
 (a later attempt) can never be answered with the old one's export. Beside it, a sidecar holds the
 export's own sha256, written after the file: a sidecar means a finished file, and every read is
-checked against it as checkpoints are against their recorded sha256. The helper takes one request
-at a time and first looks for a valid export, so concurrent first requests make it once; and an
-export's bytes are deterministic, so even two helpers (two API processes) racing write the same.
+checked against it as checkpoints are against their recorded sha256. Concurrent first requests
+(in one API process or several) may each make it; an export's bytes are deterministic, so they
+write the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path, PurePosixPath
 
 from service.inference.client import InferenceClient, ModelFormat
+from service.jobs import lifecycle
 from service.platform.errors import CheckpointCorrupt
 from service.storage.store import ArtifactStore, StoredFile, job_key
 
@@ -62,8 +66,12 @@ def model_bytes(
     if found is not None:
         return found
     key = model_key(job_id, epoch, checkpoint.sha256, fmt)
-    inference.export(store.local_path(checkpoint.path), checkpoint.sha256, fmt, job_id, store.local_path(key))
+    with tempfile.TemporaryDirectory(prefix="mnist-jobs-export-") as scratch:  # the helper's own folder
+        target = Path(scratch) / PurePosixPath(key).name
+        inference.export(lifecycle.checkpoint_path(store, epoch, checkpoint), checkpoint.sha256, fmt, job_id, target)
+        written = store.put(key, target.read_bytes())
+    store.put(key + SIDECAR, written.sha256.encode())  # after the file: a sidecar means a finished export
     found = stored_export(store, key)
-    if found is None:  # written and checked by the helper a moment ago: the artifacts dir is failing
+    if found is None:  # written a moment ago: the artifact store is failing
         raise CheckpointCorrupt(f"the {fmt} export of epoch {epoch} did not read back intact", field="epoch")
     return found

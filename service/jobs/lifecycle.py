@@ -7,8 +7,11 @@ import hashlib
 import itertools
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -304,9 +307,28 @@ def view(job: Job, viewer: Caller | None = None) -> JobRead:
     )
 
 
+@contextmanager
+def _checkpoint_there(epoch: int) -> Iterator[None]:
+    """A checkpoint file gone from the store is the download's 404, naming the epoch."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFound(f"checkpoint file for epoch {epoch} is gone from the artifact store", field="epoch") from None
+
+
 def checkpoint_bytes(store: ArtifactStore, epoch: int, file: StoredFile) -> bytes:
     """A checkpoint's bytes for a download, verified against its recorded sha256."""
-    try:
+    with _checkpoint_there(epoch):
         return read_verified(store, file, f"checkpoint for epoch {epoch}", field="epoch")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFound(f"checkpoint file for epoch {epoch} is gone from the artifacts dir", field="epoch") from None
+
+
+def checkpoint_path(store: ArtifactStore, epoch: int, file: StoredFile) -> Path:
+    """A local file with the checkpoint's bytes, for the inference helper (which verifies them)."""
+    with _checkpoint_there(epoch):
+        return store.local_copy(file)
+
+
+def download_url(store: ArtifactStore, epoch: int, file: StoredFile, filename: str) -> str | None:
+    """Where the caller may fetch the file itself (a presigned URL, checked first), or None: streamed."""
+    with _checkpoint_there(epoch):
+        return store.download_url(file, filename)

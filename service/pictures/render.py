@@ -30,7 +30,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from service.datasets.samples import read_test_samples
 from service.jobs.schemas import CellRead, EpochMetrics, StepMetrics
 from service.platform.config import Settings
-from service.storage.store import private_dirs, write_bytes_atomic
+from service.storage.store import private_dirs, prune_oldest, write_bytes_atomic
 
 RENDER_VERSION = 3  # part of every cache key: bump it whenever a picture's drawing changes
 DPI = 100
@@ -348,13 +348,4 @@ class PictureCache:
             log.warning("picture cache: not stored (%s)", exc.strerror or type(exc).__name__)
 
     def prune(self) -> None:
-        entries = []
-        with os.scandir(self.folder) as scan:
-            for entry in scan:
-                if entry.name.endswith(".png"):
-                    try:
-                        entries.append((entry.stat().st_mtime_ns, entry.path))
-                    except FileNotFoundError:  # pruned by another thread meanwhile
-                        continue
-        for _, old in sorted(entries)[: max(0, len(entries) - self.max_files)]:
-            Path(old).unlink(missing_ok=True)
+        prune_oldest(self.folder, self.max_files, ".png")

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./var/mnist-jobs.db"
     data_dir: Path = Path("./var/data")
     artifacts_dir: Path = Path("./var/artifacts")
+    # Artifacts in an S3-compatible object store instead of ARTIFACTS_DIR (which then holds only a
+    # local cache): s3://bucket/prefix. Endpoint, region and credentials: boto3's own variables
+    # (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...), never stored by the service.
+    artifacts_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^?#]*)?$")
+    artifacts_retry_seconds: float = Field(60.0, ge=0)  # how long one call waits out an unreachable store
+    # Downloads from the object store: 0 streams them through the API; N > 0 redirects (307) to a
+    # presigned URL valid N seconds instead, once the object's stored checksum matched its row's.
+    artifacts_presign_seconds: int = Field(0, ge=0, le=7 * 24 * 3600)
 
     # Data sets: sha256 of the decompressed IDX files, per data set and file name. Values given
     # here replace the built-in pins (tests pin the small files they write this way).

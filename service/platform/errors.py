@@ -18,6 +18,7 @@ Only api/errors.py maps these to HTTP (application/problem+json); `field` names 
     ├── Overloaded        a bounded pool (the inference helper's, the renders') is full (503, with Retry-After)
     ├── FilesNotRemoved   a job's files could not all be removed, so its row is kept (500)
     ├── PredictionUnavailable  the inference helper could not start, died, or timed out (503)
+    ├── StoreUnavailable  the object store holding the artifacts did not answer in time (503, with Retry-After)
     └── LeaseLost         a worker's fenced write touched no row: another worker owns the job
 """
 
@@ -144,6 +145,17 @@ class PredictionUnavailable(ServiceError):
     that is not the checkpoint's fault. A retry may succeed (a hung helper is replaced)."""
 
     title = "Prediction unavailable"
+
+
+class StoreUnavailable(ServiceError):
+    """Raised by service.storage.s3 when the object store stayed unreachable (no connection, 5xx,
+    throttling) for MNIST_JOBS_ARTIFACTS_RETRY_SECONDS. Nothing was written; a retry may succeed."""
+
+    title = "Artifact store unavailable"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class LeaseLost(ServiceError):

@@ -1,12 +1,12 @@
-"""Artifacts: one small interface (ArtifactStore) with the local filesystem behind it (LocalStore);
-atomic writes and sha256.
+"""Artifacts: one small interface (ArtifactStore) with two stores behind it, a folder (LocalStore,
+the default) and an S3-compatible object store (service/storage/s3.py); atomic writes and sha256.
 
 An artifact is addressed by its key, a relative path such as `jobs/<job id>/epoch-001-<token>.pt`,
 which the database records with its sha256; no row holds an absolute path. So the artifacts root
 may be a shared filesystem mounted at a different path on each host (NFS, CephFS, a bind mount):
-a checkpoint a worker on one host wrote is served by the API on another. An object store fits the
-same interface (see docs/postgresql.md): keys become object names, `link` a server-side copy,
-`local_path` a download into a local cache checked against the recorded sha256.
+a checkpoint a worker on one host wrote is served by the API on another. In the object store keys
+become object names, `link` a server-side copy, and `local_copy` a download into a local cache
+checked against the recorded sha256.
 """
 
 from __future__ import annotations
@@ -97,6 +97,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def prune_oldest(folder: Path, max_files: int, suffix: str = "") -> None:
+    """Remove the least recently modified files ending in `suffix` under `folder` beyond `max_files`
+    (a bounded cache; readers touch what they use)."""
+    entries = []
+    for path in folder.rglob(f"*{suffix}"):
+        try:
+            if path.is_file() and not path.name.startswith("."):  # not a temp file being written
+                entries.append((path.stat().st_mtime_ns, path))
+        except FileNotFoundError:  # pruned by another thread meanwhile
+            continue
+    for _, old in sorted(entries)[: max(0, len(entries) - max_files)]:
+        old.unlink(missing_ok=True)
+
+
 class ArtifactStore(Protocol):
     """Where artifacts live. Keys are relative paths; nothing outside service/storage/store.py knows more."""
 
@@ -109,8 +123,9 @@ class ArtifactStore(Protocol):
         FileNotFoundError when there are none."""
         ...
 
-    def local_path(self, key: str) -> Path:
-        """A local file holding the bytes under `key`, for a reader that needs a path."""
+    def local_copy(self, file: StoredFile) -> Path:
+        """A local file holding `file`'s bytes, for a reader that needs a path (the inference
+        helper, which checks them against file.sha256 itself)."""
         ...
 
     def link(self, source: StoredFile, key: str) -> StoredFile:
@@ -129,6 +144,11 @@ class ArtifactStore(Protocol):
         """Room left for new artifacts."""
         ...
 
+    def download_url(self, file: StoredFile, filename: str) -> str | None:
+        """A short-lived URL the caller may fetch `file` from directly (the API then redirects to
+        it), or None: the API streams the bytes itself."""
+        ...
+
 
 def job_prefix(job_id: str) -> str:
     """What the keys of all of a job's artifacts start with (then "/")."""
@@ -141,8 +161,18 @@ def job_key(job_id: str, name: str) -> str:
 
 
 def open_store(settings: Settings) -> ArtifactStore:
-    """The store the settings name: today the folder MNIST_JOBS_ARTIFACTS_DIR (local or shared)."""
-    return LocalStore(settings.artifacts_dir)
+    """The store the settings name: the object store of MNIST_JOBS_ARTIFACTS_URL when it is set
+    (with a local cache in MNIST_JOBS_ARTIFACTS_DIR), else the folder MNIST_JOBS_ARTIFACTS_DIR."""
+    if settings.artifacts_url is None:
+        return LocalStore(settings.artifacts_dir)
+    from service.storage.s3 import S3Store  # boto3 is imported only where an object store is used
+
+    return S3Store(
+        settings.artifacts_url,
+        settings.artifacts_dir / "s3-cache",
+        settings.artifacts_retry_seconds,
+        settings.artifacts_presign_seconds,
+    )
 
 
 class LocalStore:
@@ -165,8 +195,8 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
+    def local_copy(self, file: StoredFile) -> Path:
+        return self._path(file.path)
 
     def link(self, source: StoredFile, key: str) -> StoredFile:
         """A hard link (no copy, and the bytes outlive either name's removal), or a copy where the
@@ -214,6 +244,9 @@ class LocalStore:
     def free_bytes(self) -> int:
         private_dirs(self.root)
         return shutil.disk_usage(self.root).free
+
+    def download_url(self, file: StoredFile, filename: str) -> str | None:
+        return None  # a folder has no URL of its own: the API streams its files
 
 
 def read_verified(store: ArtifactStore, file: StoredFile, what: str, field: str | None = None) -> bytes:
