@@ -4,9 +4,9 @@ that can cut it off.
 `start()` runs `python -m moto.server` on a free port of 127.0.0.1 and a relay on another; clients
 talk to the relay (`Server.endpoint`). `Server.outage(seconds)` makes the store unreachable the way
 a restart or a network cut does: the relay drops every open connection and refuses new ones, then
-listens again; the objects stay (moto keeps them in memory, and moto itself keeps running).
-`Server.env()` is what a process needs to reach it with boto3's own variables. The server and relay
-stop with `close()`.
+listens again (`outages` records when each began and ended). The objects stay: moto keeps them in
+memory and keeps running. `Server.env()` is what a process needs to reach it with boto3's own
+variables. The server and relay stop with `close()`.
 """
 
 from __future__ import annotations
@@ -134,18 +134,20 @@ class Server:
 
     def outage(self, seconds: float) -> None:
         """The store unreachable for `seconds` (blocks that long)."""
+        self.outage_in_background(seconds).join()
+
+    def outage_in_background(self, seconds: float) -> threading.Thread:
+        """Cut the store off now, and bring it back after `seconds` in a thread (returned). The
+        outage's end is recorded before the relay listens again: nothing reaches the store before it."""
         started = time.monotonic()
         self.relay.cut()
-        time.sleep(seconds)
-        self.relay.listen()
-        self.outages.append((started, time.monotonic()))
 
-    def outage_in_background(self, seconds: float, after: float = 0.0) -> threading.Thread:
-        def run() -> None:
-            time.sleep(after)
-            self.outage(seconds)
+        def end() -> None:
+            time.sleep(seconds)
+            self.outages.append((started, time.monotonic()))
+            self.relay.listen()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(target=end, daemon=True)
         thread.start()
         return thread
 

@@ -66,7 +66,7 @@ def s3_settings(settings: Settings, s3_server: s3.Server, monkeypatch: pytest.Mo
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     bucket = s3_server.new_bucket()
-    return settings.model_copy(update={"artifacts_url": f"s3://{bucket}/run", "artifacts_retry_seconds": 60.0})
+    return settings.model_copy(update={"artifacts_url": f"s3://{bucket}/run"})
 
 
 @pytest.fixture(scope="session")

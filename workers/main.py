@@ -23,8 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from service.jobs.schemas import FCSpec
 from service.platform import logs
 from service.platform.config import Settings
-from service.platform.db import Database, lost_connection, require_head
-from service.platform.errors import StoreUnavailable
+from service.platform.db import Database, require_head
 from service.platform.states import Outcome
 from service.queue import leases, registry
 from service.queue.leases import Claim
@@ -32,7 +31,7 @@ from service.queue.wakeup import Wakeup
 from service.storage.store import open_store
 from service.training.devices import configure_torch, resolve_device
 from workers.data_cache import DataCache
-from workers.runner import JobRunner, log_transition, where
+from workers.runner import JobRunner, log_transition, out_of_reach
 from workers.upkeep import Upkeep
 
 log = logging.getLogger("mnist_jobs.worker")
@@ -93,12 +92,13 @@ class Worker:
                 try:
                     done += self.cycle()
                 except Exception as error:
-                    if not (lost_connection(error) or isinstance(error, StoreUnavailable)):
+                    unreachable = out_of_reach(error)
+                    if unreachable is None:
                         raise
                     # Past db_reconnect_seconds or artifacts_retry_seconds (a cut-off call is tried
                     # again until then): a job it held is retried from its last durable checkpoint
                     # once its lease runs out.
-                    log.warning("%s unreachable (%s); trying again", where(error), type(error).__name__)
+                    log.warning("%s unreachable (%s); trying again", unreachable, type(error).__name__)
                     self.stopping.wait(self.settings.poll_seconds)
         finally:
             with contextlib.suppress(DBAPIError), self.db.write() as session:

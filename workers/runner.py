@@ -75,11 +75,11 @@ class JobRunner:
                 ending = self.writer.finish(held.claim, result, held.live.progress(), held.live.step_losses.take())
                 recorder.outcomes[held.claim.job_id] = ending
         except Exception as exc:
-            if lost_connection(exc) or isinstance(exc, StoreUnavailable):
+            if (unreachable := out_of_reach(exc)) is not None:
                 # Not the jobs' fault: each call was tried again for db_reconnect_seconds (the
                 # database) or artifacts_retry_seconds (the object store). The worker's loop waits;
                 # the jobs resume from their last durable checkpoints once their leases run out.
-                log.warning("jobs %s: %s unreachable; left to their leases", [c.job_id for c in claims], where(exc))
+                log.warning("jobs %s: %s unreachable; left to their leases", [c.job_id for c in claims], unreachable)
                 raise
             failure = failure_message(exc, claims, self.device, self.settings)
             for held in self.held:
@@ -160,9 +160,12 @@ def try_checkpoint(store: ArtifactStore, claim: Claim, file: StoredFile) -> Trai
         return None
 
 
-def where(exc: Exception) -> str:
-    """What an error the worker waits out could not reach."""
-    return "the artifact store" if isinstance(exc, StoreUnavailable) else "the database"
+def out_of_reach(exc: Exception) -> str | None:
+    """What `exc` says could not be reached, when it is an error the worker waits out rather than
+    one that fails its jobs: the database (lost_connection) or the artifact store."""
+    if isinstance(exc, StoreUnavailable):
+        return "the artifact store"
+    return "the database" if lost_connection(exc) else None
 
 
 def failure_message(exc: Exception, claims: list[Claim], device: torch.device, settings: Settings) -> str:

@@ -7,8 +7,8 @@ rows hold the artifact's key (`jobs/<id>/epoch-001-<token>.pt`), never a URL.
 
 Integrity: every object is written with S3's own SHA-256 checksum (botocore computes it, the
 server refuses a body that does not match it and keeps it with the object) and the hex sha256 in
-its metadata; every read is checked by the caller against
-the sha256 its row records (read_verified), as on disk. A presigned download (the API redirects
+its metadata; every read is checked by the caller against the sha256 its row records
+(read_verified), as on disk. A presigned download (the API redirects
 instead of streaming) is given out only after the object's stored checksum matched the row's.
 
 An unreachable store (a restart, a network cut) does not fail the call at once: each call is tried
@@ -122,12 +122,10 @@ class S3Store:
         return StoredFile(key, digest.hexdigest(), len(data))
 
     def get(self, key: str) -> bytes:
-        answer = self._call(key, self.client.get_object, Key=self._name(key))
-        try:
-            return answer["Body"].read()
-        except (BotoCoreError, OSError) as exc:  # the connection broke mid-body: read it again
-            log.warning("artifact store: reading %s broke off (%s); trying again", key, type(exc).__name__)
-            return self._call(key, self.client.get_object, Key=self._name(key))["Body"].read()
+        def fetch(**arguments: Any) -> bytes:  # the body inside the retried call: a cut mid-body is tried again
+            return self.client.get_object(**arguments)["Body"].read()
+
+        return self._call(key, fetch, Key=self._name(key))
 
     def local_copy(self, file: StoredFile) -> Path:
         """A verified copy in the cache, fetched when it is not there or no longer matches."""
@@ -170,7 +168,8 @@ class S3Store:
     def delete_job(self, job_id: str) -> None:
         """Every object under the job's prefix, then its cached copies; FilesNotRemoved if any stays."""
         prefix = job_prefix(job_id)
-        for start in range(0, len(keys := self.keys(prefix)), 1000):  # DeleteObjects takes up to 1000
+        keys = self.keys(prefix)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000
             batch = {"Objects": [{"Key": self._name(key)} for key in keys[start : start + 1000]], "Quiet": True}
             answer = self._call(prefix, self.client.delete_objects, Delete=batch)
             if answer.get("Errors"):
