@@ -36,8 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        require_head(settings.database_url)  # migrations run in one place: `mnist-jobs db upgrade` or `serve`
-        app.state.db = Database(settings.database_url)
+        pooled = settings.database_transaction_pooler
+        require_head(settings.database_url, transaction_pooler=pooled)  # migrations: `db upgrade` or `serve`
+        app.state.db = Database(settings.database_url, transaction_pooler=pooled)
         found = sqlite_file(settings.database_url)
         app.state.db_file = None if found is None else found.resolve()
         app.state.db_identity = file_identity(app.state.db_file)

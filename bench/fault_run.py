@@ -6,6 +6,7 @@ number of workers, no faults), and every job's final checkpoint compared with th
     .venv/bin/python -m bench.fault_run                         # SQLite, small fixture data
     .venv/bin/python -m bench.fault_run --database postgresql   # a throwaway cluster (bench.postgres)
     .venv/bin/python -m bench.fault_run --data real             # ../shared/data/MNIST/raw (far slower)
+    .venv/bin/python -m bench.fault_run --artifacts s3          # PostgreSQL + an S3 server (bench.s3)
 
 Prints a markdown table: one row per check (bench/fault_checks.py), each able to fail, then counts
 of what was done; exits 0 only when every check passes. Loopback only; everything in a temp dir
@@ -17,6 +18,9 @@ later (a timer: the main loop's API and database restarts do not stretch the pau
 is paused outside a write transaction (bench/faults.py: SQLite's one-writer limit); on PostgreSQL
 at any moment. The API restarts at 25 % and 75 % of the jobs ended, each followed by every POST
 again with its Idempotency-Key; the database restarts at 50 % (pg_ctl stop -m fast, down 2 s).
+With --artifacts s3 (PostgreSQL implied): artifacts in moto's S3 server, a fresh bucket per run,
+every process with an empty artifacts folder of its own (its cache; no shared disk), and the store
+cut off at 40 % of the jobs ended for --store-down-seconds (bench/s3.py's relay).
 A worker or API that exits without being told to is started again, and counted as a failure.
 Service settings: lease 3 s, heartbeat 0.5 s, reap 1 s, max_attempts 10 (each SIGKILL or SIGSTOP
 spends an attempt of every job the worker holds, a whole FC pack included), step losses recorded
@@ -44,11 +48,13 @@ from bench.fault_service import LIMITS_OFF, Service, prepare_data, service_env
 from bench.faults import pause_outside_a_write
 
 if TYPE_CHECKING:
+    from bench import s3
     from bench.postgres import Server
 
 STRIKES = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM)  # in turn
 API_RESTARTS_AT = (0.25, 0.75)  # fractions of the jobs ended
 DB_RESTART_AT = 0.5
+STORE_OUTAGE_AT = 0.4
 
 
 def job_specs(count: int, which: str, rng: random.Random) -> list[dict[str, Any]]:
@@ -66,8 +72,8 @@ def job_specs(count: int, which: str, rng: random.Random) -> list[dict[str, Any]
 
 
 class FaultRun:
-    def __init__(self, args: argparse.Namespace, work: Path, pg: Server | None) -> None:
-        self.args, self.work, self.pg = args, work, pg
+    def __init__(self, args: argparse.Namespace, work: Path, pg: Server | None, store: s3.Server | None) -> None:
+        self.args, self.work, self.pg, self.store = args, work, pg, store
         self.rng = random.Random(args.seed)
         settings = {
             "device": "cpu",
@@ -83,6 +89,8 @@ class FaultRun:
             **LIMITS_OFF,  # the run's checks read every job's stream and page through all jobs
         }
         self.env = service_env(work / "data", prepare_data(work / "data", args.data), settings)
+        if store is not None:
+            self.env |= store.env()
         self.events: Counter[str] = Counter()
         self.paused: set[int] = set()  # pids of the SIGSTOPped workers, until their SIGCONT
         self.timers: list[threading.Timer] = []
@@ -92,7 +100,8 @@ class FaultRun:
 
     def service(self, name: str) -> Service:
         url = self.pg.new_database() if self.pg else f"sqlite:///{self.work / name / 'jobs.db'}"
-        return Service(self.work / name, url, self.env)
+        bucket = f"s3://{self.store.new_bucket()}/{name}" if self.store else None
+        return Service(self.work / name, url, self.env, artifacts_url=bucket)
 
     def strike(self, svc: Service) -> None:
         """Signal one worker (a busy one if any), the kinds in turn; replace it unless only paused."""
@@ -128,6 +137,7 @@ class FaultRun:
         began = time.monotonic()
         next_strike = began + self.args.strike_every * self.rng.uniform(0.5, 1.5)
         api_restarts, db_restart = list(API_RESTARTS_AT), self.pg is not None
+        store_outage = self.store is not None
         while time.monotonic() < began + self.args.timeout:
             svc.replace_the_dead()
             ended = svc.ended()
@@ -146,6 +156,11 @@ class FaultRun:
                 self.db_down = self.pg.restart(self.args.db_down_seconds)
                 self.events["DB restarts"] += 1
                 print(f"database restarted: down {self.db_down:.1f} s", flush=True)
+            elif ended is not None and store_outage and ended >= STORE_OUTAGE_AT * len(ids):
+                assert self.store is not None
+                store_outage = False
+                self.store.outage_in_background(self.args.store_down_seconds)
+                print(f"object store cut off for {self.args.store_down_seconds:.0f} s", flush=True)
             elif time.monotonic() >= next_strike:
                 self.strike(svc)
                 next_strike = time.monotonic() + self.args.strike_every * self.rng.uniform(0.5, 1.5)
@@ -201,6 +216,13 @@ class FaultRun:
                 f"{self.events['DB restarts']} ({self.db_down:.1f} s)" if self.pg else "n/a (SQLite)",
                 None if self.pg is None else self.events["DB restarts"] == 1,
             ),
+            Row(
+                "object store outages (down)",
+                f"{len(self.store.outages)} ({', '.join(f'{b - a:.1f} s' for a, b in self.store.outages)})"
+                if self.store
+                else "n/a (artifacts on disk)",
+                None if self.store is None else len(self.store.outages) == 1,
+            ),
             Row("strikes (on a busy worker)", strikes),
             Row(
                 "SIGTERMed workers that exited 0 (in the grace period)",
@@ -219,7 +241,8 @@ class FaultRun:
         ]
         a = self.args
         print(
-            f"\n## fault run --database {a.database}: {len(ids)} jobs, {a.workers} workers, {a.data} data, "
+            f"\n## fault run --database {a.database} --artifacts {a.artifacts}: {len(ids)} jobs, {a.workers} workers, "
+            f"{a.data} data, "
             f"seed {a.seed}\n"
         )
         print(checks.table(rows))
@@ -230,6 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--data", choices=["fixture", "real"], default="fixture")
+    parser.add_argument("--artifacts", choices=["disk", "s3"], default="disk", help="s3: on PostgreSQL only")
+    parser.add_argument("--store-down-seconds", type=float, default=10.0, help="the object store cut off this long")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--strike-every", type=float, default=3.0, help="mean seconds between strikes")
@@ -240,16 +265,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases, strikes.log)")
     args = parser.parse_args()
+    if args.artifacts == "s3":
+        args.database = "postgresql"  # hosts without a shared disk share no SQLite file either
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up (finally) on SIGTERM too
     work = Path(tempfile.mkdtemp(prefix="fault-run-"))
-    pg = None
+    pg = store = None
     try:
         if args.database == "postgresql":
             from bench import postgres  # the throwaway cluster the tests use
 
             pg = postgres.start()
-        code = FaultRun(args, work, pg).main()
+        if args.artifacts == "s3":
+            from bench import s3
+
+            store = s3.start()
+        code = FaultRun(args, work, pg, store).main()
     finally:
+        if store is not None:
+            store.close()
         if pg is not None:
             if args.keep and pg.folder is not None:
                 shutil.copy(pg.folder / "log", work / "postgresql.log")

@@ -57,12 +57,23 @@ def service_env(data: Path, checksums: dict[str, dict[str, str]], settings: dict
 
 class Service:
     """A database (migrated by `mnist-jobs db upgrade`), an API and worker processes; logs and
-    artifacts under `folder`. Every process it started is stopped by close()."""
+    artifacts under `folder`. With `artifacts_url` (an object store) the artifacts go there, and
+    each process gets an empty folder of its own for its cache: no disk is shared. Every process it
+    started is stopped by close()."""
 
-    def __init__(self, folder: Path, database_url: str, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        database_url: str,
+        env: dict[str, str],
+        port: int | None = None,
+        artifacts_url: str | None = None,
+    ) -> None:
         folder.mkdir()
-        self.folder, self.database_url = folder, database_url
+        self.folder, self.database_url, self.artifacts_url = folder, database_url, artifacts_url
         self.env = env | {"MNIST_JOBS_DATABASE_URL": database_url, "MNIST_JOBS_ARTIFACTS_DIR": str(folder / "art")}
+        if artifacts_url is not None:
+            self.env["MNIST_JOBS_ARTIFACTS_URL"] = artifacts_url
         self.url = f"http://127.0.0.1:{port or free_port()}"
         self.api: subprocess.Popen[bytes] | None = None
         self.api_starts = 0
@@ -73,9 +84,12 @@ class Service:
         self.poll_errors = 0
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        env = self.env
+        if self.artifacts_url is not None:
+            env = env | {"MNIST_JOBS_ARTIFACTS_DIR": str(self.folder / f"art-{name}")}
         with open(self.folder / f"{name}.log", "wb") as log:  # the child keeps its copy
             command = [sys.executable, "-m", "cli", *args]
-            return subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def start(self, workers: int) -> None:
         upgrade = [sys.executable, "-m", "cli", "db", "upgrade"]

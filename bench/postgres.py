@@ -51,12 +51,12 @@ def _binaries() -> Path | None:
     return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
 
 
-def _apt_install() -> str | None:
-    """Install Debian's postgresql; None when it worked, else why not."""
+def apt_install(package: str) -> str | None:
+    """Install one of Debian's packages; None when it worked, else why not."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "initdb/pg_ctl not found, and apt-get cannot install postgresql here (not root, or no apt-get)"
+        return f"apt-get cannot install {package} here (not root, or no apt-get)"
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -66,7 +66,7 @@ def _apt_install() -> str | None:
     return None
 
 
-def _user() -> str:
+def unprivileged_user() -> str:
     for name in UNPRIVILEGED:
         try:
             pwd.getpwnam(name)
@@ -143,8 +143,8 @@ class Server:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _start_cluster(binaries: Path) -> Server:
-    user = _user()
+def _start_cluster(binaries: Path, max_connections: int) -> Server:
+    user = unprivileged_user()
     folder = Path(tempfile.mkdtemp(prefix="mnist-jobs-pg-"))
     shutil.chown(folder, user)
     data, port = folder / "data", free_port()
@@ -158,7 +158,7 @@ def _start_cluster(binaries: Path) -> Server:
             timeout=120,
         )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c synchronous_commit=off"
-        options += " -c full_page_writes=off -c max_connections=200"
+        options += f" -c full_page_writes=off -c max_connections={max_connections}"
         start_args = ["-l", str(folder / "log"), "-o", options, "-w", "start"]
         subprocess.run([*ctl, *start_args], check=True, capture_output=True, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
@@ -173,19 +173,20 @@ def _start_cluster(binaries: Path) -> Server:
 _tried_apt: list[str | None] = []
 
 
-def start() -> Server:
-    """The server the tests use; RuntimeError saying why when there can be none."""
+def start(max_connections: int = 200) -> Server:
+    """The server the tests use; RuntimeError saying why when there can be none. `max_connections`:
+    of a cluster started here (the tests' parallel workers need more than the default 100)."""
     given = os.environ.get(URL_ENV)
     if given:
         return Server(admin=make_url(given).set(drivername="postgresql+psycopg"))
     binaries = _binaries()
     if binaries is None:
         if not _tried_apt:
-            _tried_apt.append(_apt_install())
+            _tried_apt.append(apt_install("postgresql"))
         binaries = _binaries()
         if binaries is None:
             raise RuntimeError(f"no PostgreSQL for the tests: {_tried_apt[0] or 'initdb/pg_ctl still missing'}")
-    return _start_cluster(binaries)
+    return _start_cluster(binaries, max_connections)
 
 
 ACTIVE: list[Server] = []  # the session's server, for tests.support.settings.migrate

@@ -131,14 +131,14 @@ def serve(
     from api.server import uvicorn_options
     from service.platform.db import upgrade
 
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, transaction_pooler=settings.database_transaction_pooler)
     # One worker per GPU, or per core on a CPU-only host, unless a count was asked for.
     requested = workers if workers is not None else settings.workers if "workers" in settings.model_fields_set else None
     try:
         devices = supervisor.worker_devices(requested, device or settings.device)
     except ValueError as exc:
         sys.exit(f"mnist-jobs serve: {exc}")
-    pool = supervisor.WorkerPool(devices, settings.shutdown_grace_seconds, settings.log_format)
+    pool = supervisor.WorkerPool(devices, settings)
     pool.start()
     # uvicorn shuts down on SIGINT/SIGTERM and then re-raises the signal to the handler that was
     # there before it; a no-op one lets us go on to stop the workers and exit 0.
@@ -158,36 +158,52 @@ def serve(
         pool.stop()
 
 
-@cli.command(epilog="examples: mnist-jobs worker --device cuda:1; mnist-jobs worker --all-gpus")
+@cli.command(
+    epilog="examples: mnist-jobs worker --device cuda:1; mnist-jobs worker --all-gpus; mnist-jobs worker --workers 8"
+)
 @click.option("--device", help="auto | cpu | cuda | cuda:N")
 @click.option("--all-gpus", is_flag=True, help="one worker process per visible GPU, kept running")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="this many worker processes (on --device), kept running, sharing one database listener",
+)
 @click.option("--check", is_flag=True, help="exit 0 when this host's workers are alive (health check)")
 @click.option("--max-jobs", type=click.IntRange(1))
+@click.option("--wakeup-fd", type=click.IntRange(0), hidden=True)  # from a supervisor (cli/supervisor.py)
 @LOG_FORMAT
-def worker(device: str | None, all_gpus: bool, check: bool, max_jobs: int | None, log_format: str | None) -> None:
-    """Run one worker process (or one per GPU with --all-gpus)."""
-    if sum((device is not None, all_gpus, check)) > 1:
-        raise click.UsageError("--device, --all-gpus and --check go one at a time")
+def worker(
+    device: str | None,
+    all_gpus: bool,
+    workers: int | None,
+    check: bool,
+    max_jobs: int | None,
+    wakeup_fd: int | None,
+    log_format: str | None,
+) -> None:
+    """Run one worker process (or one per GPU with --all-gpus, or N with --workers)."""
+    if sum((device is not None or workers is not None, all_gpus, check)) > 1:
+        raise click.UsageError("--device/--workers, --all-gpus and --check go one at a time")
     settings = with_log_format(log_format, Settings())
     if check:
         problem = supervisor.worker_health(settings)
         print(problem or "ok", file=sys.stderr if problem else sys.stdout)
         raise SystemExit(1 if problem else 0)
-    if all_gpus:
+    if all_gpus or workers is not None:
         if max_jobs is not None:  # a kept-running pool restarts a worker that stops after N jobs
-            sys.exit("mnist-jobs worker: --max-jobs is for one worker; it does not go with --all-gpus")
+            sys.exit("mnist-jobs worker: --max-jobs is for one worker; it does not go with --all-gpus or --workers")
         from service.platform import logs
 
         logs.setup(logs.worker_config(settings.log_format))
         try:
-            devices = supervisor.worker_devices(None, "cuda")
+            devices = supervisor.worker_devices(workers, "cuda" if all_gpus else device or settings.device)
         except ValueError as exc:
-            sys.exit(f"mnist-jobs worker --all-gpus: {exc}")
+            sys.exit(f"mnist-jobs worker: {exc}")
         supervisor.supervise(devices, settings)
         return
     from workers.main import run_worker
 
-    run_worker(settings, device, max_jobs)
+    run_worker(settings, device, max_jobs, wakeup_fd)
 
 
 @cli.command(epilog="examples: mnist-jobs data prepare --from ~/Downloads/mnist; mnist-jobs data status")
@@ -247,8 +263,9 @@ def db(action: str, file: Path | None) -> None:
         print(f"backed up to {file} ({size / 1e6:.1f} MB)")
         return
     if action == "upgrade":
-        upgrade(settings.database_url)
-    current, head = current_revision(settings.database_url), head_revision()
+        upgrade(settings.database_url, transaction_pooler=settings.database_transaction_pooler)
+    pooled = settings.database_transaction_pooler
+    current, head = current_revision(settings.database_url, transaction_pooler=pooled), head_revision()
     shown = make_url(settings.database_url).render_as_string(hide_password=True)  # never the password
     print(f"{shown}: revision {current} (head {head})")
 

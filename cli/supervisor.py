@@ -16,9 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from service.platform.config import Settings
+from service.queue.wakeup import Fanout, listen_conninfo
 
 WORKER_RESTART_DELAY_SECONDS = 2.0
 log = logging.getLogger("mnist_jobs.supervisor")
@@ -67,21 +69,35 @@ def worker_devices(requested: int | None, device: str) -> list[str]:
     return plan_workers(requested, device, cuda_device_count() if needs_gpus else 0, os.cpu_count() or 1)
 
 
-def worker_command(device: str, log_format: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "worker", "--device", device, "--log-format", log_format]
+def worker_command(device: str, log_format: str, wakeup_fd: int | None) -> list[str]:
+    command = [sys.executable, "-m", "cli", "worker", "--device", device, "--log-format", log_format]
+    return command if wakeup_fd is None else [*command, "--wakeup-fd", str(wakeup_fd)]
 
 
 class WorkerPool:
-    """N worker subprocesses, restarted if one dies, stopped with one SIGTERM each."""
+    """N worker subprocesses, restarted if one dies, stopped with one SIGTERM each. They share the
+    pool's one database listener (a Fanout: one LISTEN connection per host, not per worker).
+    `command(device, wakeup_fd)`: what starts one (tests and bench/many_workers.py give their own)."""
 
-    def __init__(self, devices: list[str], grace_seconds: float, log_format: str) -> None:
-        self.devices, self.grace, self.log_format = devices, grace_seconds, log_format
+    def __init__(
+        self, devices: list[str], settings: Settings, command: Callable[[str, int | None], list[str]] | None = None
+    ) -> None:
+        self.devices, self.grace = devices, settings.shutdown_grace_seconds
+        self.command = command or (lambda device, fd: worker_command(device, settings.log_format, fd))
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stopping = threading.Event()
+        self.fanout = Fanout(listen_conninfo(settings) if devices else None)
 
     def _start(self, device: str) -> subprocess.Popen[bytes]:
-        # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then signals each worker once.
-        return subprocess.Popen(worker_command(device, self.log_format), start_new_session=True)
+        fd = self.fanout.pipe()
+        try:
+            # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then signals each worker once.
+            return subprocess.Popen(
+                self.command(device, fd), start_new_session=True, pass_fds=() if fd is None else (fd,)
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)  # the child has its copy; a write to a dead child's pipe then fails
 
     def start(self) -> None:
         self.procs = [self._start(device) for device in self.devices]
@@ -112,12 +128,13 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.fanout.close()
 
 
 def supervise(devices: list[str], settings: Settings) -> None:
     """`worker --all-gpus`: run `devices`' workers until SIGTERM/SIGINT, then stop them gracefully.
     A second signal is passed on, and a worker that gets two exits at once (workers/main.py)."""
-    pool = WorkerPool(devices, settings.shutdown_grace_seconds, settings.log_format)
+    pool = WorkerPool(devices, settings)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -139,10 +156,11 @@ def worker_health(settings: Settings) -> str | None:
     container's hostname is its own) and not stopped, and each seen within a lease (the silence
     after which the others mark a worker gone). The container's health check (docker-compose.yml)."""
     from service.platform import metrics
-    from service.platform.db import Database
+    from service.platform.db import Database, Pool
     from service.platform.models import utcnow
 
-    host, db = socket.gethostname(), Database(settings.database_url)
+    host = socket.gethostname()
+    db = Database(settings.database_url, pool=Pool(1, 0), transaction_pooler=settings.database_transaction_pooler)
     try:
         with db.read() as session:
             workers = metrics.live_workers(session, host=host)

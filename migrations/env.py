@@ -25,7 +25,7 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if url is None:
         raise RuntimeError("no sqlalchemy.url: set it in alembic.ini or use service.platform.db.alembic_config")
-    engine = make_engine(url)
+    engine = make_engine(url, transaction_pooler=config.attributes.get("transaction_pooler", False))
     try:
         with engine.connect() as connection:
             # transactional_ddl: SQLite's DDL is transactional, but Alembic assumes it is not and

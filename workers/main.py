@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from service.jobs.schemas import FCSpec
 from service.platform import logs
 from service.platform.config import Settings
-from service.platform.db import Database, require_head
+from service.platform.db import WORKER_POOL, Database, require_head
 from service.platform.states import Outcome
 from service.queue import leases, registry
 from service.queue.leases import Claim
@@ -38,17 +38,22 @@ log = logging.getLogger("mnist_jobs.worker")
 
 
 class Worker:
-    def __init__(self, settings: Settings, device: str | None = None) -> None:
+    def __init__(self, settings: Settings, device: str | None = None, wakeup_pipe: int | None = None) -> None:
         self.settings = settings
         self.id = str(uuid.uuid4())
         self.device = resolve_device(device or settings.device)
-        self.db = Database(settings.database_url, reconnect_seconds=settings.db_reconnect_seconds)
+        self.db = Database(
+            settings.database_url,
+            reconnect_seconds=settings.db_reconnect_seconds,
+            pool=WORKER_POOL,
+            transaction_pooler=settings.database_transaction_pooler,
+        )
         self.upkeep = Upkeep(settings, self.db, self.id, open_store(settings))
         cache = DataCache(settings, self.device)
         reap, store = self.upkeep.reap_expired, self.upkeep.store  # one store for the claim loop and the jobs
         self.runner = JobRunner(settings, self.db, self.id, self.device, cache, reap=reap, store=store)
         self.stopping = threading.Event()
-        self.wakeup = Wakeup(settings.database_url)
+        self.wakeup = Wakeup.for_worker(settings, wakeup_pipe)
         self.next_reap = 0.0  # time.monotonic() of the next reap
         self.next_runnable: float | None = None  # seconds until a queued job may be claimed, as last read
         self._signals = 0
@@ -153,11 +158,14 @@ class Worker:
         self.wakeup.wait(wait)
 
 
-def run_worker(settings: Settings, device: str | None = None, max_jobs: int | None = None) -> None:
-    """The whole worker process: check the schema, install signal handlers, run until told to stop."""
+def run_worker(
+    settings: Settings, device: str | None = None, max_jobs: int | None = None, wakeup_pipe: int | None = None
+) -> None:
+    """The whole worker process: check the schema, install signal handlers, run until told to stop.
+    `wakeup_pipe`: the read end of its supervisor's queue notifications (service/queue/wakeup.py)."""
     logs.setup(logs.worker_config(settings.log_format))
-    require_head(settings.database_url, settings.db_reconnect_seconds)
-    worker = Worker(settings, device)
+    require_head(settings.database_url, settings.db_reconnect_seconds, settings.database_transaction_pooler)
+    worker = Worker(settings, device, wakeup_pipe)
     signal.signal(signal.SIGTERM, worker.on_signal)
     signal.signal(signal.SIGINT, worker.on_signal)
     worker.run(max_jobs=max_jobs)

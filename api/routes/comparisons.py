@@ -23,7 +23,12 @@ router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], dependencies=
 
 @router.post("", status_code=201, response_model=ComparisonRead)
 def create_comparison(
-    request: ComparisonCreate, response: Response, db: DB, settings: AppSettings, caller: Submitter
+    request: ComparisonCreate,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    store: Artifacts,
+    caller: Submitter,
 ) -> ComparisonRead:
     """One job per cell and seed, in one transaction; `{"seeds": 5}` alone is the tutorial's
     experiment (FC and CNN, natural and permuted pixels, 5 seeds, 1 epoch)."""
@@ -34,7 +39,7 @@ def create_comparison(
             request,
             default_max_attempts=settings.max_attempts,
             submitted_by=caller.id,
-            reuse=ReusePolicy.from_settings(settings),
+            reuse=ReusePolicy.from_settings(settings, store),
             admit=partial(
                 check_budget, max_flops=settings.max_job_flops, max_memory_bytes=settings.max_job_memory_bytes
             ),

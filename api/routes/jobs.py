@@ -44,6 +44,7 @@ def submit_job(
     response: Response,
     db: DB,
     settings: AppSettings,
+    store: Artifacts,
     caller: Submitter,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobRead:
@@ -56,7 +57,7 @@ def submit_job(
             default_max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
             submitted_by=caller.id,
-            reuse=ReusePolicy.from_settings(settings),
+            reuse=ReusePolicy.from_settings(settings, store),
         )
         view = lifecycle.view(job, caller)
     response.status_code = 201 if created else 200

@@ -17,7 +17,7 @@ from mnist_jobs_client.specs import canonical_sha256
 from service.platform.config import Settings
 from service.platform.models import Epoch, Job, StepChunk, utcnow
 from service.platform.states import JobStatus
-from service.storage.store import ArtifactStore, job_key, open_store
+from service.storage.store import ArtifactStore, job_key
 
 
 def spec_sha256(spec: dict[str, Any]) -> str:
@@ -40,10 +40,11 @@ class ReusePolicy:
     device_type: str | None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ReusePolicy:
+    def from_settings(cls, settings: Settings, store: ArtifactStore) -> ReusePolicy:
+        """`store`: the caller's own (an object store's client is not made per request)."""
         device = settings.device.split(":", 1)[0]
         installed = base_version(metadata.version("torch"))
-        return cls(open_store(settings), installed, None if device == "auto" else device)
+        return cls(store, installed, None if device == "auto" else device)
 
     def accepts(self, result: dict[str, Any]) -> bool:
         device_type = str(result.get("device", "")).split(":", 1)[0]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The Host names answered by default: this machine's own ("testserver" is Starlette's TestClient).
@@ -18,11 +18,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MNIST_JOBS_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite:///./var/mnist-jobs.db"
+    # PostgreSQL through a pooler in transaction mode (PgBouncer pool_mode=transaction) at
+    # DATABASE_URL: no prepared statements and no per-session settings (docs/postgresql.md).
+    database_transaction_pooler: bool = False
+    # Where workers LISTEN for new jobs: a session connection (PostgreSQL itself, or a session-mode
+    # pool). Unset: DATABASE_URL, unless that is a transaction pooler; then idle workers poll.
+    database_listen_url: str | None = None
     data_dir: Path = Path("./var/data")
     artifacts_dir: Path = Path("./var/artifacts")
     # Artifacts in an S3-compatible object store instead of ARTIFACTS_DIR (which then holds only a
     # local cache): s3://bucket/prefix. Endpoint, region and credentials: boto3's own variables
     # (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...), never stored by the service.
+    # Empty counts as unset (a compose file passes the variable through either way).
     artifacts_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^?#]*)?$")
     artifacts_retry_seconds: float = Field(60.0, ge=0)  # how long one call waits out an unreachable store
     # Downloads from the object store: 0 streams them through the API; N > 0 redirects (307) to a
@@ -127,6 +134,11 @@ class Settings(BaseSettings):
     # Log lines of `serve` (access lines included) and `worker`: text for a terminal, json for a
     # collector (one object a line; service/platform/logs.py). `--log-format` overrides it.
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("artifacts_url", "database_listen_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 def heartbeat_period(settings: Settings) -> float:

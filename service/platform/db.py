@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -43,6 +44,7 @@ BUSY_TIMEOUT_MS = 30_000
 # its row locks: a worker paused (SIGSTOP) or hung mid-transaction must not block the reaper, and so
 # its job, for as long as its connection stays open. Every transaction of ours takes milliseconds.
 IDLE_IN_TRANSACTION_MS = 10_000
+SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
 READ_ONLY = "mnist_jobs_read_only"  # execution option: begin a deferred (read) transaction
 RECONNECT_MAX_DELAY_S = 2.0  # the longest pause between two tries to reach the server
 RETRY_PAUSE_S = 0.1  # between a write the connection broke under and its next try
@@ -51,13 +53,36 @@ log = logging.getLogger("mnist_jobs.db")
 T = TypeVar("T")
 
 
-def make_engine(url: str, reconnect_seconds: float = 0.0) -> Engine:
+@dataclass(frozen=True)
+class Pool:
+    """Connections one process keeps open (`size`) and may open past them at busy moments
+    (`overflow`, closed once returned): docs/postgresql.md adds them up for max_connections."""
+
+    size: int = 5  # SQLAlchemy's defaults: the API (its request threads, the event reader, upkeep)
+    overflow: int = 10
+
+
+# A worker's real needs: its main loop (claim, training's writes) and its heartbeat thread; one
+# spare for the moment both overlap with the loop's reap. Its LISTEN is not in it (service/queue/wakeup.py).
+WORKER_POOL = Pool(size=2, overflow=1)
+
+
+def make_engine(
+    url: str, reconnect_seconds: float = 0.0, pool: Pool = Pool(), transaction_pooler: bool = False
+) -> Engine:
     """The engine for `url`. On PostgreSQL, with `reconnect_seconds`, opening a connection waits
-    out a server that refuses connections (restarting, failing over) for up to that long."""
+    out a server that refuses connections (restarting, failing over) for up to that long. Behind a
+    pooler in transaction mode (`transaction_pooler`) a client's statements may reach a different
+    server session each transaction: psycopg then prepares no statements (PgBouncer before 1.21
+    would run them on a session that never saw them) and no session option is sent at connect
+    (PgBouncer refuses an unknown startup parameter): the idle-in-transaction limit is then the
+    pooler's or the role's (docs/postgresql.md)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+        connect: dict[str, Any] = {"prepare_threshold": None} if transaction_pooler else {"options": SESSION_OPTIONS}
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.overflow, connect_args=connect
+        )
         if reconnect_seconds > 0:
             _wait_for_server(engine, reconnect_seconds)
         return engine
@@ -156,9 +181,11 @@ def _unindexed_sqlite(element: unindexed, compiler: SQLCompiler, **kw: Any) -> s
 class Database:
     """One engine and the two kinds of session made from it."""
 
-    def __init__(self, url: str, *, reconnect_seconds: float = 0.0) -> None:
+    def __init__(
+        self, url: str, *, reconnect_seconds: float = 0.0, pool: Pool = Pool(), transaction_pooler: bool = False
+    ) -> None:
         self.url, self.reconnect_seconds = url, reconnect_seconds
-        self.engine = make_engine(url, reconnect_seconds)
+        self.engine = make_engine(url, reconnect_seconds, pool, transaction_pooler)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         # SQLite has one writer at a time, and a connection that finds the lock taken sleeps in
@@ -216,23 +243,24 @@ def sqlite_file(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, transaction_pooler: bool = False) -> Config:
 
     config = Config()
     config.set_main_option("script_location", str(resources.files("migrations")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["transaction_pooler"] = transaction_pooler  # for migrations/env.py's engine
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", transaction_pooler: bool = False) -> None:
     """Bring the schema to `revision`; safe when several processes do it at once."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, transaction_pooler), revision)
 
 
-def current_revision(url: str, reconnect_seconds: float = 0.0) -> str | None:
-    engine = make_engine(url, reconnect_seconds)
+def current_revision(url: str, reconnect_seconds: float = 0.0, transaction_pooler: bool = False) -> str | None:
+    engine = make_engine(url, reconnect_seconds, Pool(size=1, overflow=0), transaction_pooler)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -246,11 +274,11 @@ def head_revision() -> str:
     return head
 
 
-def require_head(url: str, reconnect_seconds: float = 0.0) -> None:
+def require_head(url: str, reconnect_seconds: float = 0.0, transaction_pooler: bool = False) -> None:
     """Refuse to start on a database that is not at the migration head (migrations run in one
     place, `mnist-jobs db upgrade` or `mnist-jobs serve`), saying what to run. `reconnect_seconds`:
     as Database's (a worker started while the server restarts waits for it)."""
-    current, head = current_revision(url, reconnect_seconds), head_revision()
+    current, head = current_revision(url, reconnect_seconds, transaction_pooler), head_revision()
     if current != head:
         raise SchemaOutOfDate(
             f"the database is at revision {current or 'none (empty)'}, this code needs {head}: "

@@ -1,8 +1,9 @@
-"""docker-compose.yml (+ docker-compose.gpu.yml, + the `postgres` profile with compose.postgres.env)
+"""docker-compose.yml (+ docker-compose.gpu.yml, + the `postgres` and `s3` profiles with their env files)
 and the Dockerfile can't run here (no Docker engine): their structure is checked, variables resolved
 as compose resolves them; the worker's health check runs in tests/unit/test_devices.py."""
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import yaml
 from sqlalchemy.engine import make_url
 
+from service.platform.config import Settings
 from tests.support.processes import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERLAY = REPO / "docker-compose.gpu.yml"
 POSTGRES_ENV = REPO / "compose.postgres.env"
+S3_ENV = REPO / "compose.s3.env"
 APP_SERVICES = {"migrate", "api", "worker"}
 DOCKERFILE = REPO / "Dockerfile"
 MOUNTS = {
@@ -67,7 +70,7 @@ def option(command: list[str], flag: str) -> str:
 
 def test_migrate_runs_once_and_the_api_and_worker_wait_for_it():
     services = load(COMPOSE)["services"]
-    assert set(services) == APP_SERVICES | {"postgres"}
+    assert set(services) == APP_SERVICES | {"postgres", "minio", "minio-bucket"}
     assert all("profiles" not in services[name] for name in APP_SERVICES), "started by a plain `up`"
     migrate = services["migrate"]
     assert migrate["command"] == ["mnist-jobs", "db", "upgrade"]
@@ -83,7 +86,7 @@ def test_migrate_runs_once_and_the_api_and_worker_wait_for_it():
 
 def test_every_service_mounts_the_state_data_and_artifacts_volumes_its_settings_point_into():
     compose = load(COMPOSE)
-    assert set(compose["volumes"]) == set(MOUNTS) | {"pgdata"}
+    assert set(compose["volumes"]) == set(MOUNTS) | {"pgdata", "miniodata"}
     for name in APP_SERVICES:
         service = compose["services"][name]
         assert set(service["volumes"]) == {f"{volume}:{mount}" for volume, mount in MOUNTS.items()}, name
@@ -93,6 +96,8 @@ def test_every_service_mounts_the_state_data_and_artifacts_volumes_its_settings_
         assert env["MNIST_JOBS_ARTIFACTS_DIR"] == MOUNTS["artifacts"]
         assert env["MNIST_JOBS_API_TOKENS_FILE"].startswith(MOUNTS["state"] + "/")
         assert env["MNIST_JOBS_LOG_FORMAT"] in ("text", "json")
+        assert env["MNIST_JOBS_ARTIFACTS_URL"] == "", "no object store unless asked for"
+        assert Settings(artifacts_url=env["MNIST_JOBS_ARTIFACTS_URL"]).artifacts_url is None, "empty is unset"
 
 
 def test_the_health_checks_ask_the_real_api_and_the_real_worker_registry():
@@ -168,3 +173,47 @@ def test_the_postgres_profile_runs_postgresql_with_a_health_check_and_a_volume_a
 def test_without_a_password_the_postgres_profile_sets_none_and_the_image_refuses_to_start():
     env = env_file(POSTGRES_ENV, {})
     assert resolved_environment(load(COMPOSE)["services"]["postgres"], env)["POSTGRES_PASSWORD"] == ""
+
+
+def test_the_s3_profile_runs_minio_makes_the_bucket_first_and_the_app_uses_it():
+    services = load(COMPOSE)["services"]
+    minio, bucket = services["minio"], services["minio-bucket"]
+    assert minio["profiles"] == bucket["profiles"] == ["s3"], "off unless asked for"
+    assert minio["volumes"] == ["miniodata:/data"] and minio["command"][:2] == ["server", "/data"]
+    assert "ports" not in minio, "reached on the compose network only"
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}} and bucket["restart"] == "no"
+    assert services["migrate"]["depends_on"]["minio-bucket"] == {
+        "condition": "service_completed_successfully",
+        "required": False,
+    }, "nothing starts before the bucket is there"
+
+    env = env_file(S3_ENV, {"AWS_SECRET_ACCESS_KEY": "s3cret-key"})
+    server = resolved_environment(minio, env)
+    for name in APP_SERVICES:
+        app = resolved_environment(services[name], env)
+        settings = Settings(artifacts_url=app["MNIST_JOBS_ARTIFACTS_URL"])
+        assert settings.artifacts_url == "s3://mnist-jobs/artifacts", name
+        assert app["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert (app["AWS_ACCESS_KEY_ID"], app["AWS_SECRET_ACCESS_KEY"]) == (
+            server["MINIO_ROOT_USER"],
+            server["MINIO_ROOT_PASSWORD"],
+        ), name
+    assert server["MINIO_ROOT_PASSWORD"] == "s3cret-key"
+    # The one-shot makes the bucket the URL names, with the same credentials, in a POSIX shell.
+    made = resolved_environment(bucket, env)
+    assert made["MC_HOST_store"] == "http://mnist-jobs:s3cret-key@minio:9000"
+    script = interpolate(bucket["command"][0], {})
+    shell = subprocess.run(
+        ["sh", "-c", script.replace("mc mb", "echo mc mb")],
+        env={"ARTIFACTS_URL": made["ARTIFACTS_URL"], "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.strip() == "mc mb --ignore-existing store/mnist-jobs"
+
+
+def test_without_a_secret_key_the_s3_profile_sets_none_and_minio_refuses_to_start():
+    env = env_file(S3_ENV, {})
+    assert resolved_environment(load(COMPOSE)["services"]["minio"], env)["MINIO_ROOT_PASSWORD"] == ""

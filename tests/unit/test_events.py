@@ -31,7 +31,7 @@ from service.platform.states import JobStatus
 from service.platform.upkeep import tidy
 from service.queue import leases, reaper
 from service.queue.leases import Claim
-from service.storage.store import StoredFile
+from service.storage.store import StoredFile, open_store
 from tests.support.queue import result
 from tests.support.settings import migrate
 
@@ -272,7 +272,9 @@ def test_every_status_change_has_its_event(db, fast):
     finish(db, claim(db))
     with db.write() as session:  # the same spec again: answered by reuse, created succeeded
         spec = job_spec_adapter.validate_python({"architecture": "fc", "seed": 5, "reuse": True})
-        copy, created = lifecycle.enqueue(session, spec, default_max_attempts=3, reuse=ReusePolicy.from_settings(fast))
+        copy, created = lifecycle.enqueue(
+            session, spec, default_max_attempts=3, reuse=ReusePolicy.from_settings(fast, open_store(fast))
+        )
         assert created and copy.reused_from == original
     assert statuses(db, copy.id) == [("succeeded", False)]
 
